@@ -1,0 +1,458 @@
+//! Listing and resolving conflicts.
+//!
+//! A conflict is a cell with several heads holding different values (kinds `update` and
+//! `insert`), a row both deleted and written concurrently (`delete`), or a row held out
+//! of its table by a constraint (`unique`, `foreign_key`, `check`, `not_null`). Resolving
+//! is an ordinary new change whose predecessors are all the heads; it syncs like any
+//! write and closes the conflict on every replica that applies it.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::change::{CellWrite, OpKind, RowOp, TableOps};
+use crate::error::{Error, Result};
+use crate::ids::{ChangeId, hex};
+use crate::merge::{CONSTRAINT_CELL, Merger};
+use crate::replica::{Replica, origins_map};
+use crate::rowmeta::{ROW, RowMeta, Version};
+use crate::schema::{self, TableInfo};
+use crate::value::{Value, decode_key};
+
+/// A conflict, as every replica names and shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// 32 hex characters, derived from where the conflict is and its candidates.
+    pub id: String,
+    /// Table name.
+    pub table: String,
+    /// Primary key values of the row.
+    pub key: Vec<Value>,
+    /// The column, or `None` for a row-level conflict (delete or constraint).
+    pub column: Option<String>,
+    /// `update`, `insert`, `delete`, `unique`, `foreign_key`, `check` or `not_null`.
+    pub kind: String,
+    /// Every candidate; exactly one has `winner` set (the value shown now).
+    pub candidates: Vec<Candidate>,
+}
+
+/// One candidate value of a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The change that wrote it, written `origin-hex:seq`; pass it to `resolve`.
+    pub id: String,
+    /// The change that wrote it.
+    pub change: ChangeId,
+    /// The writer's name, as known here.
+    pub origin_name: String,
+    /// True when this replica wrote it.
+    pub local: bool,
+    /// The writer's hybrid logical clock (milliseconds since 1970 in the high 48 bits).
+    pub hlc: u64,
+    /// The value: a cell value, `None` for a deletion.
+    pub value: Option<Value>,
+    /// True for the candidate shown now (the provisional winner).
+    pub winner: bool,
+}
+
+/// How to resolve a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Keep the candidate with this id (or unique id prefix).
+    Keep(String),
+    /// Keep the provisional winner.
+    KeepWinner,
+    /// Write this value instead (cell conflicts only).
+    Value(Value),
+}
+
+impl Candidate {
+    fn new(
+        replica: &Replica,
+        change: ChangeId,
+        hlc: u64,
+        value: Option<Value>,
+        winner: bool,
+    ) -> Result<Candidate> {
+        let name: String = replica
+            .conn
+            .query_row(
+                "SELECT name FROM _tide_origins WHERE id=?1",
+                [&change.origin.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_default();
+        Ok(Candidate {
+            id: format!("{}:{}", change.origin.to_hex(), change.seq),
+            change,
+            origin_name: name,
+            local: replica.id().ok() == Some(change.origin),
+            hlc,
+            value,
+            winner,
+        })
+    }
+}
+
+impl Replica {
+    /// Every open conflict, ordered by table, key and column.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        let rows: Vec<(Vec<u8>, i64, Vec<u8>, i64, String)> = self
+            .conn
+            .prepare("SELECT id, tid, key, col, kind FROM _tide_conflicts ORDER BY tid, key, col")?
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let tables = schema::tracked_tables(&self.conn)?;
+        let mut out = Vec::new();
+        for (id, tid, key, col, kind) in rows {
+            let Some(t) = tables.iter().find(|t| t.tid == tid) else {
+                continue;
+            };
+            out.push(self.describe(t, &hex(&id), &key, col, kind)?);
+        }
+        Ok(out)
+    }
+
+    /// One conflict by id or unique id prefix.
+    pub fn conflict(&self, id: &str) -> Result<Conflict> {
+        let id = id.trim().to_ascii_lowercase();
+        let mut found: Vec<Conflict> = self
+            .conflicts()?
+            .into_iter()
+            .filter(|c| c.id.starts_with(&id))
+            .collect();
+        match found.len() {
+            0 => Err(Error::UnknownConflict(id)),
+            1 => Ok(found.remove(0)),
+            _ => Err(Error::AmbiguousConflict(id)),
+        }
+    }
+
+    fn describe(
+        &self,
+        t: &TableInfo,
+        id: &str,
+        key_bytes: &[u8],
+        col: i64,
+        kind: String,
+    ) -> Result<Conflict> {
+        let origins = origins_map(&self.conn)?;
+        let merger = Merger::new(&self.conn, origins);
+        let m = merger
+            .load_meta(t, key_bytes)?
+            .unwrap_or_else(|| RowMeta::new(t.columns.len()));
+        let key = decode_key(key_bytes)?;
+        let current = merger.read_row(t, &key)?;
+        let mut candidates = Vec::new();
+        let cell = if col == CONSTRAINT_CELL {
+            ROW
+        } else {
+            col as usize
+        };
+        let winner = m.winner(cell, &merger.origins);
+        let cid = |h: &Version| ChangeId {
+            origin: merger.origins[&h.origin],
+            seq: h.seq,
+        };
+        if col == CONSTRAINT_CELL {
+            // The held row against the row that keeps the slot.
+            let held_values = self.row_values(t, key_bytes, &m, None)?;
+            if let Some(w) = winner {
+                candidates.push(Candidate::new(
+                    self,
+                    cid(&w),
+                    w.hlc,
+                    Some(row_value(&held_values)),
+                    false,
+                )?);
+            }
+            let blocker: Option<Vec<u8>> = self
+                .conn
+                .query_row(
+                    "SELECT blocker FROM _tide_held WHERE tid=?1 AND key=?2",
+                    params![t.tid, key_bytes],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if let Some(b) = blocker
+                && let Some(mb) = merger.load_meta(t, &b)?
+                && let Some(wb) = mb.winner(ROW, &merger.origins)
+            {
+                let bkey = decode_key(&b)?;
+                let values = merger.read_row(t, &bkey)?.unwrap_or_default();
+                let mut full = bkey.clone();
+                full.extend(values);
+                candidates.push(Candidate::new(
+                    self,
+                    cid(&wb),
+                    wb.hlc,
+                    Some(row_value(&full)),
+                    true,
+                )?);
+            }
+        } else {
+            for h in &m.cells[cell] {
+                let value = if cell == ROW {
+                    h.alive.then(|| Value::text("(row kept)"))
+                } else {
+                    Some(self.head_value(t, key_bytes, cell, h, &m, &merger, current.as_deref())?)
+                };
+                let is_winner = winner.map(|w| w.vref()) == Some(h.vref());
+                candidates.push(Candidate::new(self, cid(h), h.hlc, value, is_winner)?);
+            }
+        }
+        Ok(Conflict {
+            id: id.to_string(),
+            table: t.name.clone(),
+            key,
+            column: (col > 0).then(|| t.columns[col as usize - 1].clone()),
+            kind,
+            candidates,
+        })
+    }
+
+    fn head_value(
+        &self,
+        t: &TableInfo,
+        key_bytes: &[u8],
+        cell: usize,
+        h: &Version,
+        m: &RowMeta,
+        merger: &Merger<'_>,
+        current: Option<&[Value]>,
+    ) -> Result<Value> {
+        let stored: Option<Value> = self
+            .conn
+            .query_row(
+                "SELECT value FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
+                params![t.tid, key_bytes, cell as i64, h.origin, h.seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = stored {
+            return Ok(v);
+        }
+        if m.materialized(&merger.origins)
+            && m.winner(cell, &merger.origins).map(|w| w.vref()) == Some(h.vref())
+        {
+            return Ok(current
+                .map(|row| row[cell - 1].clone())
+                .unwrap_or(Value::Null));
+        }
+        Ok(Value::Null)
+    }
+
+    /// The whole row (key, then columns) as tide would materialize it.
+    fn row_values(
+        &self,
+        t: &TableInfo,
+        key_bytes: &[u8],
+        m: &RowMeta,
+        current: Option<&[Value]>,
+    ) -> Result<Vec<Value>> {
+        let origins = origins_map(&self.conn)?;
+        let merger = Merger::new(&self.conn, origins);
+        let mut out = decode_key(key_bytes)?;
+        for c in 1..=t.columns.len() {
+            match m.winner(c, &merger.origins) {
+                Some(w) => out.push(self.head_value(t, key_bytes, c, &w, m, &merger, current)?),
+                None => out.push(Value::Null),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves conflict `id` (or a unique prefix of it) with a new change, applied here
+    /// at once and synced like any write. Returns the change's id.
+    pub fn resolve(&mut self, id: &str, resolution: Resolution) -> Result<ChangeId> {
+        self.seal()?;
+        let conflict = self.conflict(id)?;
+        let secret = self.secret_for_sealing()?;
+        let tables = schema::tracked_tables(&self.conn)?;
+        let t = tables
+            .iter()
+            .find(|t| t.name == conflict.table)
+            .ok_or_else(|| Error::NotTracked(conflict.table.clone()))?;
+        let origins = origins_map(&self.conn)?;
+        let merger = Merger::new(&self.conn, origins.clone());
+        let key_bytes = crate::value::encode_key(&conflict.key);
+        let m = merger
+            .load_meta(t, &key_bytes)?
+            .unwrap_or_else(|| RowMeta::new(t.columns.len()));
+        let chosen = match &resolution {
+            Resolution::Keep(c) => {
+                let c = c.trim().to_ascii_lowercase();
+                let matching: Vec<&Candidate> = conflict
+                    .candidates
+                    .iter()
+                    .filter(|x| x.id.starts_with(&c))
+                    .collect();
+                match matching.as_slice() {
+                    [one] => Some((*one).clone()),
+                    [] => {
+                        return Err(Error::UnknownCandidate {
+                            conflict: conflict.id.clone(),
+                            candidate: c,
+                        });
+                    }
+                    _ => return Err(Error::AmbiguousConflict(c)),
+                }
+            }
+            Resolution::KeepWinner => conflict.candidates.iter().find(|c| c.winner).cloned(),
+            Resolution::Value(_) => None,
+        };
+        let to_id = |h: &Version| ChangeId {
+            origin: origins[&h.origin],
+            seq: h.seq,
+        };
+        let all = |cell: usize| m.cells[cell].iter().map(to_id).collect::<Vec<_>>();
+        let alive = m.cells[ROW]
+            .iter()
+            .filter(|h| h.alive)
+            .map(to_id)
+            .collect::<Vec<_>>();
+        let mut ops: Vec<(Vec<Value>, RowOp)> = Vec::new();
+        match conflict.column.as_ref() {
+            Some(col) => {
+                let c = t
+                    .columns
+                    .iter()
+                    .position(|x| x == col)
+                    .expect("conflict columns are tracked columns");
+                let value = match (&resolution, &chosen) {
+                    (Resolution::Value(v), _) => v.clone(),
+                    (_, Some(cand)) => cand.value.clone().unwrap_or(Value::Null),
+                    _ => return Err(Error::UnknownConflict(id.into())),
+                };
+                let live = m.materialized(&origins);
+                let kind = if live { OpKind::Update } else { OpKind::Delete };
+                let row_preds = if live {
+                    alive
+                } else {
+                    m.cells[ROW]
+                        .iter()
+                        .filter(|h| !h.alive)
+                        .map(to_id)
+                        .collect()
+                };
+                ops.push((
+                    conflict.key.clone(),
+                    RowOp {
+                        kind,
+                        key: conflict.key.clone(),
+                        row_preds,
+                        cells: vec![CellWrite {
+                            column: c,
+                            value,
+                            preds: all(c + 1),
+                        }],
+                    },
+                ));
+            }
+            None if conflict.kind == "delete" => {
+                let Some(cand) = chosen else {
+                    return Err(Error::UnknownCandidate {
+                        conflict: conflict.id.clone(),
+                        candidate: String::new(),
+                    });
+                };
+                let kind = if cand.value.is_some() {
+                    OpKind::Update
+                } else {
+                    OpKind::Delete
+                };
+                ops.push((
+                    conflict.key.clone(),
+                    RowOp {
+                        kind,
+                        key: conflict.key.clone(),
+                        row_preds: all(ROW),
+                        cells: vec![],
+                    },
+                ));
+            }
+            None => {
+                // A constraint conflict: keep one row, delete the other.
+                let Some(cand) = chosen else {
+                    return Err(Error::UnknownCandidate {
+                        conflict: conflict.id.clone(),
+                        candidate: String::new(),
+                    });
+                };
+                let held_wins = !cand.winner;
+                if held_wins {
+                    let blocker: Option<Vec<u8>> = self
+                        .conn
+                        .query_row(
+                            "SELECT blocker FROM _tide_held WHERE tid=?1 AND key=?2",
+                            params![t.tid, &key_bytes],
+                            |r| r.get(0),
+                        )
+                        .optional()?
+                        .flatten();
+                    if let Some(b) = blocker
+                        && let Some(mb) = merger.load_meta(t, &b)?
+                    {
+                        let bkey = decode_key(&b)?;
+                        let preds = mb.cells[ROW]
+                            .iter()
+                            .filter(|h| h.alive)
+                            .map(to_id)
+                            .collect();
+                        ops.push((
+                            bkey.clone(),
+                            RowOp {
+                                kind: OpKind::Delete,
+                                key: bkey,
+                                row_preds: preds,
+                                cells: vec![],
+                            },
+                        ));
+                    }
+                } else {
+                    ops.push((
+                        conflict.key.clone(),
+                        RowOp {
+                            kind: OpKind::Delete,
+                            key: conflict.key.clone(),
+                            row_preds: all(ROW),
+                            cells: vec![],
+                        },
+                    ));
+                }
+            }
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let change = crate::log::append_own(
+            &tx,
+            &secret,
+            |change| {
+                change.tables.push(TableOps {
+                    name: t.name.clone(),
+                    key_columns: t.key_columns.clone(),
+                    columns: t.columns.clone(),
+                    rows: ops.into_iter().map(|(_, op)| op).collect(),
+                });
+            },
+            false,
+        )?;
+        let mut report = crate::log::ImportReport::default();
+        crate::log::apply_ready(&tx, &mut report, None)?;
+        tx.commit()?;
+        self.record_sealed(change.seq)?;
+        Ok(change.id())
+    }
+}
+
+/// A whole row shown as one value (for constraint conflicts): its values joined.
+fn row_value(values: &[Value]) -> Value {
+    Value::text(
+        values
+            .iter()
+            .map(Value::display)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}

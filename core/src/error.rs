@@ -1,0 +1,112 @@
+//! Typed errors, by failure area. Every variant says what went wrong in words a person
+//! can act on; the CLI adds the next command to run.
+
+use std::path::PathBuf;
+
+use crate::ids::ReplicaId;
+
+/// Bytes that do not decode: a change, a key, a card or a metadata blob.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The input ended while reading the named field.
+    #[error("input ends early while reading {0}")]
+    Truncated(&'static str),
+    /// The named field holds a value no valid encoder produces.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// A format version this build does not know.
+    #[error("unknown format version {0}")]
+    UnknownVersion(u64),
+}
+
+/// Everything the core engine can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// SQLite reported an error (disk full, locked database, corrupt file, …).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Reading or writing the key store failed.
+    #[error("key store {path}: {source}")]
+    KeyStore {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// Stored bytes did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The database has no tide identity yet.
+    #[error("this database has no tide identity yet; initialise it first")]
+    NotInitialized,
+    /// The database names an identity whose secret key is not in this key store: it was
+    /// copied or restored from another machine or key store.
+    #[error(
+        "this database looks like a copy: its identity {replica} has no secret key in {keystore}; \
+         give it a new identity (Replica::new_identity, `tide init --new-identity`) or point TIDE_HOME at the original key store"
+    )]
+    IdentityMissing {
+        /// The identity recorded in the database.
+        replica: ReplicaId,
+        /// The key store that was searched.
+        keystore: PathBuf,
+    },
+    /// The secret key exists, but it is bound to another database file (a copy on the
+    /// same machine) or the database is older than the last change this identity sealed
+    /// (a restored backup). Sealing here would fork the identity's history.
+    #[error(
+        "this database looks like a copy or an old backup of {replica}: {reason}; \
+         give it a new identity (Replica::new_identity, `tide init --new-identity`)"
+    )]
+    IdentityConflict {
+        /// The identity recorded in the database.
+        replica: ReplicaId,
+        /// Why the key store disagrees with this file.
+        reason: String,
+    },
+    /// The named table does not exist.
+    #[error("no table named {0:?} in this database")]
+    NoSuchTable(String),
+    /// The table has no declared PRIMARY KEY, so rows have no stable identity across replicas.
+    #[error("table {0:?} has no declared PRIMARY KEY; tide needs one to name rows across replicas")]
+    NoPrimaryKey(String),
+    /// AUTOINCREMENT keys are minted independently by each replica and collide.
+    #[error(
+        "table {0:?} uses AUTOINCREMENT; every replica would mint the same ids. Use a random or composite key instead"
+    )]
+    Autoincrement(String),
+    /// The table is not tracked by tide.
+    #[error("table {0:?} is not tracked")]
+    NotTracked(String),
+    /// A tracked table's name or column name is not usable (tide's own prefix).
+    #[error("table {0:?} cannot be tracked: {1}")]
+    Untrackable(String, String),
+    /// No open conflict has this id (or id prefix).
+    #[error("no open conflict with id {0:?}")]
+    UnknownConflict(String),
+    /// The conflict id prefix matches several conflicts.
+    #[error("conflict id {0:?} is ambiguous; give more characters")]
+    AmbiguousConflict(String),
+    /// The conflict has no candidate with this id.
+    #[error("conflict {conflict} has no candidate {candidate:?}")]
+    UnknownCandidate {
+        /// The conflict.
+        conflict: String,
+        /// The candidate asked for.
+        candidate: String,
+    },
+    /// A change failed verification; the whole import was refused before any write.
+    #[error("{} rejected, nothing was imported: {reason}", change.map(|c| format!("change {c}")).unwrap_or_else(|| "input".into()))]
+    Rejected {
+        /// The change, when its id could be read.
+        change: Option<crate::ids::ChangeId>,
+        /// What failed.
+        reason: crate::change::VerifyError,
+    },
+    /// A change could not be applied; the whole apply was rolled back.
+    #[error("apply failed and was rolled back, nothing changed: {0}")]
+    ApplyAborted(String),
+}
+
+/// Result with the core's error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

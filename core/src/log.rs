@@ -1,0 +1,689 @@
+//! The change log: appending this replica's changes, ingesting others' (verify, dedup,
+//! fork detection), and applying every change whose dependencies are present, in causal
+//! order, inside the caller's transaction.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::change::{Change, OpKind, SignedChange, TableOps, VerifyError};
+use crate::error::{Error, Result};
+use crate::identity::SecretIdentity;
+use crate::ids::{ChangeId, ReplicaId};
+use crate::merge::{Merger, RowRef, Visible};
+use crate::replica::{Replica, VersionVector, origin_idx, origins_map};
+use crate::rowmeta::{ROW, RowMeta, Version};
+use crate::schema::{self, TableInfo};
+use crate::value::encode_key;
+
+/// Why a change sits in quarantine instead of being applied.
+pub mod reason {
+    /// Same origin and seq as a stored change, other content: the origin forked.
+    pub const FORK: &str = "fork";
+    /// Its `prev` hash does not match the origin's previous change.
+    pub const BROKEN_CHAIN: &str = "broken_chain";
+    /// Signed by a replica this one does not know; add its card, then retry.
+    pub const UNKNOWN_ORIGIN: &str = "unknown_origin";
+    /// Writes a table this replica does not track.
+    pub const UNKNOWN_TABLE: &str = "unknown_table";
+    /// Writes a column this replica's table does not have, or keys it differently.
+    pub const SCHEMA_MISMATCH: &str = "schema_mismatch";
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Changes offered.
+    pub received: usize,
+    /// Already held (same id and content): ignored.
+    pub duplicates: usize,
+    /// Newly stored in the log.
+    pub stored: usize,
+    /// Changes applied by this import (including earlier ones that were waiting).
+    pub applied: usize,
+    /// Row ops applied.
+    pub ops_applied: usize,
+    /// Stored changes still waiting for missing dependencies.
+    pub waiting: usize,
+    /// Changes put in quarantine by this import, with the reason.
+    pub quarantined: Vec<(ChangeId, String)>,
+    /// Conflicts opened (or changed) by this import.
+    pub conflicts_opened: usize,
+}
+
+/// One entry of the quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineEntry {
+    /// Its number, for `retry` and `discard`.
+    pub number: i64,
+    /// The change.
+    pub change: ChangeId,
+    /// A reason code from [`reason`].
+    pub reason: String,
+    /// Details for a person.
+    pub detail: String,
+}
+
+impl Replica {
+    /// What this replica holds: origin → highest contiguous seq stored. This is the
+    /// acknowledgement a peer gets.
+    pub fn version_vector(&self) -> Result<VersionVector> {
+        vector(&self.conn, "stored")
+    }
+
+    /// What this replica has applied (≤ [`Replica::version_vector`]).
+    pub fn applied_vector(&self) -> Result<VersionVector> {
+        vector(&self.conn, "applied")
+    }
+
+    /// Every stored change a replica with vector `theirs` lacks, from every origin (so
+    /// replicas relay for each other), in (origin, seq) order. Seals pending writes first.
+    pub fn changes_for(&mut self, theirs: &VersionVector) -> Result<Vec<SignedChange>> {
+        self.seal()?;
+        let mut out = Vec::new();
+        let mut origins = self
+            .conn
+            .prepare("SELECT idx, id FROM _tide_origins ORDER BY id")?;
+        let origins = origins
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body, sig FROM _tide_log WHERE origin=?1 AND seq>?2 ORDER BY seq")?;
+        for (idx, id) in origins {
+            let id = ReplicaId(id.try_into().expect("ids are stored as 16 bytes"));
+            let since = theirs.get(&id).copied().unwrap_or(0);
+            let rows = stmt.query_map(params![idx, since as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            for row in rows {
+                let (body, sig) = row?;
+                out.push(SignedChange::from_parts(
+                    body,
+                    sig.try_into().expect("signatures are stored as 64 bytes"),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies, stores and applies `changes` in one transaction: all of it or nothing
+    /// (invariant 6). Pending local writes are sealed first, so they keep their place in
+    /// causal order. A change with a bad signature rejects the whole import before any
+    /// write; one from an unknown origin, a fork, or one that cannot be applied goes to
+    /// quarantine; one whose dependencies are missing waits.
+    pub fn import(&mut self, changes: &[SignedChange]) -> Result<ImportReport> {
+        // Verification first: nothing is written for input that fails it.
+        let mut checked = Vec::with_capacity(changes.len());
+        for signed in changes {
+            let id = signed.peek_id().map_err(|e| Error::Rejected {
+                change: None,
+                reason: VerifyError::Decode(e),
+            })?;
+            let key: Option<Vec<u8>> = self
+                .conn
+                .query_row(
+                    "SELECT sign_key FROM _tide_origins WHERE id=?1",
+                    [&id.origin.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            match key {
+                Some(key) => {
+                    let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
+                    let verified = signed.verify(&key).map_err(|reason| Error::Rejected {
+                        change: Some(id),
+                        reason,
+                    })?;
+                    checked.push((id, Some(verified)));
+                }
+                None => checked.push((id, None)),
+            }
+        }
+        let sealed = self.seal_in_transaction_prepare()?;
+        let fail_after = self.fail_after_ops.take();
+        let tx = self.conn.unchecked_transaction()?;
+        let sealed_seq = match &sealed {
+            Some(secret) => crate::seal::seal_pending(&tx, secret)?.map(|id| id.seq),
+            None => None,
+        };
+        let mut report = ImportReport {
+            received: changes.len(),
+            ..Default::default()
+        };
+        let mut touched = Vec::new();
+        for ((id, verified), signed) in checked.into_iter().zip(changes) {
+            let Some(verified) = verified else {
+                quarantine(
+                    &tx,
+                    id,
+                    signed,
+                    reason::UNKNOWN_ORIGIN,
+                    "signed by a replica this one does not know",
+                )?;
+                report.quarantined.push((id, reason::UNKNOWN_ORIGIN.into()));
+                continue;
+            };
+            let idx = origin_idx(&tx, id.origin)?;
+            let existing: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
+                    params![idx, id.seq as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(hash) = existing {
+                if hash == signed.hash() {
+                    report.duplicates += 1;
+                } else {
+                    quarantine(
+                        &tx,
+                        id,
+                        signed,
+                        reason::FORK,
+                        "another change with this origin and seq is already stored",
+                    )?;
+                    report.quarantined.push((id, reason::FORK.into()));
+                }
+                continue;
+            }
+            let change = verified.change();
+            if id.seq > 1 {
+                let prev: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
+                        params![idx, (id.seq - 1) as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if prev.is_some_and(|p| p != change.prev) {
+                    quarantine(
+                        &tx,
+                        id,
+                        signed,
+                        reason::BROKEN_CHAIN,
+                        "its previous-change hash does not match the stored log",
+                    )?;
+                    report.quarantined.push((id, reason::BROKEN_CHAIN.into()));
+                    continue;
+                }
+            }
+            tx.prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0)")?
+                .execute(params![idx, id.seq as i64, &signed.hash()[..], change.hlc as i64, signed.body(), &signed.signature()[..]])?;
+            report.stored += 1;
+            touched.push(idx);
+        }
+        touched.sort();
+        touched.dedup();
+        for idx in touched {
+            advance_stored(&tx, idx)?;
+        }
+        apply_ready(&tx, &mut report, fail_after)?;
+        tx.commit()?;
+        if let Some(seq) = sealed_seq {
+            self.record_sealed(seq)?;
+        }
+        Ok(report)
+    }
+
+    /// Loads the secret key when there are local writes to seal (a copy with nothing to
+    /// seal may still import).
+    fn seal_in_transaction_prepare(&self) -> Result<Option<SecretIdentity>> {
+        if crate::seal::has_pending(&self.conn)? {
+            Ok(Some(self.secret_for_sealing()?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The quarantine, oldest first.
+    pub fn quarantine(&self) -> Result<Vec<QuarantineEntry>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT qid, origin, seq, reason, detail FROM _tide_quarantine ORDER BY qid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(QuarantineEntry {
+                number: r.get(0)?,
+                change: ChangeId {
+                    origin: ReplicaId(r.get::<_, Vec<u8>>(1)?.try_into().unwrap_or([0; 16])),
+                    seq: r.get::<_, i64>(2)? as u64,
+                },
+                reason: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Takes every quarantined change out and imports it again (after adding a peer or
+    /// tracking a table). Forks stay.
+    pub fn retry_quarantine(&mut self) -> Result<ImportReport> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut stmt = tx.prepare(
+            "SELECT body, sig FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain')",
+        )?;
+        let changes = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|(b, s)| {
+                SignedChange::from_parts(
+                    b,
+                    s.try_into().expect("signatures are stored as 64 bytes"),
+                )
+            })
+            .collect::<Vec<_>>();
+        drop(stmt);
+        tx.execute(
+            "DELETE FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain')",
+            [],
+        )?;
+        // Stored-but-unapplicable changes wait in the log marked -1; give them another go.
+        tx.execute("UPDATE _tide_log SET applied=0 WHERE applied=-1", [])?;
+        tx.commit()?;
+        self.import(&changes)
+    }
+}
+
+fn vector(conn: &Connection, column: &str) -> Result<VersionVector> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, {column} FROM _tide_origins WHERE {column} > 0"
+    ))?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = VersionVector::new();
+    for row in rows {
+        let (id, seq) = row?;
+        out.insert(
+            ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
+            seq as u64,
+        );
+    }
+    Ok(out)
+}
+
+fn quarantine(
+    conn: &Connection,
+    id: ChangeId,
+    signed: &SignedChange,
+    reason: &str,
+    detail: &str,
+) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO _tide_quarantine(origin, seq, hash, body, sig, reason, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![&id.origin.0[..], id.seq as i64, &signed.hash()[..], signed.body(), &signed.signature()[..], reason, detail],
+    )?;
+    Ok(())
+}
+
+/// Moves `stored` up over every contiguous seq now in the log.
+pub(crate) fn advance_stored(conn: &Connection, idx: i64) -> Result<()> {
+    let mut stored: i64 = conn.query_row(
+        "SELECT stored FROM _tide_origins WHERE idx=?1",
+        [idx],
+        |r| r.get(0),
+    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT seq FROM _tide_log WHERE origin=?1 AND seq>?2 ORDER BY seq")?;
+    let seqs = stmt.query_map(params![idx, stored], |r| r.get::<_, i64>(0))?;
+    for s in seqs {
+        if s? != stored + 1 {
+            break;
+        }
+        stored += 1;
+    }
+    conn.execute(
+        "UPDATE _tide_origins SET stored=?2 WHERE idx=?1",
+        params![idx, stored],
+    )?;
+    Ok(())
+}
+
+/// How a change's table maps onto a local tracked table.
+struct TableMap<'a> {
+    t: &'a TableInfo,
+    columns: Vec<usize>,
+}
+
+fn map_table<'a>(
+    tables: &'a HashMap<String, TableInfo>,
+    ops: &TableOps,
+) -> std::result::Result<TableMap<'a>, (&'static str, String)> {
+    let t = tables.get(&ops.name).ok_or_else(|| {
+        (
+            reason::UNKNOWN_TABLE,
+            format!("table {:?} is not tracked here", ops.name),
+        )
+    })?;
+    if t.key_columns != ops.key_columns {
+        return Err((
+            reason::SCHEMA_MISMATCH,
+            format!(
+                "table {:?} has key {:?} here, {:?} in the change",
+                ops.name, t.key_columns, ops.key_columns
+            ),
+        ));
+    }
+    let columns = ops
+        .columns
+        .iter()
+        .map(|c| {
+            t.columns.iter().position(|x| x == c).ok_or_else(|| {
+                (
+                    reason::SCHEMA_MISMATCH,
+                    format!("table {:?} has no column {c:?} here", ops.name),
+                )
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(TableMap { t, columns })
+}
+
+/// Applies every stored change whose dependencies are present, in causal order, then
+/// gives held rows another chance and settles foreign keys. Runs inside the caller's
+/// transaction; capture triggers are off meanwhile so tide's writes are not captured.
+pub(crate) fn apply_ready(
+    conn: &Connection,
+    report: &mut ImportReport,
+    fail_after: Option<usize>,
+) -> Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT origin, seq, body FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
+    )?;
+    let mut pending = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    drop(stmt);
+    let held: i64 = conn.query_row("SELECT count(*) FROM _tide_held", [], |r| r.get(0))?;
+    if pending.is_empty() && held == 0 {
+        return Ok(());
+    }
+    let tracked = schema::tracked_tables(conn)?;
+    for t in &tracked {
+        schema::drop_triggers(conn, t.tid)?;
+    }
+    conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+    let tables: HashMap<String, TableInfo> = tracked
+        .iter()
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    let mut applied: HashMap<i64, u64> = HashMap::new();
+    {
+        let mut s = conn.prepare("SELECT idx, applied FROM _tide_origins")?;
+        for row in s.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+        })? {
+            let (i, a) = row?;
+            applied.insert(i, a);
+        }
+    }
+    let mut merger = Merger::new(conn, HashMap::new());
+    let mut max_hlc = Replica::meta_u64(conn, "hlc")?;
+    let mut ops_done = 0usize;
+    loop {
+        let mut progress = false;
+        let mut rest = Vec::new();
+        for (origin, seq, body) in pending {
+            let change = Change::decode(&body)?;
+            let mut ready = true;
+            for (rid, s) in &change.deps {
+                let idx = origin_idx(conn, *rid)?;
+                if applied.get(&idx).copied().unwrap_or(0) < *s {
+                    ready = false;
+                    break;
+                }
+            }
+            if !ready {
+                rest.push((origin, seq, body));
+                continue;
+            }
+            progress = true;
+            if change
+                .deps
+                .iter()
+                .any(|(r, _)| !merger.origins.values().any(|x| x == r))
+                || !merger.origins.values().any(|x| *x == change.origin)
+            {
+                merger.origins = std::rc::Rc::new(origins_map(conn)?);
+            }
+            let maps = change
+                .tables
+                .iter()
+                .map(|t| map_table(&tables, t))
+                .collect::<std::result::Result<Vec<_>, _>>();
+            let maps = match maps {
+                Ok(m) => m,
+                Err((code, detail)) => {
+                    let signed = load_signed(conn, origin, seq)?;
+                    quarantine(conn, change.id(), &signed, code, &detail)?;
+                    conn.execute(
+                        "UPDATE _tide_log SET applied=-1 WHERE origin=?1 AND seq=?2",
+                        params![origin, seq as i64],
+                    )?;
+                    report.quarantined.push((change.id(), code.into()));
+                    continue;
+                }
+            };
+            let ids: HashMap<ReplicaId, i64> =
+                merger.origins.iter().map(|(i, r)| (*r, *i)).collect();
+            let to_idx = |p: &ChangeId| (ids[&p.origin], p.seq);
+            for (ops, map) in change.tables.iter().zip(&maps) {
+                for op in &ops.rows {
+                    if fail_after.is_some_and(|n| ops_done >= n) {
+                        return Err(Error::ApplyAborted("injected failure (test hook)".into()));
+                    }
+                    let v = Version {
+                        origin,
+                        seq,
+                        hlc: change.hlc,
+                        alive: op.kind != OpKind::Delete,
+                        created: op.kind == OpKind::Insert,
+                    };
+                    let key_bytes = encode_key(&op.key);
+                    let m0 = merger.load_meta(map.t, &key_bytes)?;
+                    let mut m1 = m0
+                        .clone()
+                        .unwrap_or_else(|| RowMeta::new(map.t.columns.len()));
+                    let row_preds: Vec<_> = op.row_preds.iter().map(to_idx).collect();
+                    m1.write(ROW, v, &row_preds);
+                    let mut new_values = Vec::with_capacity(op.cells.len());
+                    for cell in &op.cells {
+                        let col = map.columns[cell.column];
+                        let preds: Vec<_> = cell.preds.iter().map(to_idx).collect();
+                        m1.write(col + 1, v, &preds);
+                        new_values.push((col, v, cell.value.clone()));
+                    }
+                    if op.kind == OpKind::Insert {
+                        let others_alive = m1.cells[ROW]
+                            .iter()
+                            .any(|h| h.alive && h.vref() != v.vref());
+                        m1.birth = match m1.birth {
+                            Some(b) if others_alive && merger.cmp(&b, &v).is_lt() => Some(b),
+                            _ => Some(v),
+                        };
+                    }
+                    merger.transition(
+                        &RowRef {
+                            t: map.t,
+                            key: &op.key,
+                            key_bytes: &key_bytes,
+                        },
+                        m0.as_ref(),
+                        m1,
+                        &new_values,
+                        Visible::Table,
+                    )?;
+                    ops_done += 1;
+                }
+            }
+            conn.prepare_cached("UPDATE _tide_log SET applied=1 WHERE origin=?1 AND seq=?2")?
+                .execute(params![origin, seq as i64])?;
+            applied.insert(origin, seq);
+            max_hlc = max_hlc.max(change.hlc);
+            report.applied += 1;
+            report.ops_applied += change.op_count();
+        }
+        pending = rest;
+        if !progress || pending.is_empty() {
+            break;
+        }
+    }
+    report.waiting = pending.len();
+    merger.origins = std::rc::Rc::new(origins_map(conn)?);
+    // Held rows get another chance, oldest first, now that the state moved.
+    let mut held_rows = Vec::new();
+    {
+        let mut s = conn.prepare("SELECT tid, key FROM _tide_held")?;
+        for row in s.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
+            held_rows.push(row?);
+        }
+    }
+    for (tid, key) in held_rows {
+        if let Some(t) = tracked.iter().find(|t| t.tid == tid) {
+            merger.release(t, &key)?;
+        }
+    }
+    settle_foreign_keys(&mut merger, &tracked)?;
+    for (idx, seq) in &applied {
+        conn.prepare_cached("UPDATE _tide_origins SET applied=?2 WHERE idx=?1 AND applied<?2")?
+            .execute(params![idx, *seq as i64])?;
+    }
+    Replica::set_meta_u64(conn, "hlc", max_hlc)?;
+    for t in &tracked {
+        schema::create_triggers(conn, t)?;
+    }
+    report.conflicts_opened += merger.effects.conflicts_opened;
+    Ok(())
+}
+
+/// Rows of tracked tables that break a foreign key after the merge are held (their
+/// parent was deleted concurrently, or is itself held) until the parent is back.
+fn settle_foreign_keys(merger: &mut Merger<'_>, tracked: &[TableInfo]) -> Result<()> {
+    for _round in 0..64 {
+        let mut violations = Vec::new();
+        {
+            let mut stmt = merger
+                .conn
+                .prepare("SELECT \"table\", rowid FROM pragma_foreign_key_check")?;
+            for row in stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            })? {
+                violations.push(row?);
+            }
+        }
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let mut held_any = false;
+        for (table, rowid) in violations {
+            let (Some(t), Some(rowid)) = (tracked.iter().find(|t| t.name == table), rowid) else {
+                continue;
+            };
+            let keys = t
+                .key_columns
+                .iter()
+                .map(|k| schema::q(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let n = t.key_columns.len();
+            let key: Option<Vec<crate::value::Value>> = merger
+                .conn
+                .query_row(
+                    &format!("SELECT {keys} FROM {} WHERE rowid=?1", schema::q(&t.name)),
+                    [rowid],
+                    |r| (0..n).map(|i| r.get(i)).collect(),
+                )
+                .optional()?;
+            if let Some(key) = key {
+                merger.hold(t, &key, crate::merge::HELD_FOREIGN_KEY)?;
+                held_any = true;
+            }
+        }
+        if !held_any {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn load_signed(conn: &Connection, origin: i64, seq: u64) -> Result<SignedChange> {
+    let (body, sig): (Vec<u8>, Vec<u8>) = conn.query_row(
+        "SELECT body, sig FROM _tide_log WHERE origin=?1 AND seq=?2",
+        params![origin, seq as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(SignedChange::from_parts(
+        body,
+        sig.try_into().expect("signatures are stored as 64 bytes"),
+    ))
+}
+
+/// Appends a change by this replica to the log (applied or not) and returns its id.
+pub(crate) fn append_own(
+    conn: &Connection,
+    secret: &SecretIdentity,
+    build: impl FnOnce(&mut Change),
+    applied: bool,
+) -> Result<Change> {
+    let self_idx: i64 =
+        conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
+    let (seq, prev): (u64, Option<Vec<u8>>) = conn.query_row(
+        "SELECT coalesce(max(seq), 0), (SELECT hash FROM _tide_log WHERE origin=?1 ORDER BY seq DESC LIMIT 1) FROM _tide_log WHERE origin=?1",
+        [self_idx],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+    )?;
+    let mut deps: Vec<(ReplicaId, u64)> = vector(conn, "applied")?.into_iter().collect();
+    let me = secret.id();
+    deps.retain(|(r, _)| *r != me);
+    if seq > 0 {
+        deps.push((me, seq));
+    }
+    deps.sort();
+    let hlc = next_hlc(conn)?;
+    let mut change = Change {
+        origin: me,
+        seq: seq + 1,
+        hlc,
+        schema: Replica::meta_u64(conn, "schema_epoch")?,
+        prev: prev
+            .map(|p| p.try_into().expect("hashes are stored as 32 bytes"))
+            .unwrap_or([0; 32]),
+        deps,
+        tables: Vec::new(),
+    };
+    build(&mut change);
+    let signed = change.seal(secret);
+    conn.execute(
+        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![self_idx, change.seq as i64, &signed.hash()[..], hlc as i64, signed.body(), &signed.signature()[..], i64::from(applied)],
+    )?;
+    advance_stored(conn, self_idx)?;
+    if applied {
+        conn.execute(
+            "UPDATE _tide_origins SET applied=?2 WHERE idx=?1",
+            params![self_idx, change.seq as i64],
+        )?;
+    }
+    Ok(change)
+}
+
+/// The next hybrid logical clock reading: wall-clock milliseconds in the high 48 bits, a
+/// counter in the low 16, always above anything seen.
+pub(crate) fn next_hlc(conn: &Connection) -> Result<u64> {
+    let last = Replica::meta_u64(conn, "hlc")?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let hlc = (now_ms << 16).max(last + 1);
+    Replica::set_meta_u64(conn, "hlc", hlc)?;
+    Ok(hlc)
+}

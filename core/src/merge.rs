@@ -1,0 +1,745 @@
+//! The row merge: how one version changes a row's heads, what the user table must show
+//! afterwards, where every head's value is kept, and which conflicts the row now has.
+//!
+//! Everything that writes row state goes through [`Merger::transition`]: sealing local
+//! writes, applying remote changes, resolving conflicts, holding and releasing rows in
+//! constraint conflicts. One path, so the rules cannot drift apart.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params_from_iter};
+
+use crate::error::Result;
+use crate::ids::{ChangeId, ReplicaId};
+use crate::rowmeta::{Origins, ROW, RowMeta, Version, order};
+use crate::schema::{TableInfo, q};
+use crate::value::{Value, encode_key};
+
+/// Why a row is held out of its table.
+pub(crate) const HELD_UNIQUE: &str = "unique";
+pub(crate) const HELD_FOREIGN_KEY: &str = "foreign_key";
+pub(crate) const HELD_CHECK: &str = "check";
+pub(crate) const HELD_NOT_NULL: &str = "not_null";
+
+/// The column number of a row-level constraint conflict in `_tide_conflicts`.
+pub(crate) const CONSTRAINT_CELL: i64 = -1;
+
+/// Where the values of the previously visible row come from.
+pub(crate) enum Visible {
+    /// Read the user table before changing it (remote applies, holds, resolutions).
+    Table,
+    /// The user table already shows the new state (local seal of an insert or update):
+    /// do not write it; unwritten columns still show their old winners.
+    LocalWrite,
+    /// The row was deleted locally; these were its last values (from the capture log).
+    LocalDelete(Vec<Value>),
+}
+
+/// What a transition did, for reports.
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Effects {
+    pub(crate) conflicts_opened: usize,
+}
+
+pub(crate) struct Merger<'c> {
+    pub(crate) conn: &'c Connection,
+    /// Shared so a transition can hold it while calling back into the merger.
+    pub(crate) origins: Rc<Origins>,
+    pub(crate) effects: Effects,
+}
+
+/// A row's identity.
+pub(crate) struct RowRef<'a> {
+    pub(crate) t: &'a TableInfo,
+    pub(crate) key: &'a [Value],
+    pub(crate) key_bytes: &'a [u8],
+}
+
+impl<'c> Merger<'c> {
+    pub(crate) fn new(conn: &'c Connection, origins: Origins) -> Self {
+        Merger {
+            conn,
+            origins: Rc::new(origins),
+            effects: Effects::default(),
+        }
+    }
+
+    pub(crate) fn load_meta(&self, t: &TableInfo, key_bytes: &[u8]) -> Result<Option<RowMeta>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT meta FROM _tide_rows WHERE tid=?1 AND key=?2")?;
+        let blob: Option<Vec<u8>> = stmt
+            .query_row(rusqlite::params![t.tid, key_bytes], |r| r.get(0))
+            .optional()?;
+        Ok(match blob {
+            Some(b) => {
+                let mut m = RowMeta::decode(&b)?;
+                m.ensure_cells(t.columns.len());
+                Some(m)
+            }
+            None => None,
+        })
+    }
+
+    fn stored_values(
+        &self,
+        t: &TableInfo,
+        key_bytes: &[u8],
+    ) -> Result<HashMap<(usize, i64, u64), Value>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT col, origin, seq, value FROM _tide_values WHERE tid=?1 AND key=?2",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![t.tid, key_bytes], |r| {
+            Ok((
+                (
+                    r.get::<_, i64>(0)? as usize,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ),
+                r.get::<_, Value>(3)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub(crate) fn read_row(&self, t: &TableInfo, key: &[Value]) -> Result<Option<Vec<Value>>> {
+        let cols = if t.columns.is_empty() {
+            "1".to_string()
+        } else {
+            t.columns
+                .iter()
+                .map(|c| q(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!("SELECT {cols} FROM {} WHERE {}", q(&t.name), key_where(t));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let n = t.columns.len();
+        Ok(stmt
+            .query_row(params_from_iter(key.iter()), |r| {
+                (0..n)
+                    .map(|i| r.get::<_, Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .optional()?)
+    }
+
+    /// Moves a row from `m0` (None: never seen) to `m1`. `new_values` are the cells the
+    /// new version wrote, as (column index, version, value).
+    pub(crate) fn transition(
+        &mut self,
+        row: &RowRef<'_>,
+        m0: Option<&RowMeta>,
+        mut m1: RowMeta,
+        new_values: &[(usize, Version, Value)],
+        visible: Visible,
+    ) -> Result<()> {
+        let t = row.t;
+        let ncols = t.columns.len();
+        let empty = RowMeta::new(ncols);
+        let m0 = m0.unwrap_or(&empty);
+        let origins = Rc::clone(&self.origins);
+        let origins = &*origins;
+        let old_mat = m0.materialized(origins);
+        let old_winners: Vec<Option<Version>> =
+            (0..=ncols).map(|c| m0.winner(c, origins)).collect();
+
+        // Values of heads that are neither new nor visible live in _tide_values.
+        let has_stored = m0.cells.iter().skip(1).any(|h| !h.is_empty())
+            && (!old_mat || m0.cells.iter().skip(1).any(|h| h.len() > 1));
+        let stored = if has_stored {
+            self.stored_values(t, row.key_bytes)?
+        } else {
+            HashMap::new()
+        };
+        let mut new_map: HashMap<(usize, i64, u64), Value> = HashMap::new();
+        for (col, v, value) in new_values {
+            new_map.insert((col + 1, v.origin, v.seq), value.clone());
+        }
+
+        // The previously visible row, loaded only when some old winner's value must move
+        // or be compared.
+        let mut old_visible: Option<Vec<Value>> = match &visible {
+            Visible::LocalDelete(vals) => Some(vals.clone()),
+            _ => None,
+        };
+        let mut new_mat = m1.materialized(origins);
+        let needs_old_visible = |m1: &RowMeta, new_mat: bool| {
+            old_mat
+                && (1..=ncols).any(|c| {
+                    let Some(w0) = old_winners[c] else {
+                        return false;
+                    };
+                    let still_head = m1.cells[c].iter().any(|h| h.vref() == w0.vref());
+                    still_head
+                        && (!new_mat
+                            || m1.winner(c, origins).map(|w| w.vref()) != Some(w0.vref())
+                            || m1.cells[c].len() > 1)
+                })
+        };
+        if old_visible.is_none() && needs_old_visible(&m1, new_mat) {
+            old_visible = self.read_row(t, row.key)?;
+        }
+
+        // Write the user table (unless the app already did).
+        if !matches!(visible, Visible::LocalWrite | Visible::LocalDelete(_)) {
+            if new_mat {
+                let values =
+                    |this: &Self, m1: &RowMeta, old_visible: &Option<Vec<Value>>| -> Vec<Value> {
+                        (0..ncols)
+                            .map(|i| {
+                                let Some(w) = m1.winner(i + 1, &this.origins) else {
+                                    return Value::Null;
+                                };
+                                value_of(
+                                    i + 1,
+                                    &w,
+                                    &new_map,
+                                    &stored,
+                                    old_mat,
+                                    &old_winners,
+                                    old_visible,
+                                )
+                                .unwrap_or(Value::Null)
+                            })
+                            .collect()
+                    };
+                let row_values = values(self, &m1, &old_visible);
+                let result = if old_mat {
+                    let changed: Vec<usize> = (0..ncols)
+                        .filter(|&i| {
+                            m1.winner(i + 1, origins).map(|w| w.vref())
+                                != old_winners[i + 1].map(|w| w.vref())
+                        })
+                        .collect();
+                    self.update_row(t, row.key, &changed, &row_values)
+                } else {
+                    self.insert_row(t, row.key, &row_values)
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(failure) => {
+                        let Some(reason) = constraint_reason(&failure) else {
+                            return Err(failure.into());
+                        };
+                        let won = reason == HELD_UNIQUE
+                            && self.try_evict_blockers(row, &m1, &row_values)?;
+                        let retried = if won {
+                            if old_mat {
+                                self.update_row(
+                                    t,
+                                    row.key,
+                                    &(0..ncols).collect::<Vec<_>>(),
+                                    &row_values,
+                                )
+                            } else {
+                                self.insert_row(t, row.key, &row_values)
+                            }
+                        } else {
+                            Err(failure)
+                        };
+                        if retried.is_err() {
+                            if old_visible.is_none() && old_mat {
+                                old_visible = self.read_row(t, row.key)?;
+                            }
+                            m1.held = true;
+                            new_mat = false;
+                            if old_mat {
+                                self.delete_row(t, row.key)?;
+                            }
+                            let blocker = if reason == HELD_UNIQUE {
+                                self.find_unique_blockers(t, row.key, &row_values)?
+                                    .into_iter()
+                                    .next()
+                            } else {
+                                None
+                            };
+                            self.conn.execute(
+                                "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, ?4)
+                                 ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=excluded.blocker",
+                                rusqlite::params![t.tid, row.key_bytes, reason, blocker],
+                            )?;
+                        }
+                    }
+                }
+            } else if old_mat {
+                if old_visible.is_none() {
+                    old_visible = self.read_row(t, row.key)?;
+                }
+                self.delete_row(t, row.key)?;
+            }
+        }
+        if m0.held && !m1.held {
+            self.conn.execute(
+                "DELETE FROM _tide_held WHERE tid=?1 AND key=?2",
+                rusqlite::params![t.tid, row.key_bytes],
+            )?;
+        }
+        let new_winners: Vec<Option<Version>> =
+            (0..=ncols).map(|c| m1.winner(c, origins)).collect();
+
+        // Keep every non-visible head's value; drop what is now visible or overwritten.
+        let lookup = |c: usize, h: &Version| {
+            value_of(c, h, &new_map, &stored, old_mat, &old_winners, &old_visible)
+        };
+        for c in 1..=ncols {
+            let was_stored = |h: &Version| {
+                m0.cells[c].iter().any(|x| x.vref() == h.vref())
+                    && !(old_mat && old_winners[c].map(|w| w.vref()) == Some(h.vref()))
+            };
+            for h in &m1.cells[c] {
+                let needs = !(new_mat && new_winners[c].map(|w| w.vref()) == Some(h.vref()));
+                let was = was_stored(h);
+                if needs && !was {
+                    let value = lookup(c, h).unwrap_or(Value::Null);
+                    self.conn
+                        .prepare_cached("INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")?
+                        .execute(rusqlite::params![t.tid, row.key_bytes, c as i64, h.origin, h.seq as i64, value])?;
+                } else if !needs && was {
+                    self.delete_value(t, row.key_bytes, c, h)?;
+                }
+            }
+            for h in &m0.cells[c] {
+                if was_stored(h) && !m1.cells[c].iter().any(|x| x.vref() == h.vref()) {
+                    self.delete_value(t, row.key_bytes, c, h)?;
+                }
+            }
+        }
+
+        // Conflicts: any cell that has or had several heads is re-examined.
+        for c in 0..=ncols {
+            if m1.cells[c].len() < 2 && m0.cells[c].len() < 2 {
+                continue;
+            }
+            let kind = if c == ROW {
+                let alive = m1.cells[c].iter().any(|h| h.alive);
+                let dead = m1.cells[c].iter().any(|h| !h.alive);
+                (alive && dead).then_some("delete")
+            } else {
+                let mut values: Vec<Value> = Vec::new();
+                for h in &m1.cells[c] {
+                    let v = lookup(c, h).unwrap_or(Value::Null);
+                    if !values.contains(&v) {
+                        values.push(v);
+                    }
+                }
+                (values.len() > 1).then(|| {
+                    if m1.cells[c].iter().all(|h| h.created) {
+                        "insert"
+                    } else {
+                        "update"
+                    }
+                })
+            };
+            let col = if c == ROW {
+                ""
+            } else {
+                t.columns[c - 1].as_str()
+            };
+            let candidates: Vec<ChangeId> = m1.cells[c].iter().map(|h| self.change_id(h)).collect();
+            self.set_conflict(row, c as i64, col, kind, &candidates)?;
+        }
+        // A held row is a constraint conflict between it and the row that keeps its slot.
+        if m1.held || m0.held {
+            let reason: Option<String> = if m1.held {
+                self.conn
+                    .query_row(
+                        "SELECT reason FROM _tide_held WHERE tid=?1 AND key=?2",
+                        rusqlite::params![t.tid, row.key_bytes],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+            } else {
+                None
+            };
+            let candidates: Vec<ChangeId> =
+                m1.cells[ROW].iter().map(|h| self.change_id(h)).collect();
+            self.set_conflict(row, CONSTRAINT_CELL, "", reason.as_deref(), &candidates)?;
+        }
+
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, ?3)",
+        )?;
+        stmt.execute(rusqlite::params![t.tid, row.key_bytes, m1.encode()])?;
+        Ok(())
+    }
+
+    fn change_id(&self, h: &Version) -> ChangeId {
+        ChangeId {
+            origin: self.origins[&h.origin],
+            seq: h.seq,
+        }
+    }
+
+    fn delete_value(&self, t: &TableInfo, key_bytes: &[u8], c: usize, h: &Version) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5")?
+            .execute(rusqlite::params![t.tid, key_bytes, c as i64, h.origin, h.seq as i64])?;
+        Ok(())
+    }
+
+    fn set_conflict(
+        &mut self,
+        row: &RowRef<'_>,
+        col: i64,
+        col_name: &str,
+        kind: Option<&str>,
+        candidates: &[ChangeId],
+    ) -> Result<()> {
+        let existing: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT id FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3")?
+            .query_row(rusqlite::params![row.t.tid, row.key_bytes, col], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(kind) = kind else {
+            if existing.is_some() {
+                self.conn.execute(
+                    "DELETE FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3",
+                    rusqlite::params![row.t.tid, row.key_bytes, col],
+                )?;
+            }
+            return Ok(());
+        };
+        let id = conflict_id(&row.t.name, row.key_bytes, col_name, kind, candidates);
+        if existing.as_deref() == Some(&id[..]) {
+            return Ok(());
+        }
+        if existing.is_none() {
+            self.effects.conflicts_opened += 1;
+        }
+        self.conn.execute(
+            "INSERT INTO _tide_conflicts(id, tid, key, col, kind) VALUES(?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(tid, key, col) DO UPDATE SET id=excluded.id, kind=excluded.kind",
+            rusqlite::params![&id[..], row.t.tid, row.key_bytes, col, kind],
+        )?;
+        Ok(())
+    }
+
+    fn insert_row(&self, t: &TableInfo, key: &[Value], values: &[Value]) -> rusqlite::Result<()> {
+        let cols: Vec<String> = t
+            .key_columns
+            .iter()
+            .chain(&t.columns)
+            .map(|c| q(c))
+            .collect();
+        let marks = (1..=cols.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {}({}) VALUES({marks})",
+            q(&t.name),
+            cols.join(", ")
+        );
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(params_from_iter(key.iter().chain(values)))?;
+        Ok(())
+    }
+
+    fn update_row(
+        &self,
+        t: &TableInfo,
+        key: &[Value],
+        changed: &[usize],
+        values: &[Value],
+    ) -> rusqlite::Result<()> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let nkey = key.len();
+        let sets = changed
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| format!("{} = ?{}", q(&t.columns[i]), nkey + j + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("UPDATE {} SET {sets} WHERE {}", q(&t.name), key_where(t));
+        self.conn.prepare_cached(&sql)?.execute(params_from_iter(
+            key.iter().chain(changed.iter().map(|&i| &values[i])),
+        ))?;
+        Ok(())
+    }
+
+    pub(crate) fn delete_row(&self, t: &TableInfo, key: &[Value]) -> Result<()> {
+        let sql = format!("DELETE FROM {} WHERE {}", q(&t.name), key_where(t));
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(params_from_iter(key.iter()))?;
+        Ok(())
+    }
+
+    /// Rows that hold, in some UNIQUE index, the values `values` would take.
+    pub(crate) fn find_unique_blockers(
+        &self,
+        t: &TableInfo,
+        key: &[Value],
+        values: &[Value],
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let indexes: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND origin != 'pk'",
+            )?
+            .query_map([&t.name], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for index in indexes {
+            let cols: Vec<Option<String>> = self
+                .conn
+                .prepare_cached("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+                .query_map([&index], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut conds = Vec::new();
+            let mut args: Vec<Value> = Vec::new();
+            let mut usable = true;
+            for c in &cols {
+                let Some(c) = c else {
+                    usable = false;
+                    break;
+                };
+                let v = if let Some(i) = t.columns.iter().position(|x| x == c) {
+                    values[i].clone()
+                } else if let Some(i) = t.key_columns.iter().position(|x| x == c) {
+                    key[i].clone()
+                } else {
+                    usable = false;
+                    break;
+                };
+                if v == Value::Null {
+                    usable = false; // NULLs never collide in a UNIQUE index
+                    break;
+                }
+                args.push(v);
+                conds.push(format!("{} = ?{}", q(c), args.len()));
+            }
+            if !usable {
+                continue;
+            }
+            let keys = t
+                .key_columns
+                .iter()
+                .map(|k| q(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {keys} FROM {} WHERE {}",
+                q(&t.name),
+                conds.join(" AND ")
+            );
+            let mut stmt = self.conn.prepare(&sql)?;
+            let n = t.key_columns.len();
+            let found = stmt
+                .query_map(params_from_iter(args.iter()), |r| {
+                    (0..n)
+                        .map(|i| r.get::<_, Value>(i))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for k in found {
+                if k != key {
+                    let kb = encode_key(&k);
+                    if !out.contains(&kb) {
+                        out.push(kb);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The row's priority in a constraint conflict: the older birth keeps the slot.
+    fn priority(&self, m: &RowMeta, key_bytes: &[u8]) -> (u64, Option<ReplicaId>, u64, Vec<u8>) {
+        match &m.birth {
+            Some(b) => (
+                b.hlc,
+                Some(self.origins[&b.origin]),
+                b.seq,
+                key_bytes.to_vec(),
+            ),
+            None => (u64::MAX, None, u64::MAX, key_bytes.to_vec()),
+        }
+    }
+
+    /// When the incoming row outranks every row blocking it in a UNIQUE index, holds
+    /// those rows instead. Returns whether the way is now clear.
+    fn try_evict_blockers(
+        &mut self,
+        row: &RowRef<'_>,
+        m1: &RowMeta,
+        values: &[Value],
+    ) -> Result<bool> {
+        let t = row.t;
+        let blockers = self.find_unique_blockers(t, row.key, values)?;
+        if blockers.is_empty() {
+            return Ok(false);
+        }
+        let mine = self.priority(m1, row.key_bytes);
+        let mut metas = Vec::new();
+        for b in &blockers {
+            let Some(mb) = self.load_meta(t, b)? else {
+                return Ok(false);
+            };
+            if self.priority(&mb, b) <= mine {
+                return Ok(false);
+            }
+            metas.push(mb);
+        }
+        for (b, mb) in blockers.iter().zip(metas) {
+            let key = crate::value::decode_key(b)?;
+            let mut held = mb.clone();
+            held.held = true;
+            self.conn.execute(
+                "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, ?4)
+                 ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=excluded.blocker",
+                rusqlite::params![t.tid, b, HELD_UNIQUE, row.key_bytes],
+            )?;
+            self.transition(
+                &RowRef {
+                    t,
+                    key: &key,
+                    key_bytes: b,
+                },
+                Some(&mb),
+                held,
+                &[],
+                Visible::Table,
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// Puts `key` on hold with `reason` (used for foreign key violations found at commit).
+    pub(crate) fn hold(&mut self, t: &TableInfo, key: &[Value], reason: &str) -> Result<()> {
+        let key_bytes = encode_key(key);
+        let Some(m0) = self.load_meta(t, &key_bytes)? else {
+            return Ok(());
+        };
+        if m0.held {
+            return Ok(());
+        }
+        let mut m1 = m0.clone();
+        m1.held = true;
+        self.conn.execute(
+            "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, NULL)
+             ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=NULL",
+            rusqlite::params![t.tid, key_bytes, reason],
+        )?;
+        self.transition(
+            &RowRef {
+                t,
+                key,
+                key_bytes: &key_bytes,
+            },
+            Some(&m0),
+            m1,
+            &[],
+            Visible::Table,
+        )
+    }
+
+    /// Tries to put a held row back into its table; it stays held if it still cannot go in.
+    pub(crate) fn release(&mut self, t: &TableInfo, key_bytes: &[u8]) -> Result<()> {
+        let Some(m0) = self.load_meta(t, key_bytes)? else {
+            return Ok(());
+        };
+        if !m0.held {
+            return Ok(());
+        }
+        let key = crate::value::decode_key(key_bytes)?;
+        let mut m1 = m0.clone();
+        m1.held = false;
+        self.transition(
+            &RowRef {
+                t,
+                key: &key,
+                key_bytes,
+            },
+            Some(&m0),
+            m1,
+            &[],
+            Visible::Table,
+        )
+    }
+
+    /// Total order helper for callers holding versions.
+    pub(crate) fn cmp(&self, a: &Version, b: &Version) -> std::cmp::Ordering {
+        order(a, b, &self.origins)
+    }
+}
+
+/// Classifies a failed write: a constraint we hold rows for, or `None` for a real error.
+fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
+    if let rusqlite::Error::SqliteFailure(f, _) = e
+        && f.code == ErrorCode::ConstraintViolation
+    {
+        return Some(match f.extended_code {
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => HELD_UNIQUE,
+            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => HELD_FOREIGN_KEY,
+            rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL => HELD_NOT_NULL,
+            _ => HELD_CHECK,
+        });
+    }
+    None
+}
+
+/// A head's value: written now, kept in `_tide_values`, or visible in the old row.
+fn value_of(
+    c: usize,
+    h: &Version,
+    new_map: &HashMap<(usize, i64, u64), Value>,
+    stored: &HashMap<(usize, i64, u64), Value>,
+    old_mat: bool,
+    old_winners: &[Option<Version>],
+    old_visible: &Option<Vec<Value>>,
+) -> Option<Value> {
+    if let Some(v) = new_map
+        .get(&(c, h.origin, h.seq))
+        .or_else(|| stored.get(&(c, h.origin, h.seq)))
+    {
+        return Some(v.clone());
+    }
+    if old_mat && old_winners[c].map(|w| w.vref()) == Some(h.vref()) {
+        return old_visible.as_ref().map(|row| row[c - 1].clone());
+    }
+    None
+}
+
+/// `k1 = ?1 AND k2 = ?2 …`
+pub(crate) fn key_where(t: &TableInfo) -> String {
+    t.key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} = ?{}", q(k), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The id every replica gives the same conflict: a hash of where it is and who the
+/// candidates are.
+pub(crate) fn conflict_id(
+    table: &str,
+    key_bytes: &[u8],
+    col: &str,
+    kind: &str,
+    candidates: &[ChangeId],
+) -> [u8; 16] {
+    let mut sorted = candidates.to_vec();
+    sorted.sort();
+    let mut h = blake3::Hasher::new_derive_key("tide 2026-11 conflict id v1");
+    for part in [table.as_bytes(), key_bytes, col.as_bytes(), kind.as_bytes()] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    for c in &sorted {
+        h.update(&c.origin.0);
+        h.update(&c.seq.to_le_bytes());
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    id
+}

@@ -1,0 +1,388 @@
+//! The replica: one SQLite file, tide's metadata in it, and an identity in a key store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::identity::{Binding, Card, KeyStore, SecretIdentity};
+use crate::ids::ReplicaId;
+use crate::rowmeta::Origins;
+use crate::schema::{self, TrackReport};
+
+/// A version vector: origin → highest contiguous seq held.
+pub type VersionVector = BTreeMap<ReplicaId, u64>;
+
+/// A tide replica over one SQLite database file.
+///
+/// The application keeps its own connections and writes plain SQL; this handle is how
+/// tide seals, exchanges and merges. It is not `Sync`: open one per thread.
+pub struct Replica {
+    pub(crate) conn: Connection,
+    pub(crate) keys: KeyStore,
+    pub(crate) path: PathBuf,
+    /// Test hook: make the apply fail after this many row ops (atomicity tests).
+    pub(crate) fail_after_ops: Option<usize>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("path", &self.path).finish()
+    }
+}
+
+impl Replica {
+    /// Opens (creating if absent) the database at `path` and makes sure tide's metadata
+    /// tables exist. Secret keys are looked up in `keys`.
+    pub fn open(path: impl AsRef<Path>, keys: KeyStore) -> Result<Replica> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Deferred so that a batch may briefly violate a foreign key between two ops; the
+        // apply checks and holds violators before committing.
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        let tx = conn.unchecked_transaction()?;
+        schema::migrate(&tx)?;
+        tx.commit()?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        Ok(Replica {
+            conn,
+            keys,
+            path,
+            fail_after_ops: None,
+        })
+    }
+
+    /// The underlying connection, for reading tide's view or writing like an app would.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Gives the database an identity if it has none; returns the replica id.
+    pub fn init(&mut self, name: &str) -> Result<ReplicaId> {
+        if let Some(id) = self.id_opt()? {
+            return Ok(id);
+        }
+        self.new_identity(name)
+    }
+
+    /// Creates a fresh identity for this database, keeping the old one (if any) as an
+    /// ordinary known origin. This is how a copied or restored database becomes a
+    /// replica of its own.
+    pub fn new_identity(&mut self, name: &str) -> Result<ReplicaId> {
+        let secret = SecretIdentity::generate();
+        let card = secret.card(name);
+        self.keys.store(&secret)?;
+        let tx = self.conn.transaction()?;
+        let idx = upsert_origin(&tx, &card)?;
+        tx.execute("UPDATE _tide_origins SET peer=1 WHERE peer=2", [])?;
+        tx.execute("UPDATE _tide_origins SET peer=2 WHERE idx=?1", [idx])?;
+        tx.execute("INSERT INTO _tide_meta(k, v) VALUES('self', ?1) ON CONFLICT(k) DO UPDATE SET v=excluded.v", [idx])?;
+        tx.commit()?;
+        let sealed = self.own_seq()?;
+        self.keys.store_binding(
+            card.id,
+            &Binding {
+                db_path: self.path.clone(),
+                sealed_seq: sealed,
+            },
+        )?;
+        Ok(card.id)
+    }
+
+    pub(crate) fn self_idx(&self) -> Result<i64> {
+        self.conn
+            .query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))
+            .optional()?
+            .ok_or(Error::NotInitialized)
+    }
+
+    fn id_opt(&self) -> Result<Option<ReplicaId>> {
+        let id: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT o.id FROM _tide_meta m JOIN _tide_origins o ON o.idx = m.v WHERE m.k='self'", [], |r| r.get(0))
+            .optional()?;
+        Ok(id.map(|b| ReplicaId(b.try_into().expect("ids are stored as 16 bytes"))))
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> Result<ReplicaId> {
+        self.id_opt()?.ok_or(Error::NotInitialized)
+    }
+
+    /// This replica's public card.
+    pub fn card(&self) -> Result<Card> {
+        let idx = self.self_idx()?;
+        self.origin_card(idx)?.ok_or(Error::NotInitialized)
+    }
+
+    fn origin_card(&self, idx: i64) -> Result<Option<Card>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, sign_key, box_key, name FROM _tide_origins WHERE idx=?1",
+                [idx],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?,
+                        r.get::<_, Option<Vec<u8>>>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(row.and_then(|(id, sk, bk, name)| {
+            Some(Card {
+                id: ReplicaId(id.try_into().ok()?),
+                sign_key: sk?.try_into().ok()?,
+                box_key: bk?.try_into().ok()?,
+                name,
+            })
+        }))
+    }
+
+    /// Adds (or renames) a peer from its card. Changes signed by it are accepted from
+    /// then on, whoever relays them.
+    pub fn add_peer(&mut self, card: &Card) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let idx = upsert_origin(&tx, card)?;
+        tx.execute(
+            "UPDATE _tide_origins SET peer=1 WHERE idx=?1 AND peer=0",
+            [idx],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every known replica with a key: peers and this replica.
+    pub fn known_cards(&self) -> Result<Vec<Card>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx FROM _tide_origins WHERE sign_key IS NOT NULL ORDER BY idx")?;
+        let idxs = stmt
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for idx in idxs {
+            out.extend(self.origin_card(idx)?);
+        }
+        Ok(out)
+    }
+
+    /// The secret identity, after checking that this file may write under it (invariant 11).
+    pub(crate) fn secret_for_sealing(&self) -> Result<SecretIdentity> {
+        let id = self.id()?;
+        let Some(secret) = self.keys.load(id)? else {
+            return Err(Error::IdentityMissing {
+                replica: id,
+                keystore: self.keys.dir().to_path_buf(),
+            });
+        };
+        let own = self.own_seq()?;
+        if let Some(b) = self.keys.load_binding(id)? {
+            if b.db_path != self.path {
+                return Err(Error::IdentityConflict {
+                    replica: id,
+                    reason: format!(
+                        "its key is bound to {}, not to {}",
+                        b.db_path.display(),
+                        self.path.display()
+                    ),
+                });
+            }
+            if b.sealed_seq > own {
+                return Err(Error::IdentityConflict {
+                    replica: id,
+                    reason: format!(
+                        "this identity has sealed change {} but this file holds only {own}",
+                        b.sealed_seq
+                    ),
+                });
+            }
+        }
+        Ok(secret)
+    }
+
+    /// The highest seq of this replica's own log.
+    pub(crate) fn own_seq(&self) -> Result<u64> {
+        let idx = self.self_idx()?;
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM _tide_log WHERE origin=?1",
+            [idx],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    pub(crate) fn record_sealed(&self, seq: u64) -> Result<()> {
+        let id = self.id()?;
+        self.keys.store_binding(
+            id,
+            &Binding {
+                db_path: self.path.clone(),
+                sealed_seq: seq,
+            },
+        )
+    }
+
+    /// Starts tracking `table`: captures every later write to it, from any connection.
+    pub fn track(&mut self, table: &str) -> Result<TrackReport> {
+        self.seal()?;
+        let tx = self.conn.transaction()?;
+        let existing: Option<(i64, bool)> = tx
+            .query_row(
+                "SELECT tid, tracked FROM _tide_tables WHERE name=?1",
+                [table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((_, true)) = existing {
+            let (_, warnings) = schema::inspect(&tx, table)?;
+            return Ok(TrackReport {
+                warnings,
+                newly_tracked: false,
+            });
+        }
+        let tid = match existing {
+            Some((tid, _)) => tid,
+            None => tx.query_row(
+                "SELECT coalesce(max(tid), 0) + 1 FROM _tide_tables",
+                [],
+                |r| r.get(0),
+            )?,
+        };
+        let (info, warnings) = schema::table_info(&tx, tid, table)?;
+        tx.execute(
+            "INSERT INTO _tide_tables(tid, name, key_columns, columns, tracked) VALUES(?1, ?2, ?3, ?4, 1)
+             ON CONFLICT(tid) DO UPDATE SET key_columns=excluded.key_columns, columns=excluded.columns, tracked=1",
+            params![tid, table, schema::join_names(&info.key_columns), schema::join_names(&info.columns)],
+        )?;
+        schema::install_capture(&tx, &info)?;
+        bump_epoch(&tx)?;
+        // Rows already in the table are captured as inserts, so peers receive them.
+        let keys = info
+            .key_columns
+            .iter()
+            .map(|k| schema::q(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let kcols = (0..info.key_columns.len())
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tx.execute_batch(&format!(
+            "INSERT INTO {}(op, mask, {kcols}) SELECT 1, NULL, {keys} FROM {}",
+            info.cap_table(),
+            schema::q(table)
+        ))?;
+        tx.commit()?;
+        Ok(TrackReport {
+            warnings,
+            newly_tracked: true,
+        })
+    }
+
+    /// Stops tracking `table` (pending writes are sealed first). Metadata stays, so
+    /// tracking it again resumes where it was.
+    pub fn untrack(&mut self, table: &str) -> Result<()> {
+        self.seal()?;
+        let tx = self.conn.transaction()?;
+        let tid: Option<i64> = tx
+            .query_row(
+                "SELECT tid FROM _tide_tables WHERE name=?1 AND tracked=1",
+                [table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(tid) = tid else {
+            return Err(Error::NotTracked(table.into()));
+        };
+        schema::drop_triggers(&tx, tid)?;
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS _tide_cap_{tid}"))?;
+        tx.execute("UPDATE _tide_tables SET tracked=0 WHERE tid=?1", [tid])?;
+        bump_epoch(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Names of tracked tables.
+    pub fn tracked_tables(&self) -> Result<Vec<String>> {
+        Ok(schema::tracked_tables(&self.conn)?
+            .into_iter()
+            .map(|t| t.name)
+            .collect())
+    }
+
+    /// Test hook: the next apply fails after `ops` row ops (then the hook clears).
+    #[doc(hidden)]
+    pub fn inject_apply_failure(&mut self, ops: Option<usize>) {
+        self.fail_after_ops = ops;
+    }
+
+    pub(crate) fn meta_u64(conn: &Connection, key: &str) -> Result<u64> {
+        Ok(conn
+            .query_row("SELECT v FROM _tide_meta WHERE k=?1", [key], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .unwrap_or(0) as u64)
+    }
+
+    pub(crate) fn set_meta_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
+        conn.execute(
+            "INSERT INTO _tide_meta(k, v) VALUES(?1, ?2) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
+            params![key, v as i64],
+        )?;
+        Ok(())
+    }
+}
+
+fn bump_epoch(conn: &Connection) -> Result<()> {
+    let e = Replica::meta_u64(conn, "schema_epoch")?;
+    Replica::set_meta_u64(conn, "schema_epoch", e + 1)
+}
+
+/// Inserts the origin of `card` or fills in its keys and name; returns its local number.
+fn upsert_origin(conn: &Connection, card: &Card) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO _tide_origins(id, sign_key, box_key, name) VALUES(?1, ?2, ?3, ?4)
+         ON CONFLICT(id) DO UPDATE SET sign_key=excluded.sign_key, box_key=excluded.box_key, name=excluded.name",
+        params![&card.id.0[..], &card.sign_key[..], &card.box_key[..], card.name],
+    )?;
+    Ok(conn.query_row(
+        "SELECT idx FROM _tide_origins WHERE id=?1",
+        [&card.id.0[..]],
+        |r| r.get(0),
+    )?)
+}
+
+/// Every known origin: local number → replica id.
+pub(crate) fn origins_map(conn: &Connection) -> Result<Origins> {
+    let mut stmt = conn.prepare_cached("SELECT idx, id FROM _tide_origins")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+    let mut out = Origins::new();
+    for row in rows {
+        let (idx, id) = row?;
+        out.insert(
+            idx,
+            ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
+        );
+    }
+    Ok(out)
+}
+
+/// The local number of `id`, adding a key-less origin when unknown.
+pub(crate) fn origin_idx(conn: &Connection, id: ReplicaId) -> Result<i64> {
+    let mut stmt = conn.prepare_cached("SELECT idx FROM _tide_origins WHERE id=?1")?;
+    if let Some(idx) = stmt.query_row([&id.0[..]], |r| r.get(0)).optional()? {
+        return Ok(idx);
+    }
+    conn.execute("INSERT INTO _tide_origins(id) VALUES(?1)", [&id.0[..]])?;
+    Ok(conn.last_insert_rowid())
+}

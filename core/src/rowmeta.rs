@@ -1,0 +1,236 @@
+//! Per-row metadata: for every cell of a row, its heads (the values no later write has
+//! overwritten), packed in one blob per row so the common path costs one read and one
+//! write.
+//!
+//! Cell 0 is the row's existence (alive or deleted); cell `1 + i` is column `i` of the
+//! table's tracked columns. A head is named by the version that wrote it: the change
+//! (origin, seq), with that change's HLC for ordering. Origins are stored as this
+//! replica's local origin numbers; ordering always uses the global replica id, so every
+//! replica picks the same winner.
+//!
+//! Where a head's value lives: the winner of each column is the value in the user table
+//! while the row is materialized (alive winner, not held). Every other head's value is in
+//! `_tide_values`. That rule is the whole of the value bookkeeping.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use crate::codec::{Reader, put_varint};
+use crate::error::DecodeError;
+use crate::ids::ReplicaId;
+
+/// The existence cell's index.
+pub(crate) const ROW: usize = 0;
+
+/// One version of a row: the change that wrote some of its cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Version {
+    pub(crate) origin: i64,
+    pub(crate) seq: u64,
+    pub(crate) hlc: u64,
+    /// The op's kind: an upsert says the row exists, a delete that it does not.
+    pub(crate) alive: bool,
+    /// The op created the row (an insert where the writer saw no live row).
+    pub(crate) created: bool,
+}
+
+impl Version {
+    pub(crate) fn vref(&self) -> (i64, u64) {
+        (self.origin, self.seq)
+    }
+}
+
+/// Local origin number → replica id, for the total order.
+pub(crate) type Origins = HashMap<i64, ReplicaId>;
+
+/// The total order every replica computes alike: HLC, then origin id, then seq.
+pub(crate) fn order(a: &Version, b: &Version, origins: &Origins) -> Ordering {
+    a.hlc
+        .cmp(&b.hlc)
+        .then_with(|| origins[&a.origin].cmp(&origins[&b.origin]))
+        .then(a.seq.cmp(&b.seq))
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RowMeta {
+    /// `cells[0]` is the existence cell; `cells[1 + i]` column i. Heads are kept sorted
+    /// by (origin, seq) so equal states encode equally.
+    pub(crate) cells: Vec<Vec<Version>>,
+    /// Held back from the user table by a constraint conflict.
+    pub(crate) held: bool,
+    /// The version that created the row (oldest concurrent creator): the row's priority
+    /// in constraint conflicts, stable across later updates.
+    pub(crate) birth: Option<Version>,
+}
+
+impl RowMeta {
+    pub(crate) fn new(ncols: usize) -> RowMeta {
+        RowMeta {
+            cells: vec![Vec::new(); ncols + 1],
+            held: false,
+            birth: None,
+        }
+    }
+
+    pub(crate) fn ensure_cells(&mut self, ncols: usize) {
+        if self.cells.len() < ncols + 1 {
+            self.cells.resize(ncols + 1, Vec::new());
+        }
+    }
+
+    pub(crate) fn winner(&self, cell: usize, origins: &Origins) -> Option<Version> {
+        self.cells
+            .get(cell)?
+            .iter()
+            .copied()
+            .max_by(|a, b| order(a, b, origins))
+    }
+
+    /// Alive winner and not held: the row is in the user table.
+    pub(crate) fn materialized(&self, origins: &Origins) -> bool {
+        !self.held && self.winner(ROW, origins).is_some_and(|v| v.alive)
+    }
+
+    /// Replaces the heads named in `preds` by `v`.
+    pub(crate) fn write(&mut self, cell: usize, v: Version, preds: &[(i64, u64)]) {
+        let heads = &mut self.cells[cell];
+        heads.retain(|h| !preds.contains(&h.vref()) && h.vref() != v.vref());
+        let at = heads.partition_point(|h| h.vref() < v.vref());
+        heads.insert(at, v);
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut versions: Vec<Version> = Vec::new();
+        for h in self.cells.iter().flatten() {
+            if !versions.contains(h) {
+                versions.push(*h);
+            }
+        }
+        let mut out = Vec::with_capacity(16 + versions.len() * 12 + self.cells.len() * 2);
+        out.push(u8::from(self.held) | (u8::from(self.birth.is_some()) << 1));
+        let put_version = |out: &mut Vec<u8>, v: &Version| {
+            put_varint(out, v.origin as u64);
+            put_varint(out, v.seq);
+            put_varint(
+                out,
+                (v.hlc << 2) | (u64::from(v.created) << 1) | u64::from(v.alive),
+            );
+        };
+        if let Some(b) = &self.birth {
+            put_version(&mut out, b);
+        }
+        put_varint(&mut out, versions.len() as u64);
+        for v in &versions {
+            put_version(&mut out, v);
+        }
+        put_varint(&mut out, self.cells.len() as u64);
+        for heads in &self.cells {
+            put_varint(&mut out, heads.len() as u64);
+            for h in heads {
+                let i = versions
+                    .iter()
+                    .position(|v| v == h)
+                    .expect("every head was collected above");
+                put_varint(&mut out, i as u64);
+            }
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<RowMeta, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let flags = r.byte("row meta flags")?;
+        let version = |r: &mut Reader<'_>| -> Result<Version, DecodeError> {
+            let origin = r.varint("row meta origin")? as i64;
+            let seq = r.varint("row meta seq")?;
+            let hlc = r.varint("row meta hlc")?;
+            Ok(Version {
+                origin,
+                seq,
+                hlc: hlc >> 2,
+                alive: hlc & 1 == 1,
+                created: hlc & 2 == 2,
+            })
+        };
+        let birth = if flags & 2 != 0 {
+            Some(version(&mut r)?)
+        } else {
+            None
+        };
+        let n = r.count("row meta versions")?;
+        let versions = (0..n)
+            .map(|_| version(&mut r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ncells = r.count("row meta cells")?;
+        let mut cells = Vec::with_capacity(ncells);
+        for _ in 0..ncells {
+            let nheads = r.count("row meta heads")?;
+            let mut heads = Vec::with_capacity(nheads);
+            for _ in 0..nheads {
+                let i = r.varint("row meta head")? as usize;
+                heads.push(
+                    *versions
+                        .get(i)
+                        .ok_or(DecodeError::Malformed("row meta head"))?,
+                );
+            }
+            cells.push(heads);
+        }
+        Ok(RowMeta {
+            cells,
+            held: flags & 1 != 0,
+            birth,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(origin: i64, seq: u64, hlc: u64, alive: bool) -> Version {
+        Version {
+            origin,
+            seq,
+            hlc,
+            alive,
+            created: false,
+        }
+    }
+
+    #[test]
+    fn meta_round_trips() {
+        let mut m = RowMeta::new(2);
+        m.write(ROW, v(1, 1, 10, true), &[]);
+        m.write(1, v(1, 1, 10, true), &[]);
+        m.write(1, v(2, 5, 11, true), &[]);
+        m.held = true;
+        m.birth = Some(v(1, 1, 10, true));
+        assert_eq!(RowMeta::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn write_replaces_only_predecessors() {
+        let mut m = RowMeta::new(1);
+        m.write(1, v(1, 1, 10, true), &[]);
+        m.write(1, v(2, 1, 11, true), &[]);
+        m.write(1, v(1, 2, 12, true), &[(1, 1)]);
+        let heads: Vec<_> = m.cells[1].iter().map(|h| h.vref()).collect();
+        assert_eq!(heads, vec![(1, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn winner_follows_hlc_then_replica_id() {
+        let origins: Origins = [(1, ReplicaId([9; 16])), (2, ReplicaId([1; 16]))].into();
+        let mut m = RowMeta::new(0);
+        m.write(ROW, v(1, 1, 10, true), &[]);
+        m.write(ROW, v(2, 1, 10, false), &[]);
+        assert_eq!(
+            m.winner(ROW, &origins).unwrap().origin,
+            1,
+            "same HLC: larger replica id wins"
+        );
+        m.write(ROW, v(2, 2, 11, false), &[(2, 1)]);
+        assert!(!m.materialized(&origins), "later delete wins");
+    }
+}

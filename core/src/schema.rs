@@ -1,0 +1,415 @@
+//! tide's metadata tables (numbered migrations) and table tracking (capture triggers).
+//!
+//! Capture is deliberately small (DESIGN §7 wants bulk inserts at most 1.5x plain SQLite):
+//! an AFTER trigger appends the row's key, the kind of write and, for updates, a bitmask of
+//! changed columns to an index-free log table. Values are read later, when sealing.
+//! Trigger bodies use only SQL that SQLite 3.40 understands, because Debian's `sqlite3`
+//! shell and Python's `sqlite3` module (3.40 here) must be captured too.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+
+/// Numbered migrations; `_tide_meta.migration` records how many ran. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial layout.
+    "CREATE TABLE _tide_meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+     CREATE TABLE _tide_origins(
+        idx INTEGER PRIMARY KEY,
+        id BLOB NOT NULL UNIQUE,
+        sign_key BLOB,
+        box_key BLOB,
+        name TEXT NOT NULL DEFAULT '',
+        stored INTEGER NOT NULL DEFAULT 0,
+        applied INTEGER NOT NULL DEFAULT 0,
+        peer INTEGER NOT NULL DEFAULT 0);
+     CREATE TABLE _tide_tables(
+        tid INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        key_columns TEXT NOT NULL,
+        columns TEXT NOT NULL,
+        tracked INTEGER NOT NULL);
+     CREATE TABLE _tide_log(
+        origin INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        hlc INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        sig BLOB NOT NULL,
+        applied INTEGER NOT NULL,
+        PRIMARY KEY(origin, seq)) WITHOUT ROWID;
+     CREATE TABLE _tide_quarantine(
+        qid INTEGER PRIMARY KEY,
+        origin BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        body BLOB NOT NULL,
+        sig BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        UNIQUE(hash, reason));
+     CREATE TABLE _tide_rows(tid INTEGER NOT NULL, key BLOB NOT NULL, meta BLOB NOT NULL,
+        PRIMARY KEY(tid, key)) WITHOUT ROWID;
+     CREATE TABLE _tide_values(tid INTEGER NOT NULL, key BLOB NOT NULL, col INTEGER NOT NULL,
+        origin INTEGER NOT NULL, seq INTEGER NOT NULL, value,
+        PRIMARY KEY(tid, key, col, origin, seq)) WITHOUT ROWID;
+     CREATE TABLE _tide_conflicts(id BLOB PRIMARY KEY, tid INTEGER NOT NULL, key BLOB NOT NULL,
+        col INTEGER NOT NULL, kind TEXT NOT NULL, UNIQUE(tid, key, col)) WITHOUT ROWID;
+     CREATE TABLE _tide_held(tid INTEGER NOT NULL, key BLOB NOT NULL, reason TEXT NOT NULL,
+        blocker BLOB, PRIMARY KEY(tid, key)) WITHOUT ROWID;",
+];
+
+/// Creates or upgrades tide's metadata tables. Idempotent.
+pub(crate) fn migrate(conn: &Connection) -> Result<()> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_tide_meta'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    let done: usize = if exists {
+        conn.query_row("SELECT v FROM _tide_meta WHERE k='migration'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+        .unwrap_or(0) as usize
+    } else {
+        0
+    };
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        conn.execute_batch(sql)?;
+        conn.execute(
+            "INSERT INTO _tide_meta(k, v) VALUES('migration', ?1) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
+            params![(i + 1) as i64],
+        )?;
+    }
+    Ok(())
+}
+
+/// Quotes an SQL identifier.
+pub(crate) fn q(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A tracked table's shape as tide sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct TableInfo {
+    pub(crate) tid: i64,
+    pub(crate) name: String,
+    pub(crate) key_columns: Vec<String>,
+    pub(crate) columns: Vec<String>,
+    /// Per column of `columns`: true when the column has no type affinity, so 1 and 1.0,
+    /// or 0.0 and -0.0, can both be stored and `IS` alone cannot tell them apart.
+    pub(crate) untyped: Vec<bool>,
+    pub(crate) key_untyped: Vec<bool>,
+}
+
+impl TableInfo {
+    pub(crate) fn cap_table(&self) -> String {
+        format!("_tide_cap_{}", self.tid)
+    }
+}
+
+/// What `track` found worth saying.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackReport {
+    /// Warnings for a person (for example an INTEGER rowid-alias key).
+    pub warnings: Vec<String>,
+    /// False when the table was already tracked (nothing changed).
+    pub newly_tracked: bool,
+}
+
+pub(crate) struct Column {
+    name: String,
+    decl: String,
+    pk: i64,
+}
+
+fn untyped(decl: &str) -> bool {
+    // SQLite's affinity rules (§3.1 of its datatype page): no INT/CHAR/CLOB/TEXT/REAL/FLOA/DOUB
+    // and either empty or containing BLOB means no affinity. "ANY" gets no affinity in STRICT
+    // tables; treating it as untyped only makes change detection more careful.
+    let d = decl.to_ascii_uppercase();
+    let typed = ["INT", "CHAR", "CLOB", "TEXT", "REAL", "FLOA", "DOUB"]
+        .iter()
+        .any(|t| d.contains(t));
+    !typed && (d.is_empty() || d.contains("BLOB") || d.contains("ANY"))
+}
+
+fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>> {
+    let mut stmt = conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1)")?;
+    let cols = stmt
+        .query_map([table], |r| {
+            Ok((
+                Column {
+                    name: r.get(0)?,
+                    decl: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    pk: r.get(2)?,
+                },
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Hidden and generated columns cannot be written, so they are not replicated.
+    Ok(cols
+        .into_iter()
+        .filter(|(_, hidden)| *hidden == 0)
+        .map(|(c, _)| c)
+        .collect())
+}
+
+/// Inspects `table` and returns its shape, refusing tables tide cannot sync.
+pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Vec<String>)> {
+    if table.starts_with("_tide_") {
+        return Err(Error::Untrackable(
+            table.into(),
+            "tide's own tables are never tracked".into(),
+        ));
+    }
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name=?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(sql) = sql else {
+        return Err(Error::NoSuchTable(table.into()));
+    };
+    if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+        return Err(Error::Autoincrement(table.into()));
+    }
+    let cols = read_columns(conn, table)?;
+    let mut keys: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
+    if keys.is_empty() {
+        return Err(Error::NoPrimaryKey(table.into()));
+    }
+    keys.sort_by_key(|c| c.pk);
+    let mut warnings = Vec::new();
+    if keys.len() == 1
+        && keys[0].decl.eq_ignore_ascii_case("INTEGER")
+        && !sql.to_ascii_uppercase().contains("WITHOUT ROWID")
+    {
+        warnings.push(format!(
+            "table {table:?} has an INTEGER PRIMARY KEY (a rowid alias): replicas that insert offline will mint \
+             the same ids; such collisions show up as conflicts. Prefer random ids (for example a UUID) for new rows."
+        ));
+    }
+    for c in &cols {
+        if c.name.contains('\0') {
+            return Err(Error::Untrackable(
+                table.into(),
+                "a column name contains NUL".into(),
+            ));
+        }
+    }
+    Ok((cols, warnings))
+}
+
+/// Builds the `TableInfo` for a table about to be tracked (tid assigned by the caller).
+pub(crate) fn table_info(
+    conn: &Connection,
+    tid: i64,
+    table: &str,
+) -> Result<(TableInfo, Vec<String>)> {
+    let (cols, warnings) = inspect(conn, table)?;
+    let mut keys: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
+    keys.sort_by_key(|c| c.pk);
+    let others: Vec<&Column> = cols.iter().filter(|c| c.pk == 0).collect();
+    Ok((
+        TableInfo {
+            tid,
+            name: table.into(),
+            key_columns: keys.iter().map(|c| c.name.clone()).collect(),
+            key_untyped: keys.iter().map(|c| untyped(&c.decl)).collect(),
+            columns: others.iter().map(|c| c.name.clone()).collect(),
+            untyped: others.iter().map(|c| untyped(&c.decl)).collect(),
+        },
+        warnings,
+    ))
+}
+
+/// `NEW.c` differs from `OLD.c` bit for bit (or may: over-reporting is safe, missing is not).
+fn differs(col: &str, untyped: bool) -> String {
+    let c = q(col);
+    // COLLATE BINARY: a NOCASE column would otherwise call 'a' and 'A' equal.
+    let base = format!("NEW.{c} IS NOT OLD.{c} COLLATE BINARY");
+    if untyped {
+        format!(
+            "({base} OR typeof(NEW.{c}) IS NOT typeof(OLD.{c}) OR (typeof(NEW.{c}) = 'real' AND NEW.{c} = 0))"
+        )
+    } else {
+        format!("({base})")
+    }
+}
+
+/// Installs the capture log table and the four triggers.
+pub(crate) fn install_capture(conn: &Connection, t: &TableInfo) -> Result<()> {
+    let cap = t.cap_table();
+    let mut cols: Vec<String> = (0..t.key_columns.len()).map(|i| format!("k{i}")).collect();
+    cols.extend((0..t.columns.len()).map(|i| format!("v{i}")));
+    // No types on purpose: values keep the storage class the user table gave them.
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {cap}(op INTEGER NOT NULL, mask INTEGER, {})",
+        cols.join(", ")
+    ))?;
+    create_triggers(conn, t)
+}
+
+/// The trigger DDL; also used to re-create triggers after tide's own apply.
+pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
+    let cap = t.cap_table();
+    let tname = q(&t.name);
+    let tid = t.tid;
+    let kcols = (0..t.key_columns.len())
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keys = |prefix: &str| {
+        t.key_columns
+            .iter()
+            .map(|k| format!("{prefix}.{}", q(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let key_same = t
+        .key_columns
+        .iter()
+        .zip(&t.key_untyped)
+        .map(|(k, u)| format!("NOT {}", differs(k, *u)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // Bit i marks column i changed; columns past 61 share bit 62 (sealing then rereads them all).
+    let mask = if t.columns.is_empty() {
+        "0".to_string()
+    } else {
+        t.columns
+            .iter()
+            .zip(&t.untyped)
+            .enumerate()
+            .map(|(i, (c, u))| format!("({} << {})", differs(c, *u), i.min(62)))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let (new_keys, old_keys) = (keys("NEW"), keys("OLD"));
+    // A delete keeps the row's last values: should a concurrent update win over the
+    // delete, every replica must be able to bring the whole row back.
+    let (old_cols, vcols) = if t.columns.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(
+                ", {}",
+                t.columns
+                    .iter()
+                    .map(|c| format!("OLD.{}", q(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            format!(
+                ", {}",
+                (0..t.columns.len())
+                    .map(|i| format!("v{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    };
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {new_keys}); END;
+         CREATE TRIGGER _tide_upd_{tid} AFTER UPDATE ON {tname} WHEN {key_same} BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES (2, {mask}, {new_keys}); END;
+         CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols});
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {new_keys}); END;
+         CREATE TRIGGER _tide_del_{tid} AFTER DELETE ON {tname} BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols}); END;"
+    ))?;
+    Ok(())
+}
+
+/// Drops the triggers (the capture log table stays).
+pub(crate) fn drop_triggers(conn: &Connection, tid: i64) -> Result<()> {
+    conn.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS _tide_ins_{tid}; DROP TRIGGER IF EXISTS _tide_upd_{tid};
+         DROP TRIGGER IF EXISTS _tide_rekey_{tid}; DROP TRIGGER IF EXISTS _tide_del_{tid};"
+    ))?;
+    Ok(())
+}
+
+/// Encodes a list of names for `_tide_tables` (NUL-separated; names cannot contain NUL).
+pub(crate) fn join_names(names: &[String]) -> String {
+    names.join("\0")
+}
+
+pub(crate) fn split_names(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split('\0').map(String::from).collect()
+    }
+}
+
+/// Loads every tracked table.
+pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
+    let mut stmt = conn.prepare(
+        "SELECT tid, name, key_columns, columns FROM _tide_tables WHERE tracked=1 ORDER BY tid",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for (tid, name, keys, cols) in rows {
+        let key_columns = split_names(&keys);
+        let columns = split_names(&cols);
+        let decls: std::collections::HashMap<String, String> = read_columns(conn, &name)?
+            .into_iter()
+            .map(|c| (c.name, c.decl))
+            .collect();
+        let ty = |c: &String| untyped(decls.get(c).map(String::as_str).unwrap_or(""));
+        out.push(TableInfo {
+            tid,
+            key_untyped: key_columns.iter().map(ty).collect(),
+            untyped: columns.iter().map(ty).collect(),
+            name,
+            key_columns,
+            columns,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_rules() {
+        assert!(untyped(""));
+        assert!(untyped("BLOB"));
+        assert!(untyped("any"));
+        assert!(!untyped("INTEGER"));
+        assert!(!untyped("VARCHAR(10)"));
+        assert!(!untyped("DOUBLE PRECISION"));
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let c = Connection::open_in_memory().unwrap();
+        migrate(&c).unwrap();
+        migrate(&c).unwrap();
+        let n: i64 = c
+            .query_row("SELECT v FROM _tide_meta WHERE k='migration'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n as usize, MIGRATIONS.len());
+    }
+}
