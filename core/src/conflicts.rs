@@ -30,7 +30,8 @@ pub struct Conflict {
     pub column: Option<String>,
     /// `update`, `insert`, `delete`, `unique`, `foreign_key`, `check` or `not_null`.
     pub kind: String,
-    /// Every candidate; exactly one has `winner` set (the value shown now).
+    /// Every candidate, the provisional winner (the value shown now) first, then in the
+    /// total order every replica uses.
     pub candidates: Vec<Candidate>,
 }
 
@@ -203,6 +204,8 @@ impl Replica {
                 candidates.push(Candidate::new(self, cid(h), h.hlc, value, is_winner)?);
             }
         }
+        // The same order everywhere: the provisional winner first, then down the total order.
+        candidates.sort_by(|a, b| (b.winner, b.hlc, b.change).cmp(&(a.winner, a.hlc, a.change)));
         Ok(Conflict {
             id: id.to_string(),
             table: t.name.clone(),

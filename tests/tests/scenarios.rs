@@ -1,0 +1,470 @@
+//! Engine scenarios on real SQLite files: two or three replicas, writes through plain
+//! app connections, changes exchanged in both directions.
+
+use tide_core::{Error, KeyStore, Replica, Resolution, Value, VersionVector};
+use tide_tests::{Cluster, query_one};
+
+const NOTES: &str = "CREATE TABLE notes(id TEXT PRIMARY KEY, title TEXT, body TEXT, n INTEGER);";
+
+fn notes(n: usize) -> Cluster {
+    Cluster::new(n, NOTES, &["notes"])
+}
+
+fn exchange(c: &mut Cluster) {
+    c.send(0, 1);
+    c.send(1, 0);
+}
+
+#[test]
+fn same_cell_edits_give_one_conflict_named_alike_on_both_sides() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 'title', 'body', 1)");
+    c.send(0, 1);
+    c.write(0, "UPDATE notes SET title = 'from r0' WHERE id = 'a'");
+    c.write(1, "UPDATE notes SET title = 'from r1' WHERE id = 'a'");
+    exchange(&mut c);
+
+    let k0 = c.replicas[0].conflicts().unwrap();
+    let k1 = c.replicas[1].conflicts().unwrap();
+    assert_eq!(k0.len(), 1, "{k0:?}");
+    // `local` is relative to who asks; everything else must match, in the same order.
+    let without_local = |ks: &[tide_core::Conflict]| {
+        ks.iter()
+            .map(|k| {
+                let mut k = k.clone();
+                k.candidates.iter_mut().for_each(|c| c.local = false);
+                k
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(without_local(&k0), without_local(&k1));
+    let conflict = &k0[0];
+    assert_eq!(conflict.column.as_deref(), Some("title"));
+    assert_eq!(conflict.kind, "update");
+    let mut values: Vec<Value> = conflict.candidates.iter().filter_map(|c| c.value.clone()).collect();
+    values.sort();
+    assert_eq!(values, vec![Value::text("from r0"), Value::text("from r1")]);
+    assert_eq!(conflict.candidates.iter().filter(|c| c.winner).count(), 1);
+    let shown0: String = query_one(&c.path(0), "SELECT title FROM notes WHERE id='a'");
+    let shown1: String = query_one(&c.path(1), "SELECT title FROM notes WHERE id='a'");
+    assert_eq!(shown0, shown1, "every replica shows the same provisional winner");
+    let winner = conflict.candidates.iter().find(|c| c.winner).unwrap();
+    assert_eq!(winner.value, Some(Value::text(shown0)));
+    let hashes = c.hashes();
+    assert_eq!(hashes[0], hashes[1]);
+}
+
+#[test]
+fn edits_of_different_columns_merge_without_conflict() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 'title', 'body', 1)");
+    c.send(0, 1);
+    c.write(0, "UPDATE notes SET title = 'new title' WHERE id = 'a'");
+    c.write(1, "UPDATE notes SET body = 'new body' WHERE id = 'a'");
+    exchange(&mut c);
+    for i in 0..2 {
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+        let row: (String, String) = c.app(i).query_row("SELECT title, body FROM notes", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(row, ("new title".into(), "new body".into()));
+    }
+}
+
+#[test]
+fn delete_against_concurrent_update_is_recorded_and_keeps_the_update() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 'title', 'body', 1)");
+    c.send(0, 1);
+    c.write(0, "DELETE FROM notes WHERE id = 'a'");
+    c.write(1, "UPDATE notes SET n = 42 WHERE id = 'a'");
+    exchange(&mut c);
+    let hashes = c.hashes();
+    assert_eq!(hashes[0], hashes[1]);
+    for i in 0..2 {
+        let k = c.replicas[i].conflicts().unwrap();
+        assert_eq!(k.len(), 1, "{k:?}");
+        assert_eq!(k[0].kind, "delete");
+        assert_eq!(k[0].column, None);
+        assert!(k[0].candidates.iter().any(|c| c.value.is_none()), "the deletion is a candidate");
+        assert!(k[0].candidates.iter().any(|c| c.value.is_some()), "the update is a candidate");
+    }
+    // Keeping the update brings the whole row back everywhere, with the updated value.
+    let id = c.replicas[0].conflicts().unwrap()[0].id.clone();
+    let keep = c.replicas[0].conflicts().unwrap()[0].candidates.iter().find(|c| c.value.is_some()).unwrap().id.clone();
+    c.replicas[0].resolve(&id, Resolution::Keep(keep)).unwrap();
+    exchange(&mut c);
+    for i in 0..2 {
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+        let row: (String, String, i64) =
+            c.app(i).query_row("SELECT title, body, n FROM notes WHERE id='a'", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        assert_eq!(row, ("title".into(), "body".into(), 42));
+    }
+}
+
+#[test]
+fn two_offline_edits_against_one_lose_nothing() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    c.send(0, 1);
+    c.write(0, "UPDATE notes SET title = 'r0 first' WHERE id='a'");
+    c.replicas[0].seal().unwrap();
+    c.write(0, "UPDATE notes SET title = 'r0 second' WHERE id='a'");
+    c.replicas[0].seal().unwrap();
+    c.write(1, "UPDATE notes SET title = 'r1 only' WHERE id='a'");
+    exchange(&mut c);
+    for i in 0..2 {
+        let k = c.replicas[i].conflicts().unwrap();
+        assert_eq!(k.len(), 1);
+        let mut values: Vec<Value> = k[0].candidates.iter().filter_map(|c| c.value.clone()).collect();
+        values.sort();
+        // r0's first edit was overwritten by r0 itself; the two concurrent heads remain.
+        assert_eq!(values, vec![Value::text("r0 second"), Value::text("r1 only")]);
+    }
+}
+
+#[test]
+fn a_resolution_on_one_replica_closes_the_conflict_everywhere() {
+    let mut c = notes(3);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    c.sync_all();
+    c.write(0, "UPDATE notes SET body = 'zero' WHERE id='a'");
+    c.write(1, "UPDATE notes SET body = 'one' WHERE id='a'");
+    c.write(2, "UPDATE notes SET body = 'two' WHERE id='a'");
+    c.sync_all();
+    let k = c.replicas[2].conflicts().unwrap();
+    assert_eq!(k.len(), 1);
+    assert_eq!(k[0].candidates.len(), 3);
+    let loser = k[0].candidates.iter().find(|x| !x.winner).unwrap().clone();
+    c.replicas[2].resolve(&k[0].id[..8], Resolution::Keep(loser.id[..12].to_string())).unwrap();
+    c.sync_all();
+    for i in 0..3 {
+        assert!(c.replicas[i].conflicts().unwrap().is_empty(), "replica {i}");
+        let body: Value = c.app(i).query_row("SELECT body FROM notes WHERE id='a'", [], |r| r.get(0)).unwrap();
+        assert_eq!(Some(body), loser.value);
+    }
+    let h = c.hashes();
+    assert!(h.iter().all(|x| *x == h[0]));
+}
+
+#[test]
+fn a_local_app_write_to_a_conflicted_cell_keeps_the_other_candidate() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    c.send(0, 1);
+    c.write(0, "UPDATE notes SET n = 1 WHERE id='a'");
+    c.write(1, "UPDATE notes SET n = 2 WHERE id='a'");
+    exchange(&mut c);
+    // The app on r0 writes over what it sees; the other replica's value must not vanish.
+    c.write(0, "UPDATE notes SET n = 3 WHERE id='a'");
+    exchange(&mut c);
+    for i in 0..2 {
+        let k = c.replicas[i].conflicts().unwrap();
+        assert_eq!(k.len(), 1);
+        let values: Vec<Value> = k[0].candidates.iter().filter_map(|c| c.value.clone()).collect();
+        assert!(values.contains(&Value::Integer(3)));
+        assert_eq!(values.len(), 2, "{values:?}");
+    }
+}
+
+#[test]
+fn same_unique_value_inserted_twice_keeps_one_winner_everywhere_and_records_the_loser() {
+    let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
+    let mut c = Cluster::new(2, schema, &["users"]);
+    c.write(0, "INSERT INTO users VALUES ('u0', 'x@example.org', 'zero')");
+    c.write(1, "INSERT INTO users VALUES ('u1', 'x@example.org', 'one')");
+    exchange(&mut c);
+    c.sync_all();
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    let kept0: String = query_one(&c.path(0), "SELECT id FROM users WHERE email='x@example.org'");
+    let kept1: String = query_one(&c.path(1), "SELECT id FROM users WHERE email='x@example.org'");
+    assert_eq!(kept0, kept1);
+    for i in 0..2 {
+        let k = c.replicas[i].conflicts().unwrap();
+        assert_eq!(k.len(), 1, "{k:?}");
+        assert_eq!(k[0].kind, "unique");
+        let held = if kept0 == "u0" { "u1" } else { "u0" };
+        assert_eq!(k[0].key, vec![Value::text(held)]);
+        let n: i64 = query_one(&c.path(i), "SELECT count(*) FROM users");
+        assert_eq!(n, 1, "the loser is held out of the table, not deleted");
+    }
+    // Keeping the held row swaps them, everywhere.
+    let k = c.replicas[0].conflicts().unwrap();
+    let held_candidate = k[0].candidates.iter().find(|x| !x.winner).unwrap().id.clone();
+    c.replicas[0].resolve(&k[0].id, Resolution::Keep(held_candidate)).unwrap();
+    c.sync_all();
+    for i in 0..2 {
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+        let now: String = query_one(&c.path(i), "SELECT id FROM users WHERE email='x@example.org'");
+        assert_ne!(now, kept0);
+    }
+}
+
+#[test]
+fn reapplying_the_same_changes_changes_nothing() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0)");
+    c.write(1, "INSERT INTO notes VALUES ('a', 'T', 'B', 1)");
+    exchange(&mut c);
+    let before = c.hashes();
+    let all = c.replicas[0].changes_for(&VersionVector::new()).unwrap();
+    for _ in 0..2 {
+        let report = c.replicas[1].import(&all).unwrap();
+        assert_eq!(report.stored, 0);
+        assert_eq!(report.duplicates, all.len());
+    }
+    assert_eq!(c.hashes(), before);
+}
+
+#[test]
+fn an_apply_that_fails_midway_leaves_the_file_byte_identical() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0); INSERT INTO notes VALUES ('c', 't', 'b', 0);");
+    c.write(1, "INSERT INTO notes VALUES ('z', 'local', 'b', 0)");
+    c.replicas[1].seal().unwrap();
+    let vv = c.replicas[1].version_vector().unwrap();
+    let changes = c.replicas[0].changes_for(&vv).unwrap();
+    let before = std::fs::read(c.path(1)).unwrap();
+    c.replicas[1].inject_apply_failure(Some(2));
+    let err = c.replicas[1].import(&changes).unwrap_err();
+    assert!(matches!(err, Error::ApplyAborted(_)), "{err}");
+    assert_eq!(std::fs::read(c.path(1)).unwrap(), before, "nothing of the failed import is left");
+    // And the same import then succeeds.
+    let report = c.replicas[1].import(&changes).unwrap();
+    assert_eq!(report.applied, 1);
+    assert_eq!(query_one::<i64>(&c.path(1), "SELECT count(*) FROM notes"), 4);
+}
+
+#[test]
+fn a_copied_database_refuses_to_seal() {
+    let c = notes(1);
+    let mut r = Replica::open(c.path(0), KeyStore::at(c.dir.path().join("keys0"))).unwrap();
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    r.seal().unwrap();
+
+    // Same file on another machine: the key store does not have its secret key.
+    let copy = c.dir.path().join("copy.db");
+    std::fs::copy(c.path(0), &copy).unwrap();
+    let mut on_other_machine = Replica::open(&copy, KeyStore::at(c.dir.path().join("elsewhere"))).unwrap();
+    Connection::open(&copy).unwrap().execute("INSERT INTO notes VALUES ('b', 't', 'b', 0)", []).unwrap();
+    let err = on_other_machine.seal().unwrap_err();
+    assert!(matches!(err, Error::IdentityMissing { .. }), "{err}");
+    assert!(err.to_string().contains("looks like a copy"));
+
+    // Same key store, other path: a copy on the same machine.
+    let mut same_machine = Replica::open(&copy, KeyStore::at(c.dir.path().join("keys0"))).unwrap();
+    let err = same_machine.seal().unwrap_err();
+    assert!(matches!(err, Error::IdentityConflict { .. }), "{err}");
+
+    // A new identity makes it a replica of its own.
+    let old = same_machine.id().unwrap();
+    let new = same_machine.new_identity("copy").unwrap();
+    assert_ne!(old, new);
+    assert!(same_machine.seal().unwrap().is_some());
+}
+
+#[test]
+fn a_restored_backup_refuses_to_seal() {
+    let c = notes(1);
+    let backup = c.dir.path().join("backup.db");
+    std::fs::copy(c.path(0), &backup).unwrap();
+    let mut r = Replica::open(c.path(0), KeyStore::at(c.dir.path().join("keys0"))).unwrap();
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    r.seal().unwrap();
+    drop(r);
+    std::fs::copy(&backup, c.path(0)).unwrap();
+    let mut restored = Replica::open(c.path(0), KeyStore::at(c.dir.path().join("keys0"))).unwrap();
+    c.write(0, "INSERT INTO notes VALUES ('b', 't', 'b', 0)");
+    let err = restored.seal().unwrap_err();
+    assert!(matches!(err, Error::IdentityConflict { .. }), "{err}");
+}
+
+#[test]
+fn a_forked_change_is_quarantined_not_applied() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    c.send(0, 1);
+    // Clone r0's file and keys (a restored backup on a second machine), then write on both.
+    let fork_dir = c.dir.path().join("fork");
+    std::fs::create_dir(&fork_dir).unwrap();
+    let fork_db = fork_dir.join("fork.db");
+    std::fs::copy(c.path(0), &fork_db).unwrap();
+    let keys = c.dir.path().join("keys0");
+    let fork_keys = fork_dir.join("keys");
+    std::fs::create_dir(&fork_keys).unwrap();
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        let e = entry.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".key") {
+            std::fs::copy(e.path(), fork_keys.join(e.file_name())).unwrap();
+        }
+    }
+    let mut fork = Replica::open(&fork_db, KeyStore::at(&fork_keys)).unwrap();
+    Connection::open(&fork_db).unwrap().execute("UPDATE notes SET title='fork' WHERE id='a'", []).unwrap();
+    fork.seal().unwrap();
+    c.write(0, "UPDATE notes SET title='original' WHERE id='a'");
+    c.send(0, 1);
+    let forked = fork.changes_for(&VersionVector::new()).unwrap();
+    let forked: Vec<_> = forked.into_iter().filter(|ch| ch.peek_id().unwrap().seq == 2).collect();
+    assert_eq!(forked.len(), 1);
+    let before = c.replicas[1].state_hash().unwrap();
+    let report = c.replicas[1].import(&forked).unwrap();
+    assert_eq!(report.quarantined.len(), 1);
+    assert_eq!(report.quarantined[0].1, "fork");
+    assert_eq!(c.replicas[1].state_hash().unwrap(), before);
+    let q = c.replicas[1].quarantine().unwrap();
+    assert_eq!(q[0].reason, "fork");
+    let title: String = query_one(&c.path(1), "SELECT title FROM notes");
+    assert_eq!(title, "original");
+}
+
+#[test]
+fn a_tampered_change_is_rejected_before_any_write() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    let changes = c.replicas[0].changes_for(&VersionVector::new()).unwrap();
+    let mut bytes = changes[0].to_bytes();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    let (tampered, _) = tide_core::SignedChange::from_bytes(&bytes).unwrap();
+    let before = std::fs::read(c.path(1)).unwrap();
+    let err = c.replicas[1].import(&[tampered]).unwrap_err();
+    assert!(matches!(err, Error::Rejected { .. }), "{err}");
+    assert_eq!(std::fs::read(c.path(1)).unwrap(), before);
+}
+
+#[test]
+fn changes_relay_through_a_middle_replica() {
+    let mut c = notes(3);
+    c.write(0, "INSERT INTO notes VALUES ('from0', 't', 'b', 0)");
+    c.send(0, 1);
+    c.send(1, 2);
+    let n: i64 = query_one(&c.path(2), "SELECT count(*) FROM notes WHERE id='from0'");
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn a_change_with_missing_dependencies_waits_then_applies() {
+    let mut c = notes(3);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    c.send(0, 1);
+    c.write(1, "UPDATE notes SET n = 5 WHERE id='a'");
+    // r2 gets r1's change first: it depends on r0's, which r2 lacks.
+    let from1: Vec<_> = c.replicas[1]
+        .changes_for(&VersionVector::new())
+        .unwrap()
+        .into_iter()
+        .filter(|ch| ch.peek_id().unwrap().origin == c.replicas[1].id().unwrap())
+        .collect();
+    let report = c.replicas[2].import(&from1).unwrap();
+    assert_eq!((report.applied, report.waiting), (0, 1));
+    let report = c.send(0, 2);
+    assert_eq!(report.applied, 2, "the waiting change applies once its dependency arrives");
+    let n: i64 = query_one(&c.path(2), "SELECT n FROM notes WHERE id='a'");
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn a_change_from_an_unknown_replica_waits_in_quarantine_until_its_card_is_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Replica::open(dir.path().join("a.db"), KeyStore::at(dir.path().join("ka"))).unwrap();
+    let mut b = Replica::open(dir.path().join("b.db"), KeyStore::at(dir.path().join("kb"))).unwrap();
+    a.init("a").unwrap();
+    b.init("b").unwrap();
+    for r in [&a, &b] {
+        r.connection().execute_batch(NOTES).unwrap();
+    }
+    a.track("notes").unwrap();
+    b.track("notes").unwrap();
+    a.connection().execute("INSERT INTO notes VALUES ('a', 't', 'b', 0)", []).unwrap();
+    let changes = a.changes_for(&VersionVector::new()).unwrap();
+    let report = b.import(&changes).unwrap();
+    assert_eq!(report.quarantined[0].1, "unknown_origin");
+    assert_eq!(query_one::<i64>(&dir.path().join("b.db"), "SELECT count(*) FROM notes"), 0);
+    b.add_peer(&a.card().unwrap()).unwrap();
+    let report = b.retry_quarantine().unwrap();
+    assert_eq!(report.applied, 1);
+    assert!(b.quarantine().unwrap().is_empty());
+}
+
+#[test]
+fn tides_own_applies_are_not_captured_again() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    c.send(0, 1);
+    assert_eq!(c.replicas[1].seal().unwrap(), None, "applying r0's change left nothing to seal");
+}
+
+#[test]
+fn every_write_kind_is_captured_exactly_once() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0);");
+    c.write(0, "UPDATE notes SET id = 'c' WHERE id = 'b'"); // a key change: delete + insert
+    c.write(0, "INSERT OR REPLACE INTO notes VALUES ('a', 'replaced', NULL, 9)");
+    c.write(0, "INSERT INTO notes VALUES ('tmp', 't', 'b', 0); DELETE FROM notes WHERE id='tmp';");
+    c.write(0, "UPDATE notes SET n = n + 1");
+    c.send(0, 1);
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    assert_eq!(query_one::<i64>(&c.path(1), "SELECT count(*) FROM notes"), 2);
+}
+
+#[test]
+fn tables_tide_cannot_sync_are_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Replica::open(dir.path().join("a.db"), KeyStore::at(dir.path().join("k"))).unwrap();
+    r.init("a").unwrap();
+    r.connection()
+        .execute_batch(
+            "CREATE TABLE nokey(a, b);
+             CREATE TABLE auto(id INTEGER PRIMARY KEY AUTOINCREMENT, x);
+             CREATE TABLE alias(id INTEGER PRIMARY KEY, x);
+             CREATE TABLE good(id BLOB PRIMARY KEY, x) WITHOUT ROWID;",
+        )
+        .unwrap();
+    assert!(matches!(r.track("nokey"), Err(Error::NoPrimaryKey(_))));
+    assert!(matches!(r.track("auto"), Err(Error::Autoincrement(_))));
+    assert!(matches!(r.track("missing"), Err(Error::NoSuchTable(_))));
+    let report = r.track("alias").unwrap();
+    assert!(report.warnings[0].contains("rowid alias"));
+    assert!(r.track("good").unwrap().warnings.is_empty());
+    assert!(!r.track("good").unwrap().newly_tracked);
+}
+
+#[test]
+fn a_child_whose_parent_was_deleted_concurrently_is_held_not_lost() {
+    let schema = "CREATE TABLE parent(id TEXT PRIMARY KEY, name TEXT);
+                  CREATE TABLE child(id TEXT PRIMARY KEY, parent TEXT REFERENCES parent(id), x TEXT);";
+    let mut c = Cluster::new(2, schema, &["parent", "child"]);
+    c.write(0, "INSERT INTO parent VALUES ('p', 'name')");
+    c.send(0, 1);
+    c.write(0, "DELETE FROM parent WHERE id='p'");
+    c.write(1, "PRAGMA foreign_keys=ON; INSERT INTO child VALUES ('c', 'p', 'x')");
+    exchange(&mut c);
+    c.sync_all();
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    for i in 0..2 {
+        let k = c.replicas[i].conflicts().unwrap();
+        assert!(k.iter().any(|k| k.kind == "foreign_key" && k.table == "child"), "{k:?}");
+        let orphans: i64 = query_one(&c.path(i), "SELECT count(*) FROM child WHERE parent NOT IN (SELECT id FROM parent)");
+        assert_eq!(orphans, 0);
+    }
+}
+
+#[test]
+fn a_merged_row_that_breaks_a_check_is_held_on_every_replica() {
+    let schema = "CREATE TABLE range(id TEXT PRIMARY KEY, lo INTEGER, hi INTEGER, CHECK (lo <= hi));";
+    let mut c = Cluster::new(2, schema, &["range"]);
+    c.write(0, "INSERT INTO range VALUES ('r', 0, 10)");
+    c.send(0, 1);
+    c.write(0, "UPDATE range SET lo = 8 WHERE id='r'");
+    c.write(1, "UPDATE range SET hi = 5 WHERE id='r'");
+    exchange(&mut c);
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    for i in 0..2 {
+        let k = c.replicas[i].conflicts().unwrap();
+        assert!(k.iter().any(|k| k.kind == "check"), "{k:?}");
+    }
+}
+
+use rusqlite::Connection;
