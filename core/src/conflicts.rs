@@ -97,7 +97,8 @@ impl Candidate {
 impl Replica {
     /// Every open conflict, ordered by table, key and column.
     pub fn conflicts(&self) -> Result<Vec<Conflict>> {
-        let rows: Vec<(Vec<u8>, i64, Vec<u8>, i64, String)> = self
+        type Row = (Vec<u8>, i64, Vec<u8>, i64, String);
+        let rows: Vec<Row> = self
             .conn
             .prepare("SELECT id, tid, key, col, kind FROM _tide_conflicts ORDER BY tid, key, col")?
             .query_map([], |r| {
@@ -156,9 +157,19 @@ impl Replica {
             origin: merger.origins[&h.origin],
             seq: h.seq,
         };
+        let view = RowView {
+            t,
+            key_bytes,
+            m: &m,
+            origins: &merger.origins,
+            current: current.as_deref(),
+        };
         if col == CONSTRAINT_CELL {
             // The held row against the row that keeps the slot.
-            let held_values = self.row_values(t, key_bytes, &m, None)?;
+            let held_values = self.row_values(&RowView {
+                current: None,
+                ..view
+            })?;
             if let Some(w) = winner {
                 candidates.push(Candidate::new(
                     self,
@@ -198,14 +209,14 @@ impl Replica {
                 let value = if cell == ROW {
                     h.alive.then(|| Value::text("(row kept)"))
                 } else {
-                    Some(self.head_value(t, key_bytes, cell, h, &m, &merger, current.as_deref())?)
+                    Some(self.head_value(&view, cell, h)?)
                 };
                 let is_winner = winner.map(|w| w.vref()) == Some(h.vref());
                 candidates.push(Candidate::new(self, cid(h), h.hlc, value, is_winner)?);
             }
         }
         // The same order everywhere: the provisional winner first, then down the total order.
-        candidates.sort_by(|a, b| (b.winner, b.hlc, b.change).cmp(&(a.winner, a.hlc, a.change)));
+        candidates.sort_by_key(|c| std::cmp::Reverse((c.winner, c.hlc, c.change)));
         Ok(Conflict {
             id: id.to_string(),
             table: t.name.clone(),
@@ -216,51 +227,35 @@ impl Replica {
         })
     }
 
-    fn head_value(
-        &self,
-        t: &TableInfo,
-        key_bytes: &[u8],
-        cell: usize,
-        h: &Version,
-        m: &RowMeta,
-        merger: &Merger<'_>,
-        current: Option<&[Value]>,
-    ) -> Result<Value> {
+    fn head_value(&self, row: &RowView<'_>, cell: usize, h: &Version) -> Result<Value> {
         let stored: Option<Value> = self
             .conn
             .query_row(
                 "SELECT value FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
-                params![t.tid, key_bytes, cell as i64, h.origin, h.seq as i64],
+                params![row.t.tid, row.key_bytes, cell as i64, h.origin, h.seq as i64],
                 |r| r.get(0),
             )
             .optional()?;
         if let Some(v) = stored {
             return Ok(v);
         }
-        if m.materialized(&merger.origins)
-            && m.winner(cell, &merger.origins).map(|w| w.vref()) == Some(h.vref())
+        if row.m.materialized(row.origins)
+            && row.m.winner(cell, row.origins).map(|w| w.vref()) == Some(h.vref())
         {
-            return Ok(current
-                .map(|row| row[cell - 1].clone())
+            return Ok(row
+                .current
+                .map(|r| r[cell - 1].clone())
                 .unwrap_or(Value::Null));
         }
         Ok(Value::Null)
     }
 
     /// The whole row (key, then columns) as tide would materialize it.
-    fn row_values(
-        &self,
-        t: &TableInfo,
-        key_bytes: &[u8],
-        m: &RowMeta,
-        current: Option<&[Value]>,
-    ) -> Result<Vec<Value>> {
-        let origins = origins_map(&self.conn)?;
-        let merger = Merger::new(&self.conn, origins);
-        let mut out = decode_key(key_bytes)?;
-        for c in 1..=t.columns.len() {
-            match m.winner(c, &merger.origins) {
-                Some(w) => out.push(self.head_value(t, key_bytes, c, &w, m, &merger, current)?),
+    fn row_values(&self, row: &RowView<'_>) -> Result<Vec<Value>> {
+        let mut out = decode_key(row.key_bytes)?;
+        for c in 1..=row.t.columns.len() {
+            match row.m.winner(c, row.origins) {
+                Some(w) => out.push(self.head_value(row, c, &w)?),
                 None => out.push(Value::Null),
             }
         }
@@ -447,6 +442,16 @@ impl Replica {
         self.record_sealed(change.seq)?;
         Ok(change.id())
     }
+}
+
+/// One row's metadata and visible values, for reading candidate values.
+#[derive(Clone, Copy)]
+struct RowView<'a> {
+    t: &'a TableInfo,
+    key_bytes: &'a [u8],
+    m: &'a RowMeta,
+    origins: &'a crate::rowmeta::Origins,
+    current: Option<&'a [Value]>,
 }
 
 /// A whole row shown as one value (for constraint conflicts): its values joined.

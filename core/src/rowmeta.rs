@@ -34,8 +34,11 @@ pub(crate) struct Version {
     pub(crate) created: bool,
 }
 
+/// A version's name in local terms: (origin number, seq).
+pub(crate) type VRef = (i64, u64);
+
 impl Version {
-    pub(crate) fn vref(&self) -> (i64, u64) {
+    pub(crate) fn vref(&self) -> VRef {
         (self.origin, self.seq)
     }
 }
@@ -92,7 +95,7 @@ impl RowMeta {
     }
 
     /// Replaces the heads named in `preds` by `v`.
-    pub(crate) fn write(&mut self, cell: usize, v: Version, preds: &[(i64, u64)]) {
+    pub(crate) fn write(&mut self, cell: usize, v: Version, preds: &[VRef]) {
         let heads = &mut self.cells[cell];
         heads.retain(|h| !preds.contains(&h.vref()) && h.vref() != v.vref());
         let at = heads.partition_point(|h| h.vref() < v.vref());

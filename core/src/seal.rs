@@ -14,7 +14,7 @@ use crate::identity::SecretIdentity;
 use crate::ids::ChangeId;
 use crate::merge::{Merger, RowRef, Visible};
 use crate::replica::{Replica, origins_map};
-use crate::rowmeta::{ROW, RowMeta, Version};
+use crate::rowmeta::{ROW, RowMeta, VRef, Version};
 use crate::schema::{self, TableInfo};
 use crate::value::{Value, encode_key};
 
@@ -114,6 +114,8 @@ fn written(mask: u64, col: usize) -> bool {
     mask & (1 << col.min(62)) != 0 || (col >= 62 && mask & WIDE_BIT != 0)
 }
 
+type PlannedCell = (usize, Value, Vec<VRef>);
+
 /// Seals inside the caller's transaction. Returns the new change's id, if any.
 pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result<Option<ChangeId>> {
     let tables = schema::tracked_tables(conn)?;
@@ -140,8 +142,9 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
         key_bytes: Vec<u8>,
         m0: Option<RowMeta>,
         kind: OpKind,
-        row_preds: Vec<(i64, u64)>,
-        cells: Vec<(usize, Value, Vec<(i64, u64)>)>,
+        row_preds: Vec<VRef>,
+        /// (column, value, predecessors)
+        cells: Vec<PlannedCell>,
         old_values: Option<Vec<Value>>,
     }
     let mut planned = Vec::new();
@@ -162,7 +165,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
                 (None, false) => continue,
             };
             let m = m0.clone().unwrap_or_else(|| RowMeta::new(t.columns.len()));
-            let row_alive_heads: Vec<(i64, u64)> = m.cells[ROW]
+            let row_alive_heads: Vec<VRef> = m.cells[ROW]
                 .iter()
                 .filter(|h| h.alive)
                 .map(|h| h.vref())
@@ -189,7 +192,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
                 }
                 let Some(values) = &values else { break };
                 let heads = &m.cells[c + 1];
-                let preds: Vec<(i64, u64)> = if !was_live {
+                let preds: Vec<VRef> = if !was_live {
                     heads
                         .iter()
                         .filter(|h| !row_alive_heads.contains(&h.vref()))
@@ -226,7 +229,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
         return Ok(None);
     }
     let origins = std::rc::Rc::clone(&merger.origins);
-    let to_id = |p: &(i64, u64)| ChangeId {
+    let to_id = |p: &VRef| ChangeId {
         origin: origins[&p.0],
         seq: p.1,
     };

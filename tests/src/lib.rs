@@ -22,8 +22,11 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temporary folder");
         let mut replicas = Vec::new();
         for i in 0..n {
-            let mut r = Replica::open(dir.path().join(format!("r{i}.db")), KeyStore::at(dir.path().join(format!("keys{i}"))))
-                .expect("open replica");
+            let mut r = Replica::open(
+                dir.path().join(format!("r{i}.db")),
+                KeyStore::at(dir.path().join(format!("keys{i}"))),
+            )
+            .expect("open replica");
             r.init(&format!("r{i}")).expect("init");
             r.connection().execute_batch(schema).expect("schema");
             for t in tables {
@@ -67,7 +70,11 @@ impl Cluster {
     /// Full exchange, all pairs, until nothing moves.
     pub fn sync_all(&mut self) {
         for _ in 0..8 {
-            let before: Vec<VersionVector> = self.replicas.iter().map(|r| r.version_vector().unwrap()).collect();
+            let before: Vec<VersionVector> = self
+                .replicas
+                .iter()
+                .map(|r| r.version_vector().unwrap())
+                .collect();
             let n = self.replicas.len();
             for i in 0..n {
                 for j in 0..n {
@@ -76,7 +83,11 @@ impl Cluster {
                     }
                 }
             }
-            let after: Vec<VersionVector> = self.replicas.iter().map(|r| r.version_vector().unwrap()).collect();
+            let after: Vec<VersionVector> = self
+                .replicas
+                .iter()
+                .map(|r| r.version_vector().unwrap())
+                .collect();
             if before == after {
                 return;
             }
@@ -86,11 +97,17 @@ impl Cluster {
 
     /// The state hash of every replica.
     pub fn hashes(&self) -> Vec<[u8; 32]> {
-        self.replicas.iter().map(|r| r.state_hash().expect("state hash")).collect()
+        self.replicas
+            .iter()
+            .map(|r| r.state_hash().expect("state hash"))
+            .collect()
     }
 }
 
 /// Reads one value from replica file `path` through a fresh connection.
 pub fn query_one<T: rusqlite::types::FromSql>(path: &Path, sql: &str) -> T {
-    Connection::open(path).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+    Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
 }

@@ -41,13 +41,20 @@ fn same_cell_edits_give_one_conflict_named_alike_on_both_sides() {
     let conflict = &k0[0];
     assert_eq!(conflict.column.as_deref(), Some("title"));
     assert_eq!(conflict.kind, "update");
-    let mut values: Vec<Value> = conflict.candidates.iter().filter_map(|c| c.value.clone()).collect();
+    let mut values: Vec<Value> = conflict
+        .candidates
+        .iter()
+        .filter_map(|c| c.value.clone())
+        .collect();
     values.sort();
     assert_eq!(values, vec![Value::text("from r0"), Value::text("from r1")]);
     assert_eq!(conflict.candidates.iter().filter(|c| c.winner).count(), 1);
     let shown0: String = query_one(&c.path(0), "SELECT title FROM notes WHERE id='a'");
     let shown1: String = query_one(&c.path(1), "SELECT title FROM notes WHERE id='a'");
-    assert_eq!(shown0, shown1, "every replica shows the same provisional winner");
+    assert_eq!(
+        shown0, shown1,
+        "every replica shows the same provisional winner"
+    );
     let winner = conflict.candidates.iter().find(|c| c.winner).unwrap();
     assert_eq!(winner.value, Some(Value::text(shown0)));
     let hashes = c.hashes();
@@ -64,7 +71,12 @@ fn edits_of_different_columns_merge_without_conflict() {
     exchange(&mut c);
     for i in 0..2 {
         assert!(c.replicas[i].conflicts().unwrap().is_empty());
-        let row: (String, String) = c.app(i).query_row("SELECT title, body FROM notes", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let row: (String, String) = c
+            .app(i)
+            .query_row("SELECT title, body FROM notes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
         assert_eq!(row, ("new title".into(), "new body".into()));
     }
 }
@@ -84,18 +96,34 @@ fn delete_against_concurrent_update_is_recorded_and_keeps_the_update() {
         assert_eq!(k.len(), 1, "{k:?}");
         assert_eq!(k[0].kind, "delete");
         assert_eq!(k[0].column, None);
-        assert!(k[0].candidates.iter().any(|c| c.value.is_none()), "the deletion is a candidate");
-        assert!(k[0].candidates.iter().any(|c| c.value.is_some()), "the update is a candidate");
+        assert!(
+            k[0].candidates.iter().any(|c| c.value.is_none()),
+            "the deletion is a candidate"
+        );
+        assert!(
+            k[0].candidates.iter().any(|c| c.value.is_some()),
+            "the update is a candidate"
+        );
     }
     // Keeping the update brings the whole row back everywhere, with the updated value.
     let id = c.replicas[0].conflicts().unwrap()[0].id.clone();
-    let keep = c.replicas[0].conflicts().unwrap()[0].candidates.iter().find(|c| c.value.is_some()).unwrap().id.clone();
+    let keep = c.replicas[0].conflicts().unwrap()[0]
+        .candidates
+        .iter()
+        .find(|c| c.value.is_some())
+        .unwrap()
+        .id
+        .clone();
     c.replicas[0].resolve(&id, Resolution::Keep(keep)).unwrap();
     exchange(&mut c);
     for i in 0..2 {
         assert!(c.replicas[i].conflicts().unwrap().is_empty());
-        let row: (String, String, i64) =
-            c.app(i).query_row("SELECT title, body, n FROM notes WHERE id='a'", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        let row: (String, String, i64) = c
+            .app(i)
+            .query_row("SELECT title, body, n FROM notes WHERE id='a'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
         assert_eq!(row, ("title".into(), "body".into(), 42));
     }
 }
@@ -114,10 +142,17 @@ fn two_offline_edits_against_one_lose_nothing() {
     for i in 0..2 {
         let k = c.replicas[i].conflicts().unwrap();
         assert_eq!(k.len(), 1);
-        let mut values: Vec<Value> = k[0].candidates.iter().filter_map(|c| c.value.clone()).collect();
+        let mut values: Vec<Value> = k[0]
+            .candidates
+            .iter()
+            .filter_map(|c| c.value.clone())
+            .collect();
         values.sort();
         // r0's first edit was overwritten by r0 itself; the two concurrent heads remain.
-        assert_eq!(values, vec![Value::text("r0 second"), Value::text("r1 only")]);
+        assert_eq!(
+            values,
+            vec![Value::text("r0 second"), Value::text("r1 only")]
+        );
     }
 }
 
@@ -134,11 +169,16 @@ fn a_resolution_on_one_replica_closes_the_conflict_everywhere() {
     assert_eq!(k.len(), 1);
     assert_eq!(k[0].candidates.len(), 3);
     let loser = k[0].candidates.iter().find(|x| !x.winner).unwrap().clone();
-    c.replicas[2].resolve(&k[0].id[..8], Resolution::Keep(loser.id[..12].to_string())).unwrap();
+    c.replicas[2]
+        .resolve(&k[0].id[..8], Resolution::Keep(loser.id[..12].to_string()))
+        .unwrap();
     c.sync_all();
     for i in 0..3 {
         assert!(c.replicas[i].conflicts().unwrap().is_empty(), "replica {i}");
-        let body: Value = c.app(i).query_row("SELECT body FROM notes WHERE id='a'", [], |r| r.get(0)).unwrap();
+        let body: Value = c
+            .app(i)
+            .query_row("SELECT body FROM notes WHERE id='a'", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(Some(body), loser.value);
     }
     let h = c.hashes();
@@ -159,7 +199,11 @@ fn a_local_app_write_to_a_conflicted_cell_keeps_the_other_candidate() {
     for i in 0..2 {
         let k = c.replicas[i].conflicts().unwrap();
         assert_eq!(k.len(), 1);
-        let values: Vec<Value> = k[0].candidates.iter().filter_map(|c| c.value.clone()).collect();
+        let values: Vec<Value> = k[0]
+            .candidates
+            .iter()
+            .filter_map(|c| c.value.clone())
+            .collect();
         assert!(values.contains(&Value::Integer(3)));
         assert_eq!(values.len(), 2, "{values:?}");
     }
@@ -169,14 +213,23 @@ fn a_local_app_write_to_a_conflicted_cell_keeps_the_other_candidate() {
 fn same_unique_value_inserted_twice_keeps_one_winner_everywhere_and_records_the_loser() {
     let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
     let mut c = Cluster::new(2, schema, &["users"]);
-    c.write(0, "INSERT INTO users VALUES ('u0', 'x@example.org', 'zero')");
+    c.write(
+        0,
+        "INSERT INTO users VALUES ('u0', 'x@example.org', 'zero')",
+    );
     c.write(1, "INSERT INTO users VALUES ('u1', 'x@example.org', 'one')");
     exchange(&mut c);
     c.sync_all();
     let h = c.hashes();
     assert_eq!(h[0], h[1]);
-    let kept0: String = query_one(&c.path(0), "SELECT id FROM users WHERE email='x@example.org'");
-    let kept1: String = query_one(&c.path(1), "SELECT id FROM users WHERE email='x@example.org'");
+    let kept0: String = query_one(
+        &c.path(0),
+        "SELECT id FROM users WHERE email='x@example.org'",
+    );
+    let kept1: String = query_one(
+        &c.path(1),
+        "SELECT id FROM users WHERE email='x@example.org'",
+    );
     assert_eq!(kept0, kept1);
     for i in 0..2 {
         let k = c.replicas[i].conflicts().unwrap();
@@ -189,12 +242,23 @@ fn same_unique_value_inserted_twice_keeps_one_winner_everywhere_and_records_the_
     }
     // Keeping the held row swaps them, everywhere.
     let k = c.replicas[0].conflicts().unwrap();
-    let held_candidate = k[0].candidates.iter().find(|x| !x.winner).unwrap().id.clone();
-    c.replicas[0].resolve(&k[0].id, Resolution::Keep(held_candidate)).unwrap();
+    let held_candidate = k[0]
+        .candidates
+        .iter()
+        .find(|x| !x.winner)
+        .unwrap()
+        .id
+        .clone();
+    c.replicas[0]
+        .resolve(&k[0].id, Resolution::Keep(held_candidate))
+        .unwrap();
     c.sync_all();
     for i in 0..2 {
         assert!(c.replicas[i].conflicts().unwrap().is_empty());
-        let now: String = query_one(&c.path(i), "SELECT id FROM users WHERE email='x@example.org'");
+        let now: String = query_one(
+            &c.path(i),
+            "SELECT id FROM users WHERE email='x@example.org'",
+        );
         assert_ne!(now, kept0);
     }
 }
@@ -202,7 +266,10 @@ fn same_unique_value_inserted_twice_keeps_one_winner_everywhere_and_records_the_
 #[test]
 fn reapplying_the_same_changes_changes_nothing() {
     let mut c = notes(2);
-    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0)");
+    c.write(
+        0,
+        "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0)",
+    );
     c.write(1, "INSERT INTO notes VALUES ('a', 'T', 'B', 1)");
     exchange(&mut c);
     let before = c.hashes();
@@ -227,11 +294,18 @@ fn an_apply_that_fails_midway_leaves_the_file_byte_identical() {
     c.replicas[1].inject_apply_failure(Some(2));
     let err = c.replicas[1].import(&changes).unwrap_err();
     assert!(matches!(err, Error::ApplyAborted(_)), "{err}");
-    assert_eq!(std::fs::read(c.path(1)).unwrap(), before, "nothing of the failed import is left");
+    assert_eq!(
+        std::fs::read(c.path(1)).unwrap(),
+        before,
+        "nothing of the failed import is left"
+    );
     // And the same import then succeeds.
     let report = c.replicas[1].import(&changes).unwrap();
     assert_eq!(report.applied, 1);
-    assert_eq!(query_one::<i64>(&c.path(1), "SELECT count(*) FROM notes"), 4);
+    assert_eq!(
+        query_one::<i64>(&c.path(1), "SELECT count(*) FROM notes"),
+        4
+    );
 }
 
 #[test]
@@ -244,8 +318,12 @@ fn a_copied_database_refuses_to_seal() {
     // Same file on another machine: the key store does not have its secret key.
     let copy = c.dir.path().join("copy.db");
     std::fs::copy(c.path(0), &copy).unwrap();
-    let mut on_other_machine = Replica::open(&copy, KeyStore::at(c.dir.path().join("elsewhere"))).unwrap();
-    Connection::open(&copy).unwrap().execute("INSERT INTO notes VALUES ('b', 't', 'b', 0)", []).unwrap();
+    let mut on_other_machine =
+        Replica::open(&copy, KeyStore::at(c.dir.path().join("elsewhere"))).unwrap();
+    Connection::open(&copy)
+        .unwrap()
+        .execute("INSERT INTO notes VALUES ('b', 't', 'b', 0)", [])
+        .unwrap();
     let err = on_other_machine.seal().unwrap_err();
     assert!(matches!(err, Error::IdentityMissing { .. }), "{err}");
     assert!(err.to_string().contains("looks like a copy"));
@@ -298,12 +376,18 @@ fn a_forked_change_is_quarantined_not_applied() {
         }
     }
     let mut fork = Replica::open(&fork_db, KeyStore::at(&fork_keys)).unwrap();
-    Connection::open(&fork_db).unwrap().execute("UPDATE notes SET title='fork' WHERE id='a'", []).unwrap();
+    Connection::open(&fork_db)
+        .unwrap()
+        .execute("UPDATE notes SET title='fork' WHERE id='a'", [])
+        .unwrap();
     fork.seal().unwrap();
     c.write(0, "UPDATE notes SET title='original' WHERE id='a'");
     c.send(0, 1);
     let forked = fork.changes_for(&VersionVector::new()).unwrap();
-    let forked: Vec<_> = forked.into_iter().filter(|ch| ch.peek_id().unwrap().seq == 2).collect();
+    let forked: Vec<_> = forked
+        .into_iter()
+        .filter(|ch| ch.peek_id().unwrap().seq == 2)
+        .collect();
     assert_eq!(forked.len(), 1);
     let before = c.replicas[1].state_hash().unwrap();
     let report = c.replicas[1].import(&forked).unwrap();
@@ -357,7 +441,10 @@ fn a_change_with_missing_dependencies_waits_then_applies() {
     let report = c.replicas[2].import(&from1).unwrap();
     assert_eq!((report.applied, report.waiting), (0, 1));
     let report = c.send(0, 2);
-    assert_eq!(report.applied, 2, "the waiting change applies once its dependency arrives");
+    assert_eq!(
+        report.applied, 2,
+        "the waiting change applies once its dependency arrives"
+    );
     let n: i64 = query_one(&c.path(2), "SELECT n FROM notes WHERE id='a'");
     assert_eq!(n, 5);
 }
@@ -365,8 +452,10 @@ fn a_change_with_missing_dependencies_waits_then_applies() {
 #[test]
 fn a_change_from_an_unknown_replica_waits_in_quarantine_until_its_card_is_added() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Replica::open(dir.path().join("a.db"), KeyStore::at(dir.path().join("ka"))).unwrap();
-    let mut b = Replica::open(dir.path().join("b.db"), KeyStore::at(dir.path().join("kb"))).unwrap();
+    let mut a =
+        Replica::open(dir.path().join("a.db"), KeyStore::at(dir.path().join("ka"))).unwrap();
+    let mut b =
+        Replica::open(dir.path().join("b.db"), KeyStore::at(dir.path().join("kb"))).unwrap();
     a.init("a").unwrap();
     b.init("b").unwrap();
     for r in [&a, &b] {
@@ -374,11 +463,16 @@ fn a_change_from_an_unknown_replica_waits_in_quarantine_until_its_card_is_added(
     }
     a.track("notes").unwrap();
     b.track("notes").unwrap();
-    a.connection().execute("INSERT INTO notes VALUES ('a', 't', 'b', 0)", []).unwrap();
+    a.connection()
+        .execute("INSERT INTO notes VALUES ('a', 't', 'b', 0)", [])
+        .unwrap();
     let changes = a.changes_for(&VersionVector::new()).unwrap();
     let report = b.import(&changes).unwrap();
     assert_eq!(report.quarantined[0].1, "unknown_origin");
-    assert_eq!(query_one::<i64>(&dir.path().join("b.db"), "SELECT count(*) FROM notes"), 0);
+    assert_eq!(
+        query_one::<i64>(&dir.path().join("b.db"), "SELECT count(*) FROM notes"),
+        0
+    );
     b.add_peer(&a.card().unwrap()).unwrap();
     let report = b.retry_quarantine().unwrap();
     assert_eq!(report.applied, 1);
@@ -390,21 +484,37 @@ fn tides_own_applies_are_not_captured_again() {
     let mut c = notes(2);
     c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
     c.send(0, 1);
-    assert_eq!(c.replicas[1].seal().unwrap(), None, "applying r0's change left nothing to seal");
+    assert_eq!(
+        c.replicas[1].seal().unwrap(),
+        None,
+        "applying r0's change left nothing to seal"
+    );
 }
 
 #[test]
 fn every_write_kind_is_captured_exactly_once() {
     let mut c = notes(2);
-    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0);");
+    c.write(
+        0,
+        "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0);",
+    );
     c.write(0, "UPDATE notes SET id = 'c' WHERE id = 'b'"); // a key change: delete + insert
-    c.write(0, "INSERT OR REPLACE INTO notes VALUES ('a', 'replaced', NULL, 9)");
-    c.write(0, "INSERT INTO notes VALUES ('tmp', 't', 'b', 0); DELETE FROM notes WHERE id='tmp';");
+    c.write(
+        0,
+        "INSERT OR REPLACE INTO notes VALUES ('a', 'replaced', NULL, 9)",
+    );
+    c.write(
+        0,
+        "INSERT INTO notes VALUES ('tmp', 't', 'b', 0); DELETE FROM notes WHERE id='tmp';",
+    );
     c.write(0, "UPDATE notes SET n = n + 1");
     c.send(0, 1);
     let h = c.hashes();
     assert_eq!(h[0], h[1]);
-    assert_eq!(query_one::<i64>(&c.path(1), "SELECT count(*) FROM notes"), 2);
+    assert_eq!(
+        query_one::<i64>(&c.path(1), "SELECT count(*) FROM notes"),
+        2
+    );
 }
 
 #[test]
@@ -437,22 +547,33 @@ fn a_child_whose_parent_was_deleted_concurrently_is_held_not_lost() {
     c.write(0, "INSERT INTO parent VALUES ('p', 'name')");
     c.send(0, 1);
     c.write(0, "DELETE FROM parent WHERE id='p'");
-    c.write(1, "PRAGMA foreign_keys=ON; INSERT INTO child VALUES ('c', 'p', 'x')");
+    c.write(
+        1,
+        "PRAGMA foreign_keys=ON; INSERT INTO child VALUES ('c', 'p', 'x')",
+    );
     exchange(&mut c);
     c.sync_all();
     let h = c.hashes();
     assert_eq!(h[0], h[1]);
     for i in 0..2 {
         let k = c.replicas[i].conflicts().unwrap();
-        assert!(k.iter().any(|k| k.kind == "foreign_key" && k.table == "child"), "{k:?}");
-        let orphans: i64 = query_one(&c.path(i), "SELECT count(*) FROM child WHERE parent NOT IN (SELECT id FROM parent)");
+        assert!(
+            k.iter()
+                .any(|k| k.kind == "foreign_key" && k.table == "child"),
+            "{k:?}"
+        );
+        let orphans: i64 = query_one(
+            &c.path(i),
+            "SELECT count(*) FROM child WHERE parent NOT IN (SELECT id FROM parent)",
+        );
         assert_eq!(orphans, 0);
     }
 }
 
 #[test]
 fn a_merged_row_that_breaks_a_check_is_held_on_every_replica() {
-    let schema = "CREATE TABLE range(id TEXT PRIMARY KEY, lo INTEGER, hi INTEGER, CHECK (lo <= hi));";
+    let schema =
+        "CREATE TABLE range(id TEXT PRIMARY KEY, lo INTEGER, hi INTEGER, CHECK (lo <= hi));";
     let mut c = Cluster::new(2, schema, &["range"]);
     c.write(0, "INSERT INTO range VALUES ('r', 0, 10)");
     c.send(0, 1);

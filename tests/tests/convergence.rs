@@ -1,0 +1,786 @@
+//! Convergence, idempotence and type fidelity over random histories (DESIGN §6,
+//! invariants 1, 5 and 10).
+//!
+//! Every case builds 3–5 replicas of the same two-table schema, lets "apps" write plain
+//! SQL through their own connections, exchanges changes between random pairs with loss,
+//! duplication and reordering, resolves some conflicts, and finally syncs everyone fully.
+//! Then every replica must hold the same tables (bit-exact), the same conflicts and the
+//! same state hash, and re-importing everything must change nothing.
+//!
+//! Runs 200 cases by default; set `TIDE_PROPTEST_CASES` for more and
+//! `TIDE_PROPTEST_SEED` to explore another fixed seed. Failing cases are kept in
+//! `convergence.proptest-regressions` next to this file and replayed first.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use proptest::prelude::*;
+use proptest::test_runner::{FileFailurePersistence, RngSeed, TestCaseError};
+use rusqlite::Connection;
+use tide_core::{Conflict, KeyStore, Replica, Resolution, Value, VersionVector};
+
+// ---------------------------------------------------------------------------------------
+// The history language.
+
+/// A value an app writes. Kept symbolic so that shrunk histories print compactly.
+#[derive(Clone, Debug, PartialEq)]
+enum V {
+    Null,
+    IMin,
+    IMax,
+    Zero,
+    MinusOne,
+    Int(i64),
+    NegZero,
+    /// 0.1 + 0.2: needs all 17 significant digits.
+    PointThree,
+    Huge,
+    Real(f64),
+    EmptyBlob,
+    Blob(Vec<u8>),
+    /// About 5 KB of text.
+    LongText(u8),
+    Unicode,
+    Text(u8),
+}
+
+impl V {
+    fn value(&self) -> Value {
+        match self {
+            V::Null => Value::Null,
+            V::IMin => Value::Integer(i64::MIN),
+            V::IMax => Value::Integer(i64::MAX),
+            V::Zero => Value::Integer(0),
+            V::MinusOne => Value::Integer(-1),
+            V::Int(i) => Value::Integer(*i),
+            V::NegZero => Value::real(-0.0),
+            V::PointThree => Value::real(0.1 + 0.2),
+            V::Huge => Value::real(1e308),
+            V::Real(f) => Value::real(*f),
+            V::EmptyBlob => Value::Blob(Vec::new()),
+            V::Blob(b) => Value::Blob(b.clone()),
+            V::LongText(seed) => Value::text(long_text(*seed)),
+            V::Unicode => Value::text("héllo wörld · 日本語 · 🌊🌊 · \u{202e}rtl"),
+            V::Text(n) => Value::text(format!("t{n}")),
+        }
+    }
+}
+
+fn long_text(seed: u8) -> String {
+    let unit = format!("{seed:03}-αβγ-");
+    unit.repeat(5 * 1024 / unit.len())
+}
+
+fn any_v() -> impl Strategy<Value = V> {
+    prop_oneof![
+        Just(V::Null),
+        Just(V::IMin),
+        Just(V::IMax),
+        Just(V::Zero),
+        Just(V::MinusOne),
+        (-3i64..1000).prop_map(V::Int),
+        Just(V::NegZero),
+        Just(V::PointThree),
+        Just(V::Huge),
+        prop_oneof![Just(1.5f64), Just(-2.25), Just(1e-300), Just(123456.789)].prop_map(V::Real),
+        Just(V::EmptyBlob),
+        proptest::collection::vec(any::<u8>(), 1..6).prop_map(V::Blob),
+        (0u8..3).prop_map(V::LongText),
+        Just(V::Unicode),
+        (0u8..6).prop_map(V::Text),
+    ]
+}
+
+const ITEM_COLS: [&str; 5] = ["label", "qty", "price", "data", "any_col"];
+const DOC_COLS: [&str; 5] = ["i", "r", "t", "b", "u"];
+const DOC_NAMES: [&str; 3] = ["a", "b", "ü名"];
+
+/// The `part` of a doc key: BLOBs, mostly, plus one value of another class (the column
+/// has BLOB affinity, so it keeps whatever it is given).
+fn doc_part(p: u8) -> Value {
+    match p % 4 {
+        0 => Value::Blob(Vec::new()),
+        1 => Value::Blob(vec![0]),
+        2 => Value::Blob(vec![1, 2, 255]),
+        _ => Value::Integer(7),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// `INSERT OR IGNORE` (or `OR REPLACE`) into items.
+    ItemPut {
+        id: i64,
+        vals: Vec<V>,
+        replace: bool,
+    },
+    ItemSet {
+        id: i64,
+        col: usize,
+        val: V,
+    },
+    ItemDel {
+        id: i64,
+    },
+    /// Changes the primary key (`UPDATE OR IGNORE ... SET id=`).
+    ItemRekey {
+        from: i64,
+        to: i64,
+    },
+    DocPut {
+        name: u8,
+        part: u8,
+        vals: Vec<V>,
+        replace: bool,
+    },
+    DocSet {
+        name: u8,
+        part: u8,
+        col: usize,
+        val: V,
+    },
+    DocDel {
+        name: u8,
+        part: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let id = 1i64..=8;
+    let name = 0u8..3;
+    let part = 0u8..4;
+    let vals = || proptest::collection::vec(any_v(), 5);
+    prop_oneof![
+        4 => (id.clone(), vals(), proptest::bool::weighted(0.25))
+            .prop_map(|(id, vals, replace)| Op::ItemPut { id, vals, replace }),
+        3 => (id.clone(), 0usize..5, any_v()).prop_map(|(id, col, val)| Op::ItemSet { id, col, val }),
+        1 => id.clone().prop_map(|id| Op::ItemDel { id }),
+        1 => (id.clone(), id).prop_map(|(from, to)| Op::ItemRekey { from, to }),
+        4 => (name.clone(), part.clone(), vals(), proptest::bool::weighted(0.25))
+            .prop_map(|(name, part, vals, replace)| Op::DocPut { name, part, vals, replace }),
+        3 => (name.clone(), part.clone(), 0usize..5, any_v())
+            .prop_map(|(name, part, col, val)| Op::DocSet { name, part, col, val }),
+        1 => (name, part).prop_map(|(name, part)| Op::DocDel { name, part }),
+    ]
+}
+
+/// How a batch from `changes_for` reaches the receiver.
+#[derive(Clone, Debug)]
+enum Delivery {
+    /// Everything, in order.
+    All,
+    /// Everything, last first.
+    Reversed,
+    /// Only the first `n` (mod len + 1): the rest is lost.
+    Prefix(u8),
+    /// `batch[i % len]` for each i: loses, duplicates and reorders at once.
+    Picks(Vec<u8>),
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// An app writes through its own connection; several ops are one transaction.
+    Write { at: u8, ops: Vec<Op> },
+    /// Seal now (moves change boundaries around).
+    Seal { at: u8 },
+    Exchange {
+        from: u8,
+        to: u8,
+        delivery: Delivery,
+    },
+    /// Resolve open conflict number `pick`; keep the winner (None) or candidate `keep`.
+    Resolve { at: u8, pick: u8, keep: Option<u8> },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let delivery = prop_oneof![
+        3 => Just(Delivery::All),
+        1 => Just(Delivery::Reversed),
+        1 => any::<u8>().prop_map(Delivery::Prefix),
+        3 => proptest::collection::vec(any::<u8>(), 0..10).prop_map(Delivery::Picks),
+    ];
+    prop_oneof![
+        6 => (any::<u8>(), proptest::collection::vec(op(), 1..4))
+            .prop_map(|(at, ops)| Step::Write { at, ops }),
+        1 => any::<u8>().prop_map(|at| Step::Seal { at }),
+        4 => (any::<u8>(), any::<u8>(), delivery)
+            .prop_map(|(from, to, delivery)| Step::Exchange { from, to, delivery }),
+        2 => (any::<u8>(), any::<u8>(), proptest::option::of(any::<u8>()))
+            .prop_map(|(at, pick, keep)| Step::Resolve { at, pick, keep }),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// The world: replicas and their apps' connections.
+
+const SCHEMA: &str = "
+    CREATE TABLE items(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, price REAL, data BLOB, any_col);
+    CREATE TABLE docs(name TEXT NOT NULL, part BLOB NOT NULL, i INTEGER, r REAL, t TEXT, b BLOB, u,
+                      PRIMARY KEY(name, part)) WITHOUT ROWID;";
+
+struct World {
+    _dir: tempfile::TempDir,
+    replicas: Vec<Replica>,
+    apps: Vec<Connection>,
+}
+
+/// Turns any error into a test failure with some context.
+trait Ctx<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, TestCaseError>;
+}
+
+impl<T, E: std::fmt::Debug> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, TestCaseError> {
+        self.map_err(|e| TestCaseError::fail(format!("{}: {e:?}", what())))
+    }
+}
+
+fn world(n: usize) -> Result<World, TestCaseError> {
+    let dir = tempfile::tempdir().ctx(|| "tempdir".into())?;
+    let keys = KeyStore::at(dir.path().join("keys"));
+    let mut replicas = Vec::new();
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for i in 0..n {
+        let path = dir.path().join(format!("r{i}.db"));
+        let mut r = Replica::open(&path, keys.clone()).ctx(|| format!("open r{i}"))?;
+        r.init(&format!("r{i}")).ctx(|| format!("init r{i}"))?;
+        r.connection()
+            .execute_batch(SCHEMA)
+            .ctx(|| "schema".into())?;
+        r.track("items").ctx(|| "track items".into())?;
+        r.track("docs").ctx(|| "track docs".into())?;
+        replicas.push(r);
+        paths.push(path);
+    }
+    let cards = replicas
+        .iter()
+        .map(|r| r.card())
+        .collect::<Result<Vec<_>, _>>()
+        .ctx(|| "card".into())?;
+    for (i, r) in replicas.iter_mut().enumerate() {
+        for (j, card) in cards.iter().enumerate() {
+            if i != j {
+                r.add_peer(card).ctx(|| format!("r{i} add_peer r{j}"))?;
+            }
+        }
+    }
+    let mut apps = Vec::new();
+    for p in &paths {
+        let c = Connection::open(p).ctx(|| "app connection".into())?;
+        c.busy_timeout(std::time::Duration::from_secs(10))
+            .ctx(|| "busy_timeout".into())?;
+        apps.push(c);
+    }
+    Ok(World {
+        _dir: dir,
+        replicas,
+        apps,
+    })
+}
+
+fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
+    let vals = |vs: &[V]| vs.iter().map(V::value).collect::<Vec<_>>();
+    match op {
+        Op::ItemPut {
+            id,
+            vals: vs,
+            replace,
+        } => {
+            let verb = if *replace { "REPLACE" } else { "IGNORE" };
+            let v = vals(vs);
+            c.execute(
+                &format!("INSERT OR {verb} INTO items(id, label, qty, price, data, any_col) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"),
+                rusqlite::params![id, v[0], v[1], v[2], v[3], v[4]],
+            )
+        }
+        Op::ItemSet { id, col, val } => c.execute(
+            &format!("UPDATE items SET {} = ?2 WHERE id = ?1", ITEM_COLS[*col]),
+            rusqlite::params![id, val.value()],
+        ),
+        Op::ItemDel { id } => c.execute("DELETE FROM items WHERE id = ?1", [id]),
+        Op::ItemRekey { from, to } => c.execute(
+            "UPDATE OR IGNORE items SET id = ?2 WHERE id = ?1",
+            [from, to],
+        ),
+        Op::DocPut {
+            name,
+            part,
+            vals: vs,
+            replace,
+        } => {
+            let verb = if *replace { "REPLACE" } else { "IGNORE" };
+            let v = vals(vs);
+            c.execute(
+                &format!("INSERT OR {verb} INTO docs(name, part, i, r, t, b, u) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                rusqlite::params![DOC_NAMES[*name as usize], doc_part(*part), v[0], v[1], v[2], v[3], v[4]],
+            )
+        }
+        Op::DocSet {
+            name,
+            part,
+            col,
+            val,
+        } => c.execute(
+            &format!(
+                "UPDATE docs SET {} = ?3 WHERE name = ?1 AND part = ?2",
+                DOC_COLS[*col]
+            ),
+            rusqlite::params![DOC_NAMES[*name as usize], doc_part(*part), val.value()],
+        ),
+        Op::DocDel { name, part } => c.execute(
+            "DELETE FROM docs WHERE name = ?1 AND part = ?2",
+            rusqlite::params![DOC_NAMES[*name as usize], doc_part(*part)],
+        ),
+    }
+}
+
+fn deliver<T: Clone>(batch: &[T], how: &Delivery) -> Vec<T> {
+    match how {
+        Delivery::All => batch.to_vec(),
+        Delivery::Reversed => batch.iter().rev().cloned().collect(),
+        Delivery::Prefix(n) => batch[..*n as usize % (batch.len() + 1)].to_vec(),
+        Delivery::Picks(picks) if batch.is_empty() => {
+            let _ = picks;
+            Vec::new()
+        }
+        Delivery::Picks(picks) => picks
+            .iter()
+            .map(|p| batch[*p as usize % batch.len()].clone())
+            .collect(),
+    }
+}
+
+impl World {
+    fn n(&self) -> usize {
+        self.replicas.len()
+    }
+
+    fn step(&mut self, no: usize, s: &Step) -> Result<(), TestCaseError> {
+        let n = self.n();
+        match s {
+            Step::Write { at, ops } => {
+                let app = &self.apps[*at as usize % n];
+                if ops.len() > 1 {
+                    app.execute_batch("BEGIN")
+                        .ctx(|| format!("step {no}: BEGIN"))?;
+                }
+                for op in ops {
+                    run_op(app, op).ctx(|| format!("step {no}: app write {op:?}"))?;
+                }
+                if ops.len() > 1 {
+                    app.execute_batch("COMMIT")
+                        .ctx(|| format!("step {no}: COMMIT"))?;
+                }
+            }
+            Step::Seal { at } => {
+                self.replicas[*at as usize % n]
+                    .seal()
+                    .ctx(|| format!("step {no}: seal"))?;
+            }
+            Step::Exchange { from, to, delivery } => {
+                let from = *from as usize % n;
+                let mut to = *to as usize % n;
+                if to == from {
+                    to = (to + 1) % n;
+                }
+                let theirs = self.replicas[to]
+                    .version_vector()
+                    .ctx(|| format!("step {no}: version_vector"))?;
+                let batch = self.replicas[from]
+                    .changes_for(&theirs)
+                    .ctx(|| format!("step {no}: r{from}.changes_for"))?;
+                let subset = deliver(&batch, delivery);
+                self.replicas[to]
+                    .import(&subset)
+                    .ctx(|| format!("step {no}: r{to}.import from r{from}"))?;
+            }
+            Step::Resolve { at, pick, keep } => {
+                let at = *at as usize % n;
+                let r = &mut self.replicas[at];
+                // Resolve on what the app has written too (resolve seals first anyway).
+                let open = r.conflicts().ctx(|| format!("step {no}: conflicts"))?;
+                if open.is_empty() {
+                    return Ok(());
+                }
+                let c = &open[*pick as usize % open.len()];
+                let resolution = match keep {
+                    None => Resolution::KeepWinner,
+                    Some(k) => {
+                        Resolution::Keep(c.candidates[*k as usize % c.candidates.len()].id.clone())
+                    }
+                };
+                r.resolve(&c.id, resolution.clone()).ctx(|| {
+                    format!(
+                        "step {no}: r{at}.resolve({:?}, {resolution:?}) of {}",
+                        c.id,
+                        show_conflict(c)
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// All-pairs exchange until no version vector moves.
+    fn sync_all(&mut self) -> Result<usize, TestCaseError> {
+        let n = self.n();
+        for round in 1..=10 {
+            let before = self.vectors()?;
+            for from in 0..n {
+                for to in 0..n {
+                    if from == to {
+                        continue;
+                    }
+                    let theirs = self.replicas[to].version_vector().ctx(|| "vv".into())?;
+                    let batch = self.replicas[from]
+                        .changes_for(&theirs)
+                        .ctx(|| format!("final sync: r{from}.changes_for"))?;
+                    self.replicas[to]
+                        .import(&batch)
+                        .ctx(|| format!("final sync: r{to}.import from r{from}"))?;
+                }
+            }
+            if self.vectors()? == before {
+                return Ok(round);
+            }
+        }
+        Err(TestCaseError::fail(
+            "final sync did not settle in 10 rounds",
+        ))
+    }
+
+    fn vectors(&self) -> Result<Vec<VersionVector>, TestCaseError> {
+        self.replicas
+            .iter()
+            .map(|r| r.version_vector().ctx(|| "version_vector".into()))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What replicas must agree on.
+
+fn dump(r: &Replica, table: &str, order: &str) -> Result<Vec<Vec<Value>>, TestCaseError> {
+    let c = r.connection();
+    let mut stmt = c
+        .prepare(&format!("SELECT * FROM {table} ORDER BY {order}"))
+        .ctx(|| "dump".into())?;
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |row| (0..n).map(|i| row.get::<_, Value>(i)).collect())
+        .ctx(|| "dump".into())?
+        .collect::<rusqlite::Result<Vec<Vec<Value>>>>()
+        .ctx(|| "dump".into())?;
+    Ok(rows)
+}
+
+fn short(v: &Value) -> String {
+    let s = v.display();
+    if s.chars().count() > 40 {
+        let head: String = s.chars().take(24).collect();
+        format!("{head}…({} bytes)", s.len())
+    } else {
+        s
+    }
+}
+
+fn show_row(row: &[Value]) -> String {
+    row.iter().map(short).collect::<Vec<_>>().join(", ")
+}
+
+fn show_rows(rows: &[Vec<Value>]) -> String {
+    rows.iter()
+        .map(|r| format!("    ({})\n", show_row(r)))
+        .collect()
+}
+
+/// A conflict as every replica must show it (`local` and names aside).
+type ConflictView = (
+    String,
+    String,
+    Vec<Value>,
+    Option<String>,
+    String,
+    BTreeSet<(String, Option<Value>, bool, u64)>,
+);
+
+fn view(c: &Conflict) -> ConflictView {
+    (
+        c.id.clone(),
+        c.table.clone(),
+        c.key.clone(),
+        c.column.clone(),
+        c.kind.clone(),
+        c.candidates
+            .iter()
+            .map(|x| (x.id.clone(), x.value.clone(), x.winner, x.hlc))
+            .collect(),
+    )
+}
+
+fn show_conflict(c: &Conflict) -> String {
+    let cands = c
+        .candidates
+        .iter()
+        .map(|x| {
+            format!(
+                "{}{}={}",
+                if x.winner { "*" } else { "" },
+                x.id,
+                x.value
+                    .as_ref()
+                    .map(short)
+                    .unwrap_or_else(|| "(deleted)".into())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" | ");
+    format!(
+        "{} {} {}[{}].{} : {}",
+        &c.id[..8],
+        c.kind,
+        c.table,
+        show_row(&c.key),
+        c.column.as_deref().unwrap_or("(row)"),
+        cands
+    )
+}
+
+fn check_converged(w: &World) -> Result<(), TestCaseError> {
+    let n = w.n();
+    let vv = w.vectors()?;
+    for i in 1..n {
+        prop_assert_eq!(&vv[0], &vv[i], "version vectors of r0 and r{} differ", i);
+    }
+    for (i, r) in w.replicas.iter().enumerate() {
+        let applied = r.applied_vector().ctx(|| "applied_vector".into())?;
+        prop_assert_eq!(&applied, &vv[i], "r{} stored changes it has not applied", i);
+        let q = r.quarantine().ctx(|| "quarantine".into())?;
+        prop_assert!(q.is_empty(), "r{} quarantined changes: {:?}", i, q);
+    }
+    for (table, order) in [("items", "id"), ("docs", "name, part")] {
+        let base = dump(&w.replicas[0], table, order)?;
+        for i in 1..n {
+            let other = dump(&w.replicas[i], table, order)?;
+            prop_assert!(
+                base == other,
+                "table {} differs between r0 and r{}:\n  r0:\n{}  r{}:\n{}",
+                table,
+                i,
+                show_rows(&base),
+                i,
+                show_rows(&other)
+            );
+        }
+    }
+    let conflicts = |r: &Replica| -> Result<Vec<Conflict>, TestCaseError> {
+        r.conflicts().ctx(|| "conflicts".into())
+    };
+    let base = conflicts(&w.replicas[0])?;
+    for i in 1..n {
+        let other = conflicts(&w.replicas[i])?;
+        let a: Vec<ConflictView> = base.iter().map(view).collect();
+        let b: Vec<ConflictView> = other.iter().map(view).collect();
+        prop_assert!(
+            a == b,
+            "conflicts differ between r0 and r{}:\n  r0:\n{}  r{}:\n{}",
+            i,
+            base.iter()
+                .map(|c| format!("    {}\n", show_conflict(c)))
+                .collect::<String>(),
+            i,
+            other
+                .iter()
+                .map(|c| format!("    {}\n", show_conflict(c)))
+                .collect::<String>()
+        );
+    }
+    let h0 = w.replicas[0].state_hash().ctx(|| "state_hash".into())?;
+    for i in 1..n {
+        let h = w.replicas[i].state_hash().ctx(|| "state_hash".into())?;
+        prop_assert!(h0 == h, "state hash of r{} differs from r0's", i);
+    }
+    Ok(())
+}
+
+fn check_idempotent(w: &mut World) -> Result<(), TestCaseError> {
+    let n = w.n();
+    let before: Vec<[u8; 32]> = w
+        .replicas
+        .iter()
+        .map(|r| r.state_hash().ctx(|| "state_hash".into()))
+        .collect::<Result<_, _>>()?;
+    let conflicts_before: Vec<Vec<ConflictView>> = w
+        .replicas
+        .iter()
+        .map(|r| {
+            Ok(r.conflicts()
+                .ctx(|| "conflicts".into())?
+                .iter()
+                .map(view)
+                .collect())
+        })
+        .collect::<Result<_, TestCaseError>>()?;
+    for from in 0..n {
+        let everything = w.replicas[from]
+            .changes_for(&VersionVector::new())
+            .ctx(|| "changes_for(empty)".into())?;
+        for to in 0..n {
+            // Twice, and the second time in reverse, for good measure.
+            let report = w.replicas[to]
+                .import(&everything)
+                .ctx(|| format!("re-import r{from} -> r{to}"))?;
+            prop_assert_eq!(
+                report.applied,
+                0,
+                "re-import r{} -> r{} applied something: {:?}",
+                from,
+                to,
+                report
+            );
+            let rev: Vec<_> = everything.iter().rev().cloned().collect();
+            w.replicas[to]
+                .import(&rev)
+                .ctx(|| format!("re-import (reversed) r{from} -> r{to}"))?;
+        }
+    }
+    for i in 0..n {
+        let h = w.replicas[i].state_hash().ctx(|| "state_hash".into())?;
+        prop_assert!(
+            h == before[i],
+            "re-importing everything changed r{}'s state",
+            i
+        );
+        let c: Vec<ConflictView> = w.replicas[i]
+            .conflicts()
+            .ctx(|| "conflicts".into())?
+            .iter()
+            .map(view)
+            .collect();
+        prop_assert!(
+            c == conflicts_before[i],
+            "re-importing everything changed r{}'s conflicts",
+            i
+        );
+    }
+    Ok(())
+}
+
+fn run_history(n: usize, steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut w = world(n)?;
+    for (no, s) in steps.iter().enumerate() {
+        w.step(no, s)?;
+    }
+    w.sync_all()?;
+    check_converged(&w)?;
+    check_idempotent(&mut w)?;
+    // A last full exchange after the re-imports must still agree.
+    w.sync_all()?;
+    check_converged(&w)?;
+    Ok(())
+}
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("TIDE_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let seed = std::env::var("TIDE_PROPTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7_1de_5eed);
+    ProptestConfig {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        max_shrink_iters: 4096,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn random_histories_converge(
+        n in 3usize..=5,
+        steps in proptest::collection::vec(step(), 10..40),
+    ) {
+        run_history(n, &steps)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Type fidelity, spelled out.
+
+#[test]
+fn every_storage_class_survives_sync_bit_exact() -> Result<(), Box<dyn std::error::Error>> {
+    let mut w = world(2).map_err(|e| format!("{e}"))?;
+    let app = &w.apps[0];
+    let long = long_text(7);
+    let cases: Vec<(Value, Value)> = vec![
+        (Value::text("neg-zero"), Value::real(-0.0)),
+        (Value::text("zero"), Value::real(0.0)),
+        (Value::text("imin"), Value::Integer(i64::MIN)),
+        (Value::text("imax"), Value::Integer(i64::MAX)),
+        (Value::text("third"), Value::real(0.1 + 0.2)),
+        (Value::text("huge"), Value::real(1e308)),
+        (Value::text("tiny"), Value::real(f64::from_bits(1))),
+        (Value::text("null"), Value::Null),
+        (Value::text("empty-blob"), Value::Blob(Vec::new())),
+        (Value::text("empty-text"), Value::text("")),
+        (Value::text("blob"), Value::Blob(vec![0, 1, 255])),
+        (Value::text("long"), Value::text(long.clone())),
+        (Value::text("unicode"), V::Unicode.value()),
+    ];
+    for (name, u) in &cases {
+        app.execute(
+            "INSERT INTO docs(name, part, u, b) VALUES(?1, x'00', ?2, ?3)",
+            rusqlite::params![name, u, Value::Blob(Vec::new())],
+        )?;
+    }
+    app.execute(
+        "INSERT INTO items(id, price, any_col) VALUES(1, ?1, ?2)",
+        rusqlite::params![Value::real(0.1 + 0.2), Value::real(-0.0)],
+    )?;
+    let theirs = w.replicas[1].version_vector()?;
+    let batch = w.replicas[0].changes_for(&theirs)?;
+    w.replicas[1].import(&batch)?;
+    for (name, u) in &cases {
+        for (i, r) in w.replicas.iter().enumerate() {
+            let (got_u, got_b): (Value, Value) = r.connection().query_row(
+                "SELECT u, b FROM docs WHERE name = ?1 AND part = x'00'",
+                [name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            assert_eq!(&got_u, u, "docs.u of {name:?} on r{i}");
+            assert_eq!(
+                got_b,
+                Value::Blob(Vec::new()),
+                "empty BLOB stays a BLOB on r{i}"
+            );
+        }
+    }
+    let neg_zero: f64 = w.replicas[1].connection().query_row(
+        "SELECT u FROM docs WHERE name = 'neg-zero'",
+        [],
+        |row| row.get(0),
+    )?;
+    assert_eq!(
+        neg_zero.to_bits(),
+        (-0.0f64).to_bits(),
+        "-0.0 keeps its sign bit"
+    );
+    let (price, any): (Value, Value) = w.replicas[1].connection().query_row(
+        "SELECT price, any_col FROM items WHERE id = 1",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    assert_eq!(price, Value::real(0.1 + 0.2));
+    assert_eq!(any, Value::real(-0.0));
+    assert_eq!(w.replicas[0].state_hash()?, w.replicas[1].state_hash()?);
+    assert!(w.replicas[1].conflicts()?.is_empty());
+    Ok(())
+}
