@@ -265,9 +265,15 @@ impl Replica {
     /// Resolves conflict `id` (or a unique prefix of it) with a new change, applied here
     /// at once and synced like any write. Returns the change's id.
     pub fn resolve(&mut self, id: &str, resolution: Resolution) -> Result<ChangeId> {
-        self.seal()?;
-        let conflict = self.conflict(id)?;
         let secret = self.secret_for_sealing()?;
+        // One IMMEDIATE transaction from sealing pending writes to applying the
+        // resolution: nothing read here can change underneath.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        let sealed = crate::seal::seal_pending(&tx, &secret)?;
+        let conflict = self.conflict(id)?;
         let tables = schema::tracked_tables(&self.conn)?;
         let t = tables
             .iter()
@@ -372,14 +378,31 @@ impl Replica {
                 ));
             }
             None => {
-                // A constraint conflict: keep one row, delete the other.
-                let Some(cand) = chosen else {
-                    return Err(Error::UnknownCandidate {
-                        conflict: conflict.id.clone(),
-                        candidate: String::new(),
-                    });
+                // A constraint conflict: keep one row, delete the other. Without a row
+                // holding the slot (foreign key, CHECK, NOT NULL) the choice is to discard
+                // the held row, or to fix what it breaks (then it comes back by itself).
+                let held_wins = match (&resolution, &chosen) {
+                    (Resolution::Value(_), _) => {
+                        return Err(Error::CannotResolve {
+                            conflict: conflict.id.clone(),
+                            reason: "a whole row is held; keep one of the candidates".into(),
+                        });
+                    }
+                    (Resolution::KeepWinner, _) => false,
+                    (Resolution::Keep(_), Some(cand)) => !cand.winner,
+                    (Resolution::Keep(_), None) => unreachable!("Keep found its candidate above"),
                 };
-                let held_wins = !cand.winner;
+                let has_blocker = conflict.candidates.len() > 1;
+                if held_wins && !has_blocker {
+                    return Err(Error::CannotResolve {
+                        conflict: conflict.id.clone(),
+                        reason: format!(
+                            "the row breaks a {} constraint on its own; fix what it refers to or its values \
+                             and it returns by itself, or discard it by keeping the winner",
+                            conflict.kind
+                        ),
+                    });
+                }
                 if held_wins {
                     let blocker: Option<Vec<u8>> = self
                         .conn
@@ -422,7 +445,12 @@ impl Replica {
                 }
             }
         }
-        let tx = self.conn.unchecked_transaction()?;
+        if ops.is_empty() {
+            return Err(Error::CannotResolve {
+                conflict: conflict.id.clone(),
+                reason: "nothing to write: the row it names is gone".into(),
+            });
+        }
         let change = crate::log::append_own(
             &tx,
             &secret,
@@ -439,6 +467,7 @@ impl Replica {
         let mut report = crate::log::ImportReport::default();
         crate::log::apply_ready(&tx, &mut report, None)?;
         tx.commit()?;
+        debug_assert!(sealed.is_none_or(|s| s.seq < change.seq));
         self.record_sealed(change.seq)?;
         Ok(change.id())
     }

@@ -103,6 +103,14 @@ pub enum Error {
         /// What failed.
         reason: crate::change::VerifyError,
     },
+    /// The conflict cannot be resolved the way asked.
+    #[error("conflict {conflict} cannot be resolved that way: {reason}")]
+    CannotResolve {
+        /// The conflict.
+        conflict: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// A change could not be applied; the whole apply was rolled back.
     #[error("apply failed and was rolled back, nothing changed: {0}")]
     ApplyAborted(String),

@@ -28,6 +28,9 @@ pub mod reason {
     pub const UNKNOWN_TABLE: &str = "unknown_table";
     /// Writes a column this replica's table does not have, or keys it differently.
     pub const SCHEMA_MISMATCH: &str = "schema_mismatch";
+    /// A quarantined change whose signature failed when retried (its origin's card
+    /// was added since, and the change does not verify with it).
+    pub const BAD_SIGNATURE: &str = "bad_signature";
 }
 
 /// What an import did.
@@ -108,18 +111,28 @@ impl Replica {
     }
 
     /// Verifies, stores and applies `changes` in one transaction: all of it or nothing
-    /// (invariant 6). Pending local writes are sealed first, so they keep their place in
-    /// causal order. A change with a bad signature rejects the whole import before any
-    /// write; one from an unknown origin, a fork, or one that cannot be applied goes to
-    /// quarantine; one whose dependencies are missing waits.
+    /// (invariant 6). Pending local writes are sealed first, in the same transaction, so
+    /// they keep their place in causal order. A change with a bad signature rejects the
+    /// whole import before any write; one from an unknown origin, a fork, or one that
+    /// cannot be applied goes to quarantine; one whose dependencies are missing waits.
     pub fn import(&mut self, changes: &[SignedChange]) -> Result<ImportReport> {
+        self.import_with(changes, false)
+    }
+
+    fn import_with(&mut self, changes: &[SignedChange], retrying: bool) -> Result<ImportReport> {
         // Verification first: nothing is written for input that fails it.
         let mut checked = Vec::with_capacity(changes.len());
         for signed in changes {
-            let id = signed.peek_id().map_err(|e| Error::Rejected {
-                change: None,
-                reason: VerifyError::Decode(e),
-            })?;
+            let id = match signed.peek_id() {
+                Ok(id) => id,
+                Err(e) if !retrying => {
+                    return Err(Error::Rejected {
+                        change: None,
+                        reason: VerifyError::Decode(e),
+                    });
+                }
+                Err(_) => continue,
+            };
             let key: Option<Vec<u8>> = self
                 .conn
                 .query_row(
@@ -129,41 +142,66 @@ impl Replica {
                 )
                 .optional()?
                 .flatten();
-            match key {
+            let outcome = match key {
                 Some(key) => {
                     let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
-                    let verified = signed.verify(&key).map_err(|reason| Error::Rejected {
-                        change: Some(id),
-                        reason,
-                    })?;
-                    checked.push((id, Some(verified)));
+                    match signed.verify(&key) {
+                        Ok(verified) => Verdict::Valid(Box::new(verified)),
+                        Err(reason) if !retrying => {
+                            return Err(Error::Rejected {
+                                change: Some(id),
+                                reason,
+                            });
+                        }
+                        Err(_) => Verdict::Invalid,
+                    }
                 }
-                None => checked.push((id, None)),
-            }
+                None => Verdict::UnknownOrigin,
+            };
+            checked.push((id, outcome, signed));
         }
-        let sealed = self.seal_in_transaction_prepare()?;
         let fail_after = self.fail_after_ops.take();
-        let tx = self.conn.unchecked_transaction()?;
-        let sealed_seq = match &sealed {
-            Some(secret) => crate::seal::seal_pending(&tx, secret)?.map(|id| id.seq),
-            None => None,
+        // IMMEDIATE: no app write can slip in between sealing and applying.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        let sealed = if crate::seal::has_pending(&tx)? {
+            let secret = self.secret_for_sealing()?;
+            crate::seal::seal_pending(&tx, &secret)?.map(|id| id.seq)
+        } else {
+            None
         };
         let mut report = ImportReport {
             received: changes.len(),
             ..Default::default()
         };
         let mut touched = Vec::new();
-        for ((id, verified), signed) in checked.into_iter().zip(changes) {
-            let Some(verified) = verified else {
-                quarantine(
-                    &tx,
-                    id,
-                    signed,
-                    reason::UNKNOWN_ORIGIN,
-                    "signed by a replica this one does not know",
-                )?;
-                report.quarantined.push((id, reason::UNKNOWN_ORIGIN.into()));
-                continue;
+        for (id, verdict, signed) in checked {
+            let verified = match verdict {
+                Verdict::Valid(v) => v,
+                Verdict::UnknownOrigin => {
+                    quarantine(
+                        &tx,
+                        id,
+                        signed,
+                        reason::UNKNOWN_ORIGIN,
+                        "signed by a replica this one does not know",
+                    )?;
+                    report.quarantined.push((id, reason::UNKNOWN_ORIGIN.into()));
+                    continue;
+                }
+                Verdict::Invalid => {
+                    quarantine(
+                        &tx,
+                        id,
+                        signed,
+                        reason::BAD_SIGNATURE,
+                        "the signature does not verify with its origin's key",
+                    )?;
+                    report.quarantined.push((id, reason::BAD_SIGNATURE.into()));
+                    continue;
+                }
             };
             let idx = origin_idx(&tx, id.origin)?;
             let existing: Option<Vec<u8>> = tx
@@ -219,22 +257,26 @@ impl Replica {
         for idx in touched {
             advance_stored(&tx, idx)?;
         }
+        if retrying {
+            // Stored changes that could not be applied get another go.
+            tx.execute("UPDATE _tide_log SET applied=0 WHERE applied=-1", [])?;
+            tx.execute(
+                "DELETE FROM _tide_quarantine WHERE reason IN ('unknown_table', 'schema_mismatch')",
+                [],
+            )?;
+        }
         apply_ready(&tx, &mut report, fail_after)?;
+        // A quarantined change now in the log has been dealt with.
+        tx.execute(
+            "DELETE FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain')
+               AND hash IN (SELECT hash FROM _tide_log WHERE applied >= 0)",
+            [],
+        )?;
         tx.commit()?;
-        if let Some(seq) = sealed_seq {
+        if let Some(seq) = sealed {
             self.record_sealed(seq)?;
         }
         Ok(report)
-    }
-
-    /// Loads the secret key when there are local writes to seal (a copy with nothing to
-    /// seal may still import).
-    fn seal_in_transaction_prepare(&self) -> Result<Option<SecretIdentity>> {
-        if crate::seal::has_pending(&self.conn)? {
-            Ok(Some(self.secret_for_sealing()?))
-        } else {
-            Ok(None)
-        }
     }
 
     /// The quarantine, oldest first.
@@ -256,13 +298,12 @@ impl Replica {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Takes every quarantined change out and imports it again (after adding a peer or
-    /// tracking a table). Forks stay.
+    /// Imports every quarantined change again, in one transaction (after adding a peer or
+    /// tracking a table). Forks stay; what still fails stays, with its reason.
     pub fn retry_quarantine(&mut self) -> Result<ImportReport> {
-        let tx = self.conn.unchecked_transaction()?;
-        let mut stmt = tx.prepare(
-            "SELECT body, sig FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain')",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body, sig FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain') ORDER BY qid")?;
         let changes = stmt
             .query_map([], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -277,15 +318,16 @@ impl Replica {
             })
             .collect::<Vec<_>>();
         drop(stmt);
-        tx.execute(
-            "DELETE FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain')",
-            [],
-        )?;
-        // Stored-but-unapplicable changes wait in the log marked -1; give them another go.
-        tx.execute("UPDATE _tide_log SET applied=0 WHERE applied=-1", [])?;
-        tx.commit()?;
-        self.import(&changes)
+        self.import_with(&changes, true)
     }
+}
+
+/// What verification said about one offered change.
+enum Verdict {
+    Valid(Box<crate::change::VerifiedChange>),
+    UnknownOrigin,
+    /// Only when retrying the quarantine: it stays there.
+    Invalid,
 }
 
 fn vector(conn: &Connection, column: &str) -> Result<VersionVector> {
@@ -407,10 +449,8 @@ pub(crate) fn apply_ready(
         return Ok(());
     }
     let tracked = schema::tracked_tables(conn)?;
-    for t in &tracked {
-        schema::drop_triggers(conn, t.tid)?;
-    }
-    conn.execute_batch("PRAGMA defer_foreign_keys = ON")?;
+    let _off = schema::TriggersOff::new(conn)?;
+    let conflicts_before = conflict_ids(conn)?;
     let tables: HashMap<String, TableInfo> = tracked
         .iter()
         .map(|t| (t.name.clone(), t.clone()))
@@ -502,13 +542,7 @@ pub(crate) fn apply_ready(
                         new_values.push((col, v, cell.value.clone()));
                     }
                     if op.kind == OpKind::Insert {
-                        let others_alive = m1.cells[ROW]
-                            .iter()
-                            .any(|h| h.alive && h.vref() != v.vref());
-                        m1.birth = match m1.birth {
-                            Some(b) if others_alive && merger.cmp(&b, &v).is_lt() => Some(b),
-                            _ => Some(v),
-                        };
+                        m1.note_creation(v, &merger.origins);
                     }
                     merger.transition(
                         &RowRef {
@@ -538,77 +572,127 @@ pub(crate) fn apply_ready(
     }
     report.waiting = pending.len();
     merger.origins = std::rc::Rc::new(origins_map(conn)?);
-    // Held rows get another chance, oldest first, now that the state moved.
-    let mut held_rows = Vec::new();
-    {
-        let mut s = conn.prepare("SELECT tid, key FROM _tide_held")?;
-        for row in s.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
-            held_rows.push(row?);
-        }
-    }
-    for (tid, key) in held_rows {
-        if let Some(t) = tracked.iter().find(|t| t.tid == tid) {
-            merger.release(t, &key)?;
-        }
-    }
-    settle_foreign_keys(&mut merger, &tracked)?;
+    settle(&mut merger, &tracked)?;
     for (idx, seq) in &applied {
         conn.prepare_cached("UPDATE _tide_origins SET applied=?2 WHERE idx=?1 AND applied<?2")?
             .execute(params![idx, *seq as i64])?;
     }
     Replica::set_meta_u64(conn, "hlc", max_hlc)?;
-    for t in &tracked {
-        schema::create_triggers(conn, t)?;
+    if conn.is_autocommit() {
+        // Something ended our transaction behind our back; nothing after it is atomic.
+        return Err(Error::ApplyAborted(
+            "the apply transaction was ended by SQLite".into(),
+        ));
     }
-    report.conflicts_opened += merger.effects.conflicts_opened;
+    report.conflicts_opened += conflict_ids(conn)?.difference(&conflicts_before).count();
     Ok(())
 }
 
-/// Rows of tracked tables that break a foreign key after the merge are held (their
-/// parent was deleted concurrently, or is itself held) until the parent is back.
-fn settle_foreign_keys(merger: &mut Merger<'_>, tracked: &[TableInfo]) -> Result<()> {
+fn conflict_ids(conn: &Connection) -> Result<std::collections::HashSet<Vec<u8>>> {
+    let mut stmt = conn.prepare("SELECT id FROM _tide_conflicts")?;
+    let ids = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    Ok(ids.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Brings held rows and foreign keys to a fixpoint: every held row gets another chance,
+/// oldest first, and rows whose foreign key points nowhere are held, until nothing
+/// moves. Runs with triggers off, after applies and after local seals alike, so every
+/// replica reaches the same state from the same changes.
+pub(crate) fn settle(merger: &mut Merger<'_>, tracked: &[TableInfo]) -> Result<()> {
     for _round in 0..64 {
-        let mut violations = Vec::new();
-        {
-            let mut stmt = merger
-                .conn
-                .prepare("SELECT \"table\", rowid FROM pragma_foreign_key_check")?;
-            for row in stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
-            })? {
-                violations.push(row?);
-            }
-        }
-        if violations.is_empty() {
-            return Ok(());
-        }
-        let mut held_any = false;
-        for (table, rowid) in violations {
-            let (Some(t), Some(rowid)) = (tracked.iter().find(|t| t.name == table), rowid) else {
+        let before = held_rows(merger.conn)?;
+        let mut order = Vec::with_capacity(before.len());
+        for (tid, key) in &before {
+            let Some(t) = tracked.iter().find(|t| t.tid == *tid) else {
                 continue;
             };
+            let Some(m) = merger.load_meta(t, key)? else {
+                continue;
+            };
+            order.push((merger.priority(&m, key), t, key.clone()));
+        }
+        order.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, t, key) in order {
+            merger.release(t, &key)?;
+        }
+        hold_foreign_key_violators(merger, tracked)?;
+        if held_rows(merger.conn)? == before {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn held_rows(conn: &Connection) -> Result<Vec<(i64, Vec<u8>)>> {
+    let mut stmt = conn.prepare_cached("SELECT tid, key FROM _tide_held ORDER BY tid, key")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Rows of tracked tables whose foreign key points at no row (the parent was deleted
+/// concurrently, or is itself held) are held until the parent is back. Found through
+/// the declared keys, so WITHOUT ROWID tables are covered too.
+fn hold_foreign_key_violators(merger: &mut Merger<'_>, tracked: &[TableInfo]) -> Result<()> {
+    use crate::schema::q;
+    for t in tracked {
+        let fks: Vec<(i64, String, String, Option<String>)> = merger
+            .conn
+            .prepare_cached("SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq")?
+            .query_map([&t.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut i = 0;
+        while i < fks.len() {
+            let id = fks[i].0;
+            let group: Vec<_> = fks[i..].iter().take_while(|f| f.0 == id).cloned().collect();
+            i += group.len();
+            let parent = &group[0].1;
+            let parent_cols: Vec<String> = if group.iter().all(|f| f.3.is_some()) {
+                group
+                    .iter()
+                    .map(|f| f.3.clone().expect("checked above"))
+                    .collect()
+            } else {
+                // No parent columns named: the parent's primary key, in order.
+                merger
+                    .conn
+                    .prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?
+                    .query_map([parent], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            if parent_cols.len() != group.len() {
+                continue;
+            }
+            let not_null = group
+                .iter()
+                .map(|f| format!("c.{} IS NOT NULL", q(&f.2)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let matches = group
+                .iter()
+                .zip(&parent_cols)
+                .map(|(f, p)| format!("p.{} = c.{}", q(p), q(&f.2)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
             let keys = t
                 .key_columns
                 .iter()
-                .map(|k| schema::q(k))
+                .map(|k| format!("c.{}", q(k)))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let sql = format!(
+                "SELECT {keys} FROM {} c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {} p WHERE {matches})",
+                q(&t.name),
+                q(parent)
+            );
             let n = t.key_columns.len();
-            let key: Option<Vec<crate::value::Value>> = merger
+            let orphans: Vec<Vec<crate::value::Value>> = merger
                 .conn
-                .query_row(
-                    &format!("SELECT {keys} FROM {} WHERE rowid=?1", schema::q(&t.name)),
-                    [rowid],
-                    |r| (0..n).map(|i| r.get(i)).collect(),
-                )
-                .optional()?;
-            if let Some(key) = key {
+                .prepare(&sql)?
+                .query_map([], |r| (0..n).map(|i| r.get(i)).collect())?
+                .collect::<rusqlite::Result<_>>()?;
+            for key in orphans {
                 merger.hold(t, &key, crate::merge::HELD_FOREIGN_KEY)?;
-                held_any = true;
             }
-        }
-        if !held_any {
-            return Ok(());
         }
     }
     Ok(())

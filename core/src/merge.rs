@@ -12,7 +12,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params_from_iter};
 
 use crate::error::Result;
 use crate::ids::{ChangeId, ReplicaId};
-use crate::rowmeta::{Origins, ROW, RowMeta, Version, order};
+use crate::rowmeta::{Origins, ROW, RowMeta, Version};
 use crate::schema::{TableInfo, q};
 use crate::value::{Value, encode_key};
 
@@ -429,8 +429,10 @@ impl<'c> Merger<'c> {
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // OR ABORT overrides a table's own ON CONFLICT clause (REPLACE would delete rows
+        // unseen, IGNORE would drop the write, ROLLBACK would end our transaction).
         let sql = format!(
-            "INSERT INTO {}({}) VALUES({marks})",
+            "INSERT OR ABORT INTO {}({}) VALUES({marks})",
             q(&t.name),
             cols.join(", ")
         );
@@ -457,7 +459,11 @@ impl<'c> Merger<'c> {
             .map(|(j, &i)| format!("{} = ?{}", q(&t.columns[i]), nkey + j + 1))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = format!("UPDATE {} SET {sets} WHERE {}", q(&t.name), key_where(t));
+        let sql = format!(
+            "UPDATE OR ABORT {} SET {sets} WHERE {}",
+            q(&t.name),
+            key_where(t)
+        );
         self.conn.prepare_cached(&sql)?.execute(params_from_iter(
             key.iter().chain(changed.iter().map(|&i| &values[i])),
         ))?;
@@ -552,7 +558,11 @@ impl<'c> Merger<'c> {
     }
 
     /// The row's priority in a constraint conflict: the older birth keeps the slot.
-    fn priority(&self, m: &RowMeta, key_bytes: &[u8]) -> (u64, Option<ReplicaId>, u64, Vec<u8>) {
+    pub(crate) fn priority(
+        &self,
+        m: &RowMeta,
+        key_bytes: &[u8],
+    ) -> (u64, Option<ReplicaId>, u64, Vec<u8>) {
         match &m.birth {
             Some(b) => (
                 b.hlc,
@@ -663,11 +673,6 @@ impl<'c> Merger<'c> {
             &[],
             Visible::Table,
         )
-    }
-
-    /// Total order helper for callers holding versions.
-    pub(crate) fn cmp(&self, a: &Version, b: &Version) -> std::cmp::Ordering {
-        order(a, b, &self.origins)
     }
 }
 

@@ -39,9 +39,11 @@ impl Replica {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        // Deferred so that a batch may briefly violate a foreign key between two ops; the
-        // apply checks and holds violators before committing.
-        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        // tide's connection leaves foreign keys off (SQLite's default): an apply must not
+        // cascade deletes or set NULLs the origin did not capture. Foreign keys are
+        // settled explicitly after every apply and seal (`log::settle`). Said explicitly:
+        // rusqlite's bundled SQLite turns them on by default.
+        conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
         let tx = conn.unchecked_transaction()?;
         schema::migrate(&tx)?;
         tx.commit()?;

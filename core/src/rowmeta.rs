@@ -102,6 +102,19 @@ impl RowMeta {
         heads.insert(at, v);
     }
 
+    /// Records that `v` created the row. Concurrent creators of one key keep the oldest
+    /// as the row's birth, whatever order they arrive in; a creator after a deletion
+    /// starts a new life.
+    pub(crate) fn note_creation(&mut self, v: Version, origins: &Origins) {
+        let others_alive = self.cells[ROW]
+            .iter()
+            .any(|h| h.alive && h.vref() != v.vref());
+        self.birth = match self.birth {
+            Some(b) if others_alive && order(&b, &v, origins).is_lt() => Some(b),
+            _ => Some(v),
+        };
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut versions: Vec<Version> = Vec::new();
         for h in self.cells.iter().flatten() {

@@ -328,6 +328,36 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
     Ok(())
 }
 
+/// Turns every trigger of the connection off while it lives: tide's own writes must not
+/// be captured again (invariant 9), and an app's triggers already ran on the replica
+/// that made the write; their effects arrive as captured writes of their own.
+pub(crate) struct TriggersOff<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> TriggersOff<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Result<TriggersOff<'c>> {
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+            false,
+        )?;
+        Ok(TriggersOff { conn })
+    }
+}
+
+impl Drop for TriggersOff<'_> {
+    fn drop(&mut self) {
+        // Failing to turn them back on would silently stop capture on this connection
+        // (other connections are unaffected: the setting is per connection).
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                true,
+            )
+            .expect("re-enabling triggers is a plain flag change and cannot fail");
+    }
+}
+
 /// Drops the triggers (the capture log table stays).
 pub(crate) fn drop_triggers(conn: &Connection, tid: i64) -> Result<()> {
     conn.execute_batch(&format!(

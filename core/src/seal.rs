@@ -31,7 +31,10 @@ impl Replica {
             return Ok(None);
         }
         let secret = self.secret_for_sealing()?;
-        let tx = self.conn.transaction()?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
         let id = seal_pending(&tx, &secret)?;
         tx.commit()?;
         if let Some(id) = id {
@@ -287,7 +290,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
             new_values.push((c, v, value));
         }
         if p.kind == OpKind::Insert {
-            m1.birth = Some(v);
+            m1.note_creation(v, &merger.origins);
         }
         if p.kind != OpKind::Delete {
             // The app wrote the row into its table: whatever held it is settled by this write.
@@ -309,6 +312,10 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
             visible,
         )?;
     }
+    // A local delete may free a slot a held row waits for, or orphan a child: settle
+    // here exactly as a replica applying this change will.
+    let _off = schema::TriggersOff::new(conn)?;
+    crate::log::settle(&mut merger, &tables)?;
     Ok(Some(change.id()))
 }
 
