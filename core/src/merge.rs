@@ -478,7 +478,8 @@ impl<'c> Merger<'c> {
         Ok(())
     }
 
-    /// Rows that hold, in some UNIQUE index, the values `values` would take.
+    /// Rows that hold, in some UNIQUE index (the primary key included: keys that differ
+    /// byte-wise can still collide, like 1 and 1.0), the values `values` would take.
     pub(crate) fn find_unique_blockers(
         &self,
         t: &TableInfo,
@@ -486,27 +487,11 @@ impl<'c> Merger<'c> {
         values: &[Value],
     ) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        let indexes: Vec<String> = self
-            .conn
-            .prepare_cached(
-                "SELECT name FROM pragma_index_list(?1) WHERE \"unique\" = 1 AND origin != 'pk'",
-            )?
-            .query_map([&t.name], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for index in indexes {
-            let cols: Vec<Option<String>> = self
-                .conn
-                .prepare_cached("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
-                .query_map([&index], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
+        for index in crate::schema::unique_indexes(self.conn, &t.name)? {
             let mut conds = Vec::new();
             let mut args: Vec<Value> = Vec::new();
             let mut usable = true;
-            for c in &cols {
-                let Some(c) = c else {
-                    usable = false;
-                    break;
-                };
+            for (c, coll) in &index.columns {
                 let v = if let Some(i) = t.columns.iter().position(|x| x == c) {
                     values[i].clone()
                 } else if let Some(i) = t.key_columns.iter().position(|x| x == c) {
@@ -520,7 +505,7 @@ impl<'c> Merger<'c> {
                     break;
                 }
                 args.push(v);
-                conds.push(format!("{} = ?{}", q(c), args.len()));
+                conds.push(format!("{} = ?{} COLLATE {}", q(c), args.len(), q(coll)));
             }
             if !usable {
                 continue;
@@ -536,7 +521,7 @@ impl<'c> Merger<'c> {
                 q(&t.name),
                 conds.join(" AND ")
             );
-            let mut stmt = self.conn.prepare(&sql)?;
+            let mut stmt = self.conn.prepare_cached(&sql)?;
             let n = t.key_columns.len();
             let found = stmt
                 .query_map(params_from_iter(args.iter()), |r| {

@@ -194,6 +194,39 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
              the same ids; such collisions show up as conflicts. Prefer random ids (for example a UUID) for new rows."
         ));
     }
+    for index in unique_indexes(conn, table)? {
+        if index.primary
+            && index
+                .columns
+                .iter()
+                .any(|(_, coll)| !coll.eq_ignore_ascii_case("BINARY"))
+        {
+            return Err(Error::Untrackable(
+                table.into(),
+                "its PRIMARY KEY compares with a collation other than BINARY, so keys that differ byte-wise \
+                 could name one row; declare the key columns COLLATE BINARY"
+                    .into(),
+            ));
+        }
+    }
+    let null_keys = keys
+        .iter()
+        .map(|k| format!("{} IS NULL", q(&k.name)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let nulls: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {} WHERE {null_keys}", q(table)),
+        [],
+        |r| r.get(0),
+    )?;
+    if nulls > 0 {
+        return Err(Error::Untrackable(
+            table.into(),
+            format!(
+                "{nulls} row(s) have a NULL primary key; give them a key (or delete them) first"
+            ),
+        ));
+    }
     for c in &cols {
         if c.name.contains('\0') {
             return Err(Error::Untrackable(
@@ -314,18 +347,172 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
             ),
         )
     };
+    // A row must have a key to be named across replicas: refuse NULL keys at write time
+    // (only where the schema allows them).
+    let nullable = nullable_keys(conn, t)?;
+    let no_null_key = if nullable.is_empty() {
+        String::new()
+    } else {
+        let cond = nullable
+            .iter()
+            .map(|k| format!("NEW.{} IS NULL", q(k)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let msg = format!(
+            "tide: a primary key column of {} is NULL; tracked rows need a key",
+            t.name
+        )
+        .replace('\'', "''");
+        format!("SELECT RAISE(ABORT, '{msg}') WHERE {cond};")
+    };
     conn.execute_batch(&format!(
-        "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN
+        "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN {no_null_key}
            INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {new_keys}); END;
          CREATE TRIGGER _tide_upd_{tid} AFTER UPDATE ON {tname} WHEN {key_same} BEGIN
            INSERT INTO {cap}(op, mask, {kcols}) VALUES (2, {mask}, {new_keys}); END;
-         CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN
+         CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN {no_null_key}
            INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols});
            INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {new_keys}); END;
          CREATE TRIGGER _tide_del_{tid} AFTER DELETE ON {tname} BEGIN
            INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols}); END;"
     ))?;
+    // INSERT OR REPLACE (or a column declared UNIQUE ON CONFLICT REPLACE) silently deletes
+    // the rows it collides with in a UNIQUE index, and fires no delete trigger unless the
+    // writer turned recursive_triggers on. Before each write, note every row it may
+    // delete, with its values; sealing then checks which ones are really gone.
+    let all_cols: Vec<String> = t.columns.iter().map(|c| format!("u.{}", q(c))).collect();
+    let all_cols = if all_cols.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", all_cols.join(", "))
+    };
+    let ukeys = t
+        .key_columns
+        .iter()
+        .map(|k| format!("u.{}", q(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let not_this = |prefix: &str| {
+        t.key_columns
+            .iter()
+            .map(|k| format!("u.{k} IS {prefix}.{k}", k = q(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    for (i, index) in unique_indexes(conn, &t.name)?
+        .iter()
+        .enumerate()
+        .filter(|(_, ix)| !ix.primary)
+    {
+        let matches = index
+            .columns
+            .iter()
+            .map(|(c, coll)| format!("u.{c} = NEW.{c} COLLATE {coll}", c = q(c), coll = q(coll)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let of = index
+            .columns
+            .iter()
+            .map(|(c, _)| q(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER _tide_uins_{tid}_{i} BEFORE INSERT ON {tname} BEGIN
+               INSERT INTO {cap}(op, mask, {kcols}{vcols}) SELECT 3, NULL, {ukeys}{all_cols} FROM {tname} u
+                 WHERE {matches} AND NOT ({new}); END;
+             CREATE TRIGGER _tide_uupd_{tid}_{i} BEFORE UPDATE OF {of} ON {tname} BEGIN
+               INSERT INTO {cap}(op, mask, {kcols}{vcols}) SELECT 3, NULL, {ukeys}{all_cols} FROM {tname} u
+                 WHERE {matches} AND NOT ({old}) AND NOT ({new}); END;",
+            new = not_this("NEW"),
+            old = not_this("OLD"),
+        ))?;
+    }
     Ok(())
+}
+
+/// Key columns SQLite would let hold NULL: not declared NOT NULL, not an INTEGER
+/// PRIMARY KEY (a rowid alias) and not in a WITHOUT ROWID table.
+fn nullable_keys(conn: &Connection, t: &TableInfo) -> Result<Vec<String>> {
+    let without_rowid = is_without_rowid(conn, &t.name)?;
+    if without_rowid {
+        return Ok(Vec::new());
+    }
+    let cols = read_columns(conn, &t.name)?;
+    let notnull: Vec<(String, bool)> = conn
+        .prepare("SELECT name, \"notnull\" FROM pragma_table_xinfo(?1)")?
+        .query_map([&t.name], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let rowid_alias = t.key_columns.len() == 1
+        && cols
+            .iter()
+            .any(|c| c.name == t.key_columns[0] && c.decl.eq_ignore_ascii_case("INTEGER"));
+    if rowid_alias {
+        return Ok(Vec::new());
+    }
+    Ok(t.key_columns
+        .iter()
+        .filter(|k| !notnull.iter().any(|(n, nn)| n == *k && *nn))
+        .cloned()
+        .collect())
+}
+
+fn is_without_rowid(conn: &Connection, table: &str) -> Result<bool> {
+    // A WITHOUT ROWID table has no rowid column to select.
+    Ok(conn
+        .prepare(&format!("SELECT rowid FROM {} LIMIT 0", q(table)))
+        .is_err())
+}
+
+/// A UNIQUE index (or the primary key) as tide models it: plain columns, each with the
+/// collation the index compares with.
+#[derive(Debug, Clone)]
+pub(crate) struct UniqueIndex {
+    pub(crate) columns: Vec<(String, String)>,
+    pub(crate) primary: bool,
+}
+
+/// Every UNIQUE index of `table`, refusing the kinds tide cannot decide concurrent rows
+/// under yet (partial and expression indexes): every replica must find the same
+/// colliding rows.
+pub(crate) fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<UniqueIndex>> {
+    let list: Vec<(String, String, bool)> = conn
+        .prepare_cached("SELECT name, origin, partial FROM pragma_index_list(?1) WHERE \"unique\" = 1 ORDER BY name")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::new();
+    for (name, origin, partial) in list {
+        if partial {
+            return Err(Error::Untrackable(
+                table.into(),
+                format!(
+                    "UNIQUE index {name:?} is partial (has a WHERE clause); tide cannot yet merge concurrent rows under it"
+                ),
+            ));
+        }
+        let cols: Vec<(Option<String>, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 ORDER BY seqno",
+            )?
+            .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut columns = Vec::new();
+        for (c, coll) in cols {
+            let Some(c) = c else {
+                return Err(Error::Untrackable(
+                    table.into(),
+                    format!(
+                        "UNIQUE index {name:?} is on an expression; tide cannot yet merge concurrent rows under it"
+                    ),
+                ));
+            };
+            columns.push((c, coll.unwrap_or_else(|| "BINARY".into())));
+        }
+        out.push(UniqueIndex {
+            columns,
+            primary: origin == "pk",
+        });
+    }
+    Ok(out)
 }
 
 /// Turns every trigger of the connection off while it lives: tide's own writes must not

@@ -211,6 +211,11 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
                 };
                 cells.push((c, values[c].clone(), preds));
             }
+            if kind == OpKind::Update && cells.is_empty() {
+                // Nothing changed (an UPDATE that set columns to what they were, or a row
+                // noted as a possible REPLACE victim that survived).
+                continue;
+            }
             let old_values = if kind == OpKind::Delete {
                 p.last_delete.clone()
             } else {

@@ -589,3 +589,123 @@ fn a_merged_row_that_breaks_a_check_is_held_on_every_replica() {
 }
 
 use rusqlite::Connection;
+
+#[test]
+fn a_replace_that_deletes_another_row_through_a_unique_index_is_captured() {
+    let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT);
+                  CREATE TABLE tags(id TEXT PRIMARY KEY, label TEXT UNIQUE ON CONFLICT REPLACE);";
+    let mut c = Cluster::new(2, schema, &["users", "tags"]);
+    c.write(
+        0,
+        "INSERT INTO users VALUES ('u1', 'e', 'one'); INSERT INTO tags VALUES ('t1', 'red');",
+    );
+    c.send(0, 1);
+    c.write(0, "INSERT OR REPLACE INTO users VALUES ('u2', 'e', 'two'); INSERT INTO tags VALUES ('t2', 'red');");
+    c.write(
+        0,
+        "INSERT OR IGNORE INTO users VALUES ('u3', 'e', 'ignored')",
+    );
+    c.send(0, 1);
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    for i in 0..2 {
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+        assert_eq!(
+            query_one::<String>(&c.path(i), "SELECT group_concat(id) FROM users"),
+            "u2"
+        );
+        assert_eq!(
+            query_one::<String>(&c.path(i), "SELECT group_concat(id) FROM tags"),
+            "t2"
+        );
+    }
+}
+
+#[test]
+fn a_unique_index_with_a_collation_decides_alike_everywhere() {
+    let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT, name TEXT);
+                  CREATE UNIQUE INDEX users_email ON users(email COLLATE NOCASE);";
+    let mut c = Cluster::new(2, schema, &["users"]);
+    c.write(0, "INSERT INTO users VALUES ('u0', 'X@e', 'zero')");
+    c.write(1, "INSERT INTO users VALUES ('u1', 'x@e', 'one')");
+    exchange(&mut c);
+    c.sync_all();
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    assert_eq!(c.replicas[0].conflicts().unwrap().len(), 1);
+}
+
+#[test]
+fn unsupported_keys_and_indexes_are_refused_at_track_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Replica::open(dir.path().join("a.db"), KeyStore::at(dir.path().join("k"))).unwrap();
+    r.init("a").unwrap();
+    r.connection()
+        .execute_batch(
+            "CREATE TABLE nocase(id TEXT PRIMARY KEY COLLATE NOCASE, x);
+             CREATE TABLE partial(id TEXT PRIMARY KEY, e TEXT, active INT);
+             CREATE UNIQUE INDEX p_e ON partial(e) WHERE active = 1;
+             CREATE TABLE expr(id TEXT PRIMARY KEY, e TEXT);
+             CREATE UNIQUE INDEX x_e ON expr(lower(e));
+             CREATE TABLE nullkey(id TEXT PRIMARY KEY, x);
+             INSERT INTO nullkey VALUES (NULL, 1);
+             CREATE TABLE later(id TEXT PRIMARY KEY, x);",
+        )
+        .unwrap();
+    for t in ["nocase", "partial", "expr", "nullkey"] {
+        let err = r.track(t).unwrap_err();
+        assert!(matches!(err, Error::Untrackable(..)), "{t}: {err}");
+    }
+    r.track("later").unwrap();
+    let err = r
+        .connection()
+        .execute("INSERT INTO later VALUES (NULL, 1)", [])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("primary key column of later is NULL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn table_on_conflict_clauses_do_not_change_how_tide_writes() {
+    for clause in ["REPLACE", "IGNORE", "ROLLBACK", "FAIL"] {
+        let schema = format!(
+            "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE ON CONFLICT {clause}, name TEXT);"
+        );
+        let mut c = Cluster::new(2, &schema, &["users"]);
+        c.write(0, "INSERT INTO users VALUES ('u0', 'e', 'zero')");
+        c.replicas[0].seal().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        c.write(1, "INSERT INTO users VALUES ('u1', 'e', 'one')");
+        c.replicas[1].seal().unwrap();
+        exchange(&mut c);
+        c.sync_all();
+        let h = c.hashes();
+        assert_eq!(h[0], h[1], "{clause}");
+        for i in 0..2 {
+            assert_eq!(
+                query_one::<String>(&c.path(i), "SELECT group_concat(id) FROM users"),
+                "u0",
+                "{clause}"
+            );
+            assert_eq!(c.replicas[i].conflicts().unwrap().len(), 1, "{clause}");
+        }
+    }
+}
+
+#[test]
+fn app_triggers_do_not_run_again_when_changes_are_applied() {
+    let schema = "CREATE TABLE items(id TEXT PRIMARY KEY, x INTEGER);
+                  CREATE TABLE stats(k TEXT PRIMARY KEY, n INTEGER);
+                  CREATE TRIGGER count_items AFTER INSERT ON items BEGIN
+                    INSERT INTO stats VALUES ('items', 1) ON CONFLICT(k) DO UPDATE SET n = n + 1; END;";
+    let mut c = Cluster::new(2, schema, &["items", "stats"]);
+    c.write(0, "INSERT INTO items VALUES ('a', 1)");
+    c.write(1, "INSERT INTO items VALUES ('b', 2)");
+    exchange(&mut c);
+    c.sync_all();
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+}
