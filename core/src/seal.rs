@@ -173,6 +173,14 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
                 .filter(|h| h.alive)
                 .map(|h| h.vref())
                 .collect();
+            // A row created where it was deleted overwrites what the deletion saw: the
+            // cell heads the deleting changes causally covered, not values written
+            // concurrently with the deletion (those stay as candidates).
+            let deleted_over = if was_live {
+                Vec::new()
+            } else {
+                deletion_contexts(conn, &m)?
+            };
             // The app saw the visible state: it overwrote the heads showing it, no others.
             let row_preds = if was_live {
                 row_alive_heads.clone()
@@ -198,7 +206,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
                 let preds: Vec<VRef> = if !was_live {
                     heads
                         .iter()
-                        .filter(|h| !row_alive_heads.contains(&h.vref()))
+                        .filter(|h| deleted_over.iter().any(|d| d.covers(h, &merger.origins)))
                         .map(|h| h.vref())
                         .collect()
                 } else if heads.len() > 1 && in_conflict(conn, t, &key_bytes, c)? {
@@ -322,6 +330,40 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
     let _off = schema::TriggersOff::new(conn)?;
     crate::log::settle(&mut merger, &tables)?;
     Ok(Some(change.id()))
+}
+
+/// A deleting change and the version vector it was made against.
+struct DeletionContext {
+    version: VRef,
+    deps: HashMap<crate::ids::ReplicaId, u64>,
+}
+
+impl DeletionContext {
+    fn covers(&self, h: &Version, origins: &crate::rowmeta::Origins) -> bool {
+        h.vref() == self.version
+            || self
+                .deps
+                .get(&origins[&h.origin])
+                .is_some_and(|s| *s >= h.seq)
+    }
+}
+
+/// The contexts of the row's deleting heads (read from the log; this path is rare).
+fn deletion_contexts(conn: &Connection, m: &RowMeta) -> Result<Vec<DeletionContext>> {
+    let mut out = Vec::new();
+    for h in m.cells[ROW].iter().filter(|h| !h.alive) {
+        let body: Vec<u8> = conn.query_row(
+            "SELECT body FROM _tide_log WHERE origin=?1 AND seq=?2",
+            params![h.origin, h.seq as i64],
+            |r| r.get(0),
+        )?;
+        let change = crate::change::Change::decode(&body)?;
+        out.push(DeletionContext {
+            version: h.vref(),
+            deps: change.deps.into_iter().collect(),
+        });
+    }
+    Ok(out)
 }
 
 fn in_conflict(conn: &Connection, t: &TableInfo, key_bytes: &[u8], col: usize) -> Result<bool> {

@@ -709,3 +709,38 @@ fn app_triggers_do_not_run_again_when_changes_are_applied() {
     let h = c.hashes();
     assert_eq!(h[0], h[1]);
 }
+
+#[test]
+fn reinsert_after_delete_keeps_values_written_concurrently_with_the_delete() {
+    let schema = "CREATE TABLE t(id TEXT PRIMARY KEY, a TEXT, b TEXT);";
+    for split_seals in [false, true] {
+        let mut c = Cluster::new(2, schema, &["t"]);
+        c.write(0, "INSERT INTO t VALUES ('k', 'a0', 'b0')");
+        c.send(0, 1);
+        c.write(1, "UPDATE t SET a = 'a1' WHERE id = 'k'");
+        if split_seals {
+            c.replicas[1].seal().unwrap();
+        }
+        c.write(1, "UPDATE t SET b = 'b1' WHERE id = 'k'");
+        c.replicas[1].seal().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        c.write(0, "DELETE FROM t WHERE id = 'k'");
+        exchange(&mut c);
+        c.write(0, "INSERT INTO t VALUES ('k', 'a2', 'b2')");
+        exchange(&mut c);
+        let h = c.hashes();
+        assert_eq!(h[0], h[1]);
+        let mut columns: Vec<Option<String>> = c.replicas[0]
+            .conflicts()
+            .unwrap()
+            .into_iter()
+            .map(|k| k.column)
+            .collect();
+        columns.sort();
+        assert_eq!(
+            columns,
+            vec![Some("a".into()), Some("b".into())],
+            "split seals: {split_seals}"
+        );
+    }
+}
