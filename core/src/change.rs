@@ -9,6 +9,7 @@
 //! table    = name:bytes nkey:varint { keycol:bytes }* ncols:varint { col:bytes }*
 //!            nrows:varint row*
 //! row      = kind:u8 (1 insert, 2 update, 3 delete) key:value{nkey} nrowpreds:varint pred*
+//!            [lineage: pred hlc:varint]                    updates only
 //!            ncells:varint { col:varint value npreds:varint pred* }*
 //! pred     = dep:varint seq:varint      an index into deps, and a seq <= that dep's seq
 //! value    = 0 | 1 zigzag:varint | 2 bits:u64be | 3 bytes | 4 bytes   (NULL INT REAL TEXT BLOB)
@@ -86,8 +87,20 @@ pub struct RowOp {
     pub key: Vec<Value>,
     /// Predecessors of the row's existence cell.
     pub row_preds: Vec<ChangeId>,
+    /// For updates: the insert the writer's row descends from (its oldest live
+    /// creator), which ranks the row in constraint conflicts. `None` otherwise.
+    pub lineage: Option<Lineage>,
     /// Written cells.
     pub cells: Vec<CellWrite>,
+}
+
+/// The creating change a row descends from, with its HLC for ordering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    /// The insert that created the row.
+    pub change: ChangeId,
+    /// Its HLC.
+    pub hlc: u64,
 }
 
 /// One written cell: a value and the values it overwrote.
@@ -167,6 +180,13 @@ impl Change {
                     v.encode(&mut out);
                 }
                 put_preds(&mut out, &row.row_preds);
+                if row.kind == OpKind::Update {
+                    let l = row
+                        .lineage
+                        .expect("updates carry their lineage (set when sealing)");
+                    put_preds(&mut out, &[l.change]);
+                    put_varint(&mut out, l.hlc);
+                }
                 put_varint(&mut out, row.cells.len() as u64);
                 for cell in &row.cells {
                     put_varint(&mut out, cell.column as u64);
@@ -262,6 +282,18 @@ impl Change {
                     .map(|_| Value::decode(&mut r))
                     .collect::<Result<Vec<_>, _>>()?;
                 let row_preds = preds(&mut r)?;
+                let lineage = if kind == OpKind::Update {
+                    let l = preds(&mut r)?;
+                    let [change] = l[..] else {
+                        return Err(DecodeError::Malformed("lineage"));
+                    };
+                    Some(Lineage {
+                        change,
+                        hlc: r.varint("lineage hlc")?,
+                    })
+                } else {
+                    None
+                };
                 let ncells = r.count("cell count")?;
                 let mut cells: Vec<CellWrite> = Vec::with_capacity(ncells);
                 for _ in 0..ncells {
@@ -280,6 +312,7 @@ impl Change {
                     kind,
                     key,
                     row_preds,
+                    lineage,
                     cells,
                 });
             }
@@ -460,6 +493,13 @@ mod tests {
                             origin: other,
                             seq: 3,
                         }],
+                        lineage: Some(Lineage {
+                            change: ChangeId {
+                                origin: other,
+                                seq: 1,
+                            },
+                            hlc: 5,
+                        }),
                         cells: vec![
                             CellWrite {
                                 column: 0,
@@ -480,6 +520,7 @@ mod tests {
                         kind: OpKind::Delete,
                         key: vec![Value::Null],
                         row_preds: vec![],
+                        lineage: None,
                         cells: vec![],
                     },
                 ],

@@ -8,7 +8,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::change::{CellWrite, OpKind, RowOp, TableOps};
+use crate::change::{CellWrite, Lineage, OpKind, RowOp, TableOps};
 use crate::error::{Error, Result};
 use crate::ids::{ChangeId, hex};
 use crate::merge::{CONSTRAINT_CELL, Merger};
@@ -307,6 +307,13 @@ impl Replica {
             Resolution::KeepWinner => conflict.candidates.iter().find(|c| c.winner).cloned(),
             Resolution::Value(_) => None,
         };
+        let lineage = m.birth(&origins).map(|b| Lineage {
+            change: ChangeId {
+                origin: origins[&b.origin],
+                seq: b.seq,
+            },
+            hlc: b.hlc,
+        });
         let to_id = |h: &Version| ChangeId {
             origin: origins[&h.origin],
             seq: h.seq,
@@ -347,6 +354,11 @@ impl Replica {
                         kind,
                         key: conflict.key.clone(),
                         row_preds,
+                        lineage: if kind == OpKind::Update {
+                            lineage
+                        } else {
+                            None
+                        },
                         cells: vec![CellWrite {
                             column: c,
                             value,
@@ -373,6 +385,11 @@ impl Replica {
                         kind,
                         key: conflict.key.clone(),
                         row_preds: all(ROW),
+                        lineage: if kind == OpKind::Update {
+                            lineage
+                        } else {
+                            None
+                        },
                         cells: vec![],
                     },
                 ));
@@ -428,6 +445,7 @@ impl Replica {
                                 kind: OpKind::Delete,
                                 key: bkey,
                                 row_preds: preds,
+                                lineage: None,
                                 cells: vec![],
                             },
                         ));
@@ -439,6 +457,7 @@ impl Replica {
                             kind: OpKind::Delete,
                             key: conflict.key.clone(),
                             row_preds: all(ROW),
+                            lineage: None,
                             cells: vec![],
                         },
                     ));

@@ -526,6 +526,11 @@ pub(crate) fn apply_ready(
                         hlc: change.hlc,
                         alive: op.kind != OpKind::Delete,
                         created: op.kind == OpKind::Insert,
+                        lineage: op.lineage.map(|l| crate::rowmeta::Stamp {
+                            origin: ids[&l.change.origin],
+                            seq: l.change.seq,
+                            hlc: l.hlc,
+                        }),
                     };
                     let key_bytes = encode_key(&op.key);
                     let m0 = merger.load_meta(map.t, &key_bytes)?;
@@ -540,9 +545,6 @@ pub(crate) fn apply_ready(
                         let preds: Vec<_> = cell.preds.iter().map(to_idx).collect();
                         m1.write(col + 1, v, &preds);
                         new_values.push((col, v, cell.value.clone()));
-                    }
-                    if op.kind == OpKind::Insert {
-                        m1.note_creation(v, &merger.origins);
                     }
                     merger.transition(
                         &RowRef {

@@ -548,7 +548,7 @@ impl<'c> Merger<'c> {
         m: &RowMeta,
         key_bytes: &[u8],
     ) -> (u64, Option<ReplicaId>, u64, Vec<u8>) {
-        match &m.birth {
+        match m.birth(&self.origins) {
             Some(b) => (
                 b.hlc,
                 Some(self.origins[&b.origin]),

@@ -32,6 +32,27 @@ pub(crate) struct Version {
     pub(crate) alive: bool,
     /// The op created the row (an insert where the writer saw no live row).
     pub(crate) created: bool,
+    /// For updates: the creation the writer's row descends from (its birth then).
+    /// Inserts are their own lineage; deletes have none.
+    pub(crate) lineage: Option<Stamp>,
+}
+
+/// A change's place in the total order: (origin number, seq, HLC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Stamp {
+    pub(crate) origin: i64,
+    pub(crate) seq: u64,
+    pub(crate) hlc: u64,
+}
+
+impl Stamp {
+    /// The total order every replica computes alike: HLC, then origin id, then seq.
+    pub(crate) fn cmp(&self, other: &Stamp, origins: &Origins) -> Ordering {
+        self.hlc
+            .cmp(&other.hlc)
+            .then_with(|| origins[&self.origin].cmp(&origins[&other.origin]))
+            .then(self.seq.cmp(&other.seq))
+    }
 }
 
 /// A version's name in local terms: (origin number, seq).
@@ -41,6 +62,14 @@ impl Version {
     pub(crate) fn vref(&self) -> VRef {
         (self.origin, self.seq)
     }
+
+    pub(crate) fn stamp(&self) -> Stamp {
+        Stamp {
+            origin: self.origin,
+            seq: self.seq,
+            hlc: self.hlc,
+        }
+    }
 }
 
 /// Local origin number → replica id, for the total order.
@@ -48,10 +77,7 @@ pub(crate) type Origins = HashMap<i64, ReplicaId>;
 
 /// The total order every replica computes alike: HLC, then origin id, then seq.
 pub(crate) fn order(a: &Version, b: &Version, origins: &Origins) -> Ordering {
-    a.hlc
-        .cmp(&b.hlc)
-        .then_with(|| origins[&a.origin].cmp(&origins[&b.origin]))
-        .then(a.seq.cmp(&b.seq))
+    a.stamp().cmp(&b.stamp(), origins)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,9 +87,6 @@ pub(crate) struct RowMeta {
     pub(crate) cells: Vec<Vec<Version>>,
     /// Held back from the user table by a constraint conflict.
     pub(crate) held: bool,
-    /// The version that created the row (oldest concurrent creator): the row's priority
-    /// in constraint conflicts, stable across later updates.
-    pub(crate) birth: Option<Version>,
 }
 
 impl RowMeta {
@@ -71,7 +94,6 @@ impl RowMeta {
         RowMeta {
             cells: vec![Vec::new(); ncols + 1],
             held: false,
-            birth: None,
         }
     }
 
@@ -102,17 +124,15 @@ impl RowMeta {
         heads.insert(at, v);
     }
 
-    /// Records that `v` created the row. Concurrent creators of one key keep the oldest
-    /// as the row's birth, whatever order they arrive in; a creator after a deletion
-    /// starts a new life.
-    pub(crate) fn note_creation(&mut self, v: Version, origins: &Origins) {
-        let others_alive = self.cells[ROW]
+    /// The creation the live row descends from: the oldest lineage among its alive
+    /// heads. It is the row's priority in constraint conflicts, stable across updates,
+    /// and a function of the heads alone, so every replica computes the same.
+    pub(crate) fn birth(&self, origins: &Origins) -> Option<Stamp> {
+        self.cells[ROW]
             .iter()
-            .any(|h| h.alive && h.vref() != v.vref());
-        self.birth = match self.birth {
-            Some(b) if others_alive && order(&b, &v, origins).is_lt() => Some(b),
-            _ => Some(v),
-        };
+            .filter(|h| h.alive)
+            .map(|h| h.lineage.unwrap_or(h.stamp()))
+            .min_by(|a, b| a.cmp(b, origins))
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -123,18 +143,20 @@ impl RowMeta {
             }
         }
         let mut out = Vec::with_capacity(16 + versions.len() * 12 + self.cells.len() * 2);
-        out.push(u8::from(self.held) | (u8::from(self.birth.is_some()) << 1));
+        out.push(u8::from(self.held));
         let put_version = |out: &mut Vec<u8>, v: &Version| {
             put_varint(out, v.origin as u64);
             put_varint(out, v.seq);
-            put_varint(
-                out,
-                (v.hlc << 2) | (u64::from(v.created) << 1) | u64::from(v.alive),
-            );
+            let flags = u64::from(v.alive)
+                | (u64::from(v.created) << 1)
+                | (u64::from(v.lineage.is_some()) << 2);
+            put_varint(out, (v.hlc << 3) | flags);
+            if let Some(l) = &v.lineage {
+                put_varint(out, l.origin as u64);
+                put_varint(out, l.seq);
+                put_varint(out, l.hlc);
+            }
         };
-        if let Some(b) = &self.birth {
-            put_version(&mut out, b);
-        }
         put_varint(&mut out, versions.len() as u64);
         for v in &versions {
             put_version(&mut out, v);
@@ -160,18 +182,23 @@ impl RowMeta {
             let origin = r.varint("row meta origin")? as i64;
             let seq = r.varint("row meta seq")?;
             let hlc = r.varint("row meta hlc")?;
+            let lineage = if hlc & 4 != 0 {
+                Some(Stamp {
+                    origin: r.varint("row meta lineage")? as i64,
+                    seq: r.varint("row meta lineage")?,
+                    hlc: r.varint("row meta lineage")?,
+                })
+            } else {
+                None
+            };
             Ok(Version {
                 origin,
                 seq,
-                hlc: hlc >> 2,
+                hlc: hlc >> 3,
                 alive: hlc & 1 == 1,
                 created: hlc & 2 == 2,
+                lineage,
             })
-        };
-        let birth = if flags & 2 != 0 {
-            Some(version(&mut r)?)
-        } else {
-            None
         };
         let n = r.count("row meta versions")?;
         let versions = (0..n)
@@ -195,7 +222,6 @@ impl RowMeta {
         Ok(RowMeta {
             cells,
             held: flags & 1 != 0,
-            birth,
         })
     }
 }
@@ -211,6 +237,7 @@ mod tests {
             hlc,
             alive,
             created: false,
+            lineage: None,
         }
     }
 
@@ -221,7 +248,11 @@ mod tests {
         m.write(1, v(1, 1, 10, true), &[]);
         m.write(1, v(2, 5, 11, true), &[]);
         m.held = true;
-        m.birth = Some(v(1, 1, 10, true));
+        m.cells[ROW][0].lineage = Some(Stamp {
+            origin: 2,
+            seq: 1,
+            hlc: 3,
+        });
         assert_eq!(RowMeta::decode(&m.encode()).unwrap(), m);
     }
 

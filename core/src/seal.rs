@@ -146,6 +146,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
         m0: Option<RowMeta>,
         kind: OpKind,
         row_preds: Vec<VRef>,
+        lineage: Option<crate::rowmeta::Stamp>,
         /// (column, value, predecessors)
         cells: Vec<PlannedCell>,
         old_values: Option<Vec<Value>>,
@@ -229,6 +230,11 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
             } else {
                 None
             };
+            let lineage = if kind == OpKind::Update {
+                m.birth(&merger.origins)
+            } else {
+                None
+            };
             planned.push(Planned {
                 t,
                 key: p.key.clone(),
@@ -236,6 +242,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
                 m0,
                 kind,
                 row_preds,
+                lineage,
                 cells,
                 old_values,
             });
@@ -271,6 +278,10 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
                     kind: p.kind,
                     key: p.key.clone(),
                     row_preds: p.row_preds.iter().map(to_id).collect(),
+                    lineage: p.lineage.map(|l| crate::change::Lineage {
+                        change: to_id(&(l.origin, l.seq)),
+                        hlc: l.hlc,
+                    }),
                     cells: p
                         .cells
                         .iter()
@@ -292,6 +303,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
             hlc: change.hlc,
             alive: p.kind != OpKind::Delete,
             created: p.kind == OpKind::Insert,
+            lineage: p.lineage,
         };
         let mut m1 =
             p.m0.clone()
@@ -301,9 +313,6 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
         for (c, value, preds) in p.cells {
             m1.write(c + 1, v, &preds);
             new_values.push((c, v, value));
-        }
-        if p.kind == OpKind::Insert {
-            m1.note_creation(v, &merger.origins);
         }
         if p.kind != OpKind::Delete {
             // The app wrote the row into its table: whatever held it is settled by this write.

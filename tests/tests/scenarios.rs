@@ -744,3 +744,48 @@ fn reinsert_after_delete_keeps_values_written_concurrently_with_the_delete() {
         );
     }
 }
+
+#[test]
+fn a_rows_rank_in_a_unique_conflict_does_not_depend_on_arrival_order() {
+    let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE);";
+    let mut c = Cluster::new(3, schema, &["users"]);
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(2));
+    c.write(0, "INSERT INTO users VALUES ('k', 'e1')");
+    c.replicas[0].seal().unwrap();
+    tick();
+    c.write(2, "INSERT INTO users VALUES ('z', 'e')");
+    c.replicas[2].seal().unwrap();
+    tick();
+    c.write(0, "DELETE FROM users WHERE id = 'k'");
+    c.replicas[0].seal().unwrap();
+    tick();
+    c.write(1, "INSERT INTO users VALUES ('k', 'e')");
+    c.replicas[1].seal().unwrap();
+    c.sync_all();
+    let h = c.hashes();
+    assert!(
+        h.iter().all(|x| *x == h[0]),
+        "replicas disagree on which row keeps the email"
+    );
+}
+
+#[test]
+fn an_update_keeps_a_rows_unique_slot() {
+    let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
+    let mut c = Cluster::new(2, schema, &["users"]);
+    c.write(0, "INSERT INTO users VALUES ('u0', 'e', 'zero')");
+    c.replicas[0].seal().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    c.write(1, "INSERT INTO users VALUES ('u1', 'e', 'one')");
+    exchange(&mut c);
+    c.sync_all();
+    // The older row keeps the slot, and an unrelated later edit does not lose it.
+    c.write(0, "UPDATE users SET name = 'renamed' WHERE id = 'u0'");
+    c.sync_all();
+    for i in 0..2 {
+        assert_eq!(
+            query_one::<String>(&c.path(i), "SELECT id FROM users WHERE email = 'e'"),
+            "u0"
+        );
+    }
+}
