@@ -270,7 +270,14 @@ fn write_private(path: &Path, bytes: &[u8], create_new: bool) -> Result<()> {
             "refusing to overwrite a secret key",
         )));
     }
-    let tmp = path.with_extension("tmp");
+    // A name of its own per write: two processes saving at once must not clobber each other.
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).expect("the OS random source is available");
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        crate::ids::hex(&nonce)
+    ));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

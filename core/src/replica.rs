@@ -283,6 +283,38 @@ impl Replica {
             info.cap_table(),
             schema::q(table)
         ))?;
+        if existing.is_some() {
+            // Tracked before: rows deleted while untracked are captured as deletes. Their
+            // last values are unknown (NULL), so a concurrent update that wins over such a
+            // delete brings back only the columns it wrote.
+            let merger = crate::merge::Merger::new(&tx, origins_map(&tx)?);
+            let mut gone = Vec::new();
+            let mut stmt = tx.prepare("SELECT key FROM _tide_rows WHERE tid=?1")?;
+            let keys = stmt
+                .query_map([tid], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            for key_bytes in keys {
+                let live = merger
+                    .load_meta(&info, &key_bytes)?
+                    .is_some_and(|m| m.materialized(&merger.origins));
+                let key = crate::value::decode_key(&key_bytes)?;
+                if live && merger.read_row(&info, &key)?.is_none() {
+                    gone.push(key);
+                }
+            }
+            let marks = (1..=info.key_columns.len())
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO {}(op, mask, {kcols}) VALUES (3, NULL, {marks})",
+                info.cap_table()
+            );
+            for key in gone {
+                tx.execute(&sql, rusqlite::params_from_iter(key.iter()))?;
+            }
+        }
         tx.commit()?;
         Ok(TrackReport {
             warnings,

@@ -789,3 +789,30 @@ fn an_update_keeps_a_rows_unique_slot() {
         );
     }
 }
+
+#[test]
+fn rows_deleted_while_untracked_are_deleted_everywhere_after_tracking_again() {
+    let mut c = notes(2);
+    c.write(
+        0,
+        "INSERT INTO notes VALUES ('a', 't', 'b', 0); INSERT INTO notes VALUES ('b', 't', 'b', 0);",
+    );
+    c.send(0, 1);
+    c.replicas[0].untrack("notes").unwrap();
+    c.write(
+        0,
+        "DELETE FROM notes WHERE id = 'a'; UPDATE notes SET n = 7 WHERE id = 'b';",
+    );
+    c.replicas[0].track("notes").unwrap();
+    c.send(0, 1);
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    assert_eq!(
+        query_one::<i64>(&c.path(1), "SELECT count(*) FROM notes"),
+        1
+    );
+    assert_eq!(
+        query_one::<i64>(&c.path(1), "SELECT n FROM notes WHERE id = 'b'"),
+        7
+    );
+}
