@@ -119,11 +119,11 @@ impl Replica {
     /// One conflict by id or unique id prefix.
     pub fn conflict(&self, id: &str) -> Result<Conflict> {
         let id = id.trim().to_ascii_lowercase();
-        let mut found: Vec<Conflict> = self
-            .conflicts()?
-            .into_iter()
-            .filter(|c| c.id.starts_with(&id))
-            .collect();
+        let all = self.conflicts()?;
+        let mut found: Vec<Conflict> = match all.iter().position(|c| c.id == id) {
+            Some(i) => vec![all[i].clone()],
+            None => all.into_iter().filter(|c| c.id.starts_with(&id)).collect(),
+        };
         match found.len() {
             0 => Err(Error::UnknownConflict(id)),
             1 => Ok(found.remove(0)),
@@ -288,11 +288,18 @@ impl Replica {
         let chosen = match &resolution {
             Resolution::Keep(c) => {
                 let c = c.trim().to_ascii_lowercase();
-                let matching: Vec<&Candidate> = conflict
-                    .candidates
-                    .iter()
-                    .filter(|x| x.id.starts_with(&c))
-                    .collect();
+                // An exact id wins over prefixes: `…:1` is a prefix of `…:12`.
+                let exact: Vec<&Candidate> =
+                    conflict.candidates.iter().filter(|x| x.id == c).collect();
+                let matching: Vec<&Candidate> = if exact.is_empty() {
+                    conflict
+                        .candidates
+                        .iter()
+                        .filter(|x| x.id.starts_with(&c))
+                        .collect()
+                } else {
+                    exact
+                };
                 match matching.as_slice() {
                     [one] => Some((*one).clone()),
                     [] => {
