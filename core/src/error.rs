@@ -111,6 +111,9 @@ pub enum Error {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// A caller's callback asked to stop (its own error travels separately).
+    #[error("stopped by the caller")]
+    Stopped,
     /// A change could not be applied; the whole apply was rolled back.
     #[error("apply failed and was rolled back, nothing changed: {0}")]
     ApplyAborted(String),

@@ -82,30 +82,75 @@ impl Replica {
     /// Every stored change a replica with vector `theirs` lacks, from every origin (so
     /// replicas relay for each other), in (origin, seq) order. Seals pending writes first.
     pub fn changes_for(&mut self, theirs: &VersionVector) -> Result<Vec<SignedChange>> {
-        self.seal()?;
         let mut out = Vec::new();
-        let mut origins = self
-            .conn
-            .prepare("SELECT idx, id FROM _tide_origins ORDER BY id")?;
-        let origins = origins
+        self.each_change_for(theirs, |c| {
+            out.push(c);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Replica::changes_for`], one change at a time, so a caller can stream any
+    /// number of them in bounded memory. Seals pending writes first; the whole listing
+    /// reads one snapshot of the log.
+    pub fn each_change_for(
+        &mut self,
+        theirs: &VersionVector,
+        mut each: impl FnMut(SignedChange) -> Result<()>,
+    ) -> Result<()> {
+        self.seal()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let origins = tx
+            .prepare("SELECT idx, id FROM _tide_origins ORDER BY id")?
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT body, sig FROM _tide_log WHERE origin=?1 AND seq>?2 ORDER BY seq")?;
+        let mut stmt =
+            tx.prepare("SELECT body, sig FROM _tide_log WHERE origin=?1 AND seq>?2 ORDER BY seq")?;
         for (idx, id) in origins {
             let id = ReplicaId(id.try_into().expect("ids are stored as 16 bytes"));
             let since = theirs.get(&id).copied().unwrap_or(0);
-            let rows = stmt.query_map(params![idx, since as i64], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            for row in rows {
-                let (body, sig) = row?;
-                out.push(SignedChange::from_parts(
-                    body,
+            let mut rows = stmt.query(params![idx, since as i64])?;
+            while let Some(r) = rows.next()? {
+                let sig: Vec<u8> = r.get(1)?;
+                each(SignedChange::from_parts(
+                    r.get(0)?,
                     sig.try_into().expect("signatures are stored as 64 bytes"),
-                ));
+                ))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Remembers what `peer` said it holds (its version vector, from a bundle or a sync
+    /// message). Only ever moves forward.
+    pub fn record_peer_ack(&mut self, peer: ReplicaId, vector: &VersionVector) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for (origin, seq) in vector {
+            tx.execute(
+                "INSERT INTO _tide_acks(peer, origin, seq) VALUES(?1, ?2, ?3)
+                 ON CONFLICT(peer, origin) DO UPDATE SET seq = max(seq, excluded.seq)",
+                params![&peer.0[..], &origin.0[..], *seq as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What `peer` last said it holds (empty when it never said).
+    pub fn peer_ack(&self, peer: ReplicaId) -> Result<VersionVector> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT origin, seq FROM _tide_acks WHERE peer=?1")?;
+        let rows = stmt.query_map([&peer.0[..]], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = VersionVector::new();
+        for row in rows {
+            let (origin, seq) = row?;
+            out.insert(
+                ReplicaId(origin.try_into().expect("ids are stored as 16 bytes")),
+                seq as u64,
+            );
         }
         Ok(out)
     }

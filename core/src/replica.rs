@@ -178,6 +178,27 @@ impl Replica {
         Ok(out)
     }
 
+    /// The secret identity, after checking that this file may write under it (invariant
+    /// 11): what signs changes and bundles.
+    pub fn signing_identity(&self) -> Result<SecretIdentity> {
+        self.secret_for_sealing()
+    }
+
+    /// The secret identity for reading what was encrypted to this replica. A copied
+    /// database may read (its key store permitting) even though it may not write.
+    pub fn reading_identity(&self) -> Result<SecretIdentity> {
+        let id = self.id()?;
+        self.keys.load(id)?.ok_or_else(|| Error::IdentityMissing {
+            replica: id,
+            keystore: self.keys.dir().to_path_buf(),
+        })
+    }
+
+    /// The schema epoch of the tracked tables.
+    pub fn schema_epoch(&self) -> Result<u64> {
+        Self::meta_u64(&self.conn, "schema_epoch")
+    }
+
     /// The secret identity, after checking that this file may write under it (invariant 11).
     pub(crate) fn secret_for_sealing(&self) -> Result<SecretIdentity> {
         let id = self.id()?;

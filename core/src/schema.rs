@@ -57,6 +57,9 @@ const MIGRATIONS: &[&str] = &[
         col INTEGER NOT NULL, kind TEXT NOT NULL, UNIQUE(tid, key, col)) WITHOUT ROWID;
      CREATE TABLE _tide_held(tid INTEGER NOT NULL, key BLOB NOT NULL, reason TEXT NOT NULL,
         blocker BLOB, PRIMARY KEY(tid, key)) WITHOUT ROWID;",
+    // 2: what each peer said it holds (acknowledgements from bundles and sync messages).
+    "CREATE TABLE _tide_acks(peer BLOB NOT NULL, origin BLOB NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY(peer, origin)) WITHOUT ROWID;",
 ];
 
 /// Creates or upgrades tide's metadata tables. Idempotent.

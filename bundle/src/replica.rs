@@ -1,0 +1,104 @@
+//! Bundles to and from a replica: export what a peer lacks, import what arrives.
+
+use std::io::{Read, Write};
+
+use tide_core::{ImportReport, Replica, VersionVector};
+
+use crate::error::{BundleError, Result};
+use crate::header::Header;
+use crate::read::{ReadOptions, read_bundle};
+use crate::write::{Sender, WriteOptions, write_bundle};
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// The bundle's header.
+    pub header: Header,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// Writes every change a replica holding `since` lacks (from every origin) to `out`,
+/// signed by `replica`. Pending writes are sealed first. A copied database refuses.
+pub fn export(
+    replica: &mut Replica,
+    since: &VersionVector,
+    options: &WriteOptions,
+    out: &mut dyn Write,
+) -> Result<Export> {
+    replica.seal()?;
+    let identity = replica.signing_identity()?;
+    let sender = Sender {
+        identity: &identity,
+        ack: replica.version_vector()?,
+        schema: replica.schema_epoch()?,
+    };
+    let (header, bytes) = write_bundle(
+        &sender,
+        |each| {
+            let mut failure = None;
+            let listed = replica.each_change_for(since, |c| {
+                each(c).map_err(|e| {
+                    failure = Some(e);
+                    tide_core::Error::Stopped
+                })
+            });
+            match (listed, failure) {
+                (_, Some(e)) => Err(e),
+                (r, None) => Ok(r?),
+            }
+        },
+        options,
+        out,
+    )?;
+    Ok(Export { header, bytes })
+}
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The bundle's header.
+    pub header: Header,
+    /// What the replica did with the changes.
+    pub report: ImportReport,
+}
+
+/// Reads a bundle and imports its changes into `replica`, atomically. Refuses bundles
+/// from unknown senders, addressed to another replica, altered, or undecryptable, before
+/// any write.
+pub fn import(
+    replica: &mut Replica,
+    input: &mut dyn Read,
+    passphrase: Option<&[u8]>,
+) -> Result<Imported> {
+    let options = ReadOptions {
+        known: replica.known_cards()?,
+        box_secret: replica.reading_identity().ok().map(|s| s.box_secret()),
+        passphrase: passphrase.map(<[u8]>::to_vec),
+        image_cap: 0,
+    };
+    let bundle = read_bundle(input, &options)?;
+    let header = bundle.header().clone();
+    let this = replica.id()?;
+    if let Some(recipient) = header.recipient
+        && recipient != this
+    {
+        return Err(BundleError::NotForThisReplica { recipient, this });
+    }
+    let changes = bundle.changes()?;
+    let report = replica.import(&changes)?;
+    replica.record_peer_ack(header.sender, &header.ack)?;
+    Ok(Imported { header, report })
+}
+
+/// The prerequisites of a bundle that `replica` does not hold yet: origin → seq needed.
+/// Empty means everything in it can be applied once imported.
+pub fn prerequisites_missing(replica: &Replica, header: &Header) -> Result<VersionVector> {
+    let have = replica.version_vector()?;
+    Ok(header
+        .requires
+        .iter()
+        .filter(|(o, s)| have.get(o).copied().unwrap_or(0) < **s)
+        .map(|(o, s)| (*o, *s))
+        .collect())
+}
