@@ -13,8 +13,14 @@ use tide_bundle::{ArgonParams, Header, Sender, Stanza, WriteOptions, split, writ
 use tide_core::{Change, OpKind, RowOp, SecretIdentity, TableOps, Value};
 
 fn identity(name: &str) -> SecretIdentity {
-    let seed = blake3::derive_key("tide test vector identity (public, never use)", name.as_bytes());
-    let boxk = blake3::derive_key("tide test vector box key (public, never use)", name.as_bytes());
+    let seed = blake3::derive_key(
+        "tide test vector identity (public, never use)",
+        name.as_bytes(),
+    );
+    let boxk = blake3::derive_key(
+        "tide test vector box key (public, never use)",
+        name.as_bytes(),
+    );
     SecretIdentity::from_secrets(seed, boxk)
 }
 
@@ -37,8 +43,16 @@ fn sample_change(alice: &SecretIdentity, rows: usize, filler: usize) -> tide_cor
                     row_preds: vec![],
                     lineage: None,
                     cells: vec![
-                        tide_core::CellWrite { column: 0, value: Value::text(format!("body {i} {}", noise(i, filler))), preds: vec![] },
-                        tide_core::CellWrite { column: 1, value: Value::Integer(i as i64), preds: vec![] },
+                        tide_core::CellWrite {
+                            column: 0,
+                            value: Value::text(format!("body {i} {}", noise(i, filler))),
+                            preds: vec![],
+                        },
+                        tide_core::CellWrite {
+                            column: 1,
+                            value: Value::Integer(i as i64),
+                            preds: vec![],
+                        },
                     ],
                 })
                 .collect(),
@@ -50,12 +64,26 @@ fn sample_change(alice: &SecretIdentity, rows: usize, filler: usize) -> tide_cor
 /// Deterministic, incompressible filler (hex of BLAKE3's output stream).
 fn noise(i: usize, len: usize) -> String {
     let mut out = vec![0u8; len / 2];
-    blake3::Hasher::new().update(&i.to_le_bytes()).finalize_xof().fill(&mut out);
+    blake3::Hasher::new()
+        .update(&i.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     hex(&out)
 }
 
-fn write(dir: &Path, name: &str, sender: &Sender<'_>, options: &WriteOptions, alice: &SecretIdentity, large: bool) -> Vec<u8> {
-    let change = if large { sample_change(alice, 100, 4000) } else { sample_change(alice, 20, 40) };
+fn write(
+    dir: &Path,
+    name: &str,
+    sender: &Sender<'_>,
+    options: &WriteOptions,
+    alice: &SecretIdentity,
+    large: bool,
+) -> Vec<u8> {
+    let change = if large {
+        sample_change(alice, 100, 4000)
+    } else {
+        sample_change(alice, 20, 40)
+    };
     let mut out = Vec::new();
     write_bundle(sender, |each| each(change), options, &mut out).expect("write bundle");
     std::fs::write(dir.join(name), &out).expect("write file");
@@ -83,23 +111,56 @@ fn split_file(bytes: &[u8]) -> (Header, Vec<u8>, Vec<u8>) {
 }
 
 fn main() {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fixtures/bundles".into()));
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "fixtures/bundles".into()),
+    );
     std::fs::create_dir_all(&dir).expect("output folder");
     let alice = identity("alice");
     let bob = identity("bob");
     let carol = identity("carol");
     let mallory = identity("mallory");
-    let fast = ArgonParams { m_kib: 1024, t: 1, p: 1 };
+    let fast = ArgonParams {
+        m_kib: 1024,
+        t: 1,
+        p: 1,
+    };
     let passphrase = b"correct horse battery staple".to_vec();
-    let sender = Sender { identity: &alice, ack: [(alice.id(), 1)].into(), schema: 1 };
+    let sender = Sender {
+        identity: &alice,
+        ack: [(alice.id(), 1)].into(),
+        schema: 1,
+    };
     let mut expected = Vec::new();
 
-    let plain = write(&dir, "plain.tide", &sender, &WriteOptions::default(), &alice, false);
+    let plain = write(
+        &dir,
+        "plain.tide",
+        &sender,
+        &WriteOptions::default(),
+        &alice,
+        false,
+    );
     expected.push("plain.tide bob - ok");
-    write(&dir, "passphrase.tide", &sender, &WriteOptions { passphrase: Some(passphrase.clone()), argon: fast, ..Default::default() }, &alice, false);
+    write(
+        &dir,
+        "passphrase.tide",
+        &sender,
+        &WriteOptions {
+            passphrase: Some(passphrase.clone()),
+            argon: fast,
+            ..Default::default()
+        },
+        &alice,
+        false,
+    );
     expected.push("passphrase.tide - passphrase ok");
     expected.push("passphrase.tide - wrong-passphrase NoMatchingKey");
-    let two = WriteOptions { encrypt_to: vec![bob.card("bob").box_key, carol.card("carol").box_key], ..Default::default() };
+    let two = WriteOptions {
+        encrypt_to: vec![bob.card("bob").box_key, carol.card("carol").box_key],
+        ..Default::default()
+    };
     let encrypted = write(&dir, "two-recipients.tide", &sender, &two, &alice, true);
     expected.push("two-recipients.tide bob - ok");
     expected.push("two-recipients.tide carol - ok");
@@ -127,25 +188,51 @@ fn main() {
     flipped_body[head.len() + body.len() / 2] ^= 0x40;
     std::fs::write(dir.join("flipped-body-byte.tide"), &flipped_body).expect("write");
     expected.push("flipped-body-byte.tide bob - BadSignature");
-    std::fs::write(dir.join("signed-by-another-key.tide"), signed(&head, &body, &mallory)).expect("write");
+    std::fs::write(
+        dir.join("signed-by-another-key.tide"),
+        signed(&head, &body, &mallory),
+    )
+    .expect("write");
     expected.push("signed-by-another-key.tide bob - BadSignature");
-    std::fs::write(dir.join("truncated-signature.tide"), &plain[..plain.len() - 10]).expect("write");
+    std::fs::write(
+        dir.join("truncated-signature.tide"),
+        &plain[..plain.len() - 10],
+    )
+    .expect("write");
     expected.push("truncated-signature.tide bob - Truncated");
 
     let mut critical = header.clone();
     critical.critical = vec!["from-the-future".into()];
-    std::fs::write(dir.join("unknown-critical.tide"), signed(&critical.encode(), &body, &alice)).expect("write");
+    std::fs::write(
+        dir.join("unknown-critical.tide"),
+        signed(&critical.encode(), &body, &alice),
+    )
+    .expect("write");
     expected.push("unknown-critical.tide bob - UnknownCritical");
 
     let mut huge = header.clone();
     huge.image_size = 1 << 40;
-    std::fs::write(dir.join("image-over-limit.tide"), signed(&huge.encode(), &body, &alice)).expect("write");
+    std::fs::write(
+        dir.join("image-over-limit.tide"),
+        signed(&huge.encode(), &body, &alice),
+    )
+    .expect("write");
     expected.push("image-over-limit.tide bob - LimitExceeded");
     let mut argon = header.clone();
     argon.flags = tide_bundle::FLAG_ENCRYPTED;
     argon.nonce = Some([0; 16]);
-    argon.stanzas = vec![Stanza::Passphrase { salt: [0; 16], m_kib: 1 << 30, t: 1, p: 1, wrapped: [0; 48] }];
-    std::fs::write(dir.join("argon-over-limit.tide"), signed(&argon.encode(), &body, &alice)).expect("write");
+    argon.stanzas = vec![Stanza::Passphrase {
+        salt: [0; 16],
+        m_kib: 1 << 30,
+        t: 1,
+        p: 1,
+        wrapped: [0; 48],
+    }];
+    std::fs::write(
+        dir.join("argon-over-limit.tide"),
+        signed(&argon.encode(), &body, &alice),
+    )
+    .expect("write");
     expected.push("argon-over-limit.tide - passphrase LimitExceeded");
 
     // A decompression bomb: 64 MiB of zeros declared as a 4 KiB image, validly signed.
@@ -161,7 +248,11 @@ fn main() {
     let mut bomb = header.clone();
     bomb.image_size = 4096;
     bomb.body_size = bomb_body.len() as u64;
-    std::fs::write(dir.join("decompression-bomb.tide"), signed(&bomb.encode(), &bomb_body, &alice)).expect("write");
+    std::fs::write(
+        dir.join("decompression-bomb.tide"),
+        signed(&bomb.encode(), &bomb_body, &alice),
+    )
+    .expect("write");
     expected.push("decompression-bomb.tide bob - BadSize");
 
     // The encrypted bundle with its final chunk removed, re-signed so only the
@@ -172,17 +263,40 @@ fn main() {
     let full = (ebody.len() - 1) / chunk * chunk;
     let mut cut = eheader.clone();
     cut.body_size = full as u64;
-    std::fs::write(dir.join("missing-final-chunk.tide"), signed(&cut.encode(), &ebody[..full], &alice)).expect("write");
+    std::fs::write(
+        dir.join("missing-final-chunk.tide"),
+        signed(&cut.encode(), &ebody[..full], &alice),
+    )
+    .expect("write");
     expected.push("missing-final-chunk.tide bob - Truncated");
 
-    let mut keys = String::from("# Published test identities: name, Ed25519 seed, X25519 secret (hex). Never use them.\n");
-    for (name, id) in [("alice", &alice), ("bob", &bob), ("carol", &carol), ("mallory", &mallory)] {
-        let seed = blake3::derive_key("tide test vector identity (public, never use)", name.as_bytes());
-        keys.push_str(&format!("{name} {} {}\n", hex(&seed), hex(&id.box_secret())));
+    let mut keys = String::from(
+        "# Published test identities: name, Ed25519 seed, X25519 secret (hex). Never use them.\n",
+    );
+    for (name, id) in [
+        ("alice", &alice),
+        ("bob", &bob),
+        ("carol", &carol),
+        ("mallory", &mallory),
+    ] {
+        let seed = blake3::derive_key(
+            "tide test vector identity (public, never use)",
+            name.as_bytes(),
+        );
+        keys.push_str(&format!(
+            "{name} {} {}\n",
+            hex(&seed),
+            hex(&id.box_secret())
+        ));
     }
-    keys.push_str(&format!("passphrase {}\n", String::from_utf8(passphrase).expect("ascii")));
+    keys.push_str(&format!(
+        "passphrase {}\n",
+        String::from_utf8(passphrase).expect("ascii")
+    ));
     std::fs::write(dir.join("keys.txt"), keys).expect("write");
-    let mut e = String::from("# file reader-identity passphrase(- none, passphrase, wrong-passphrase) expected-outcome\n");
+    let mut e = String::from(
+        "# file reader-identity passphrase(- none, passphrase, wrong-passphrase) expected-outcome\n",
+    );
     for line in expected {
         e.push_str(line);
         e.push('\n');

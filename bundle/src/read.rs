@@ -227,3 +227,29 @@ pub fn verify_bundle(input: &mut dyn Read, known: &[Card]) -> Result<Header> {
     verify_into(input, &header, &head, known, dir.path())?;
     Ok(header)
 }
+
+/// Decompresses a plain body (as if verified) and opens its image: the part of reading
+/// that lies behind the signature, for fuzzing and crash replays.
+pub(crate) fn open_plain_body(body: &[u8], image_size: u64, changes: u64) -> Result<usize> {
+    let dir = tempfile::tempdir()?;
+    let image_path = dir.path().join("image.db");
+    let written = {
+        let mut out = BufWriter::new(File::create(&image_path)?);
+        let n = decompress_capped(&mut &body[..], &mut out, image_size)?;
+        out.flush()?;
+        n
+    };
+    if written < image_size {
+        return Err(BundleError::BadSize {
+            declared: image_size,
+            what: "fewer bytes",
+        });
+    }
+    let image = crate::image::open_image(&image_path, changes)?;
+    let mut n = 0;
+    crate::image::each_change(&image, |_| {
+        n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}

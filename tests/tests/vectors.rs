@@ -50,23 +50,37 @@ fn every_bundle_vector_gives_its_recorded_outcome() {
     let dir = fixtures();
     let mut identities = Vec::new();
     let mut passphrase = Vec::new();
-    for line in std::fs::read_to_string(dir.join("keys.txt")).unwrap().lines().filter(|l| !l.starts_with('#')) {
+    for line in std::fs::read_to_string(dir.join("keys.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
         let f: Vec<&str> = line.split(' ').collect();
         if f[0] == "passphrase" {
             passphrase = line["passphrase ".len()..].as_bytes().to_vec();
         } else {
-            identities.push((f[0].to_string(), SecretIdentity::from_secrets(parse_hex(f[1]), parse_hex(f[2]))));
+            identities.push((
+                f[0].to_string(),
+                SecretIdentity::from_secrets(parse_hex(f[1]), parse_hex(f[2])),
+            ));
         }
     }
     let known: Vec<Card> = identities.iter().map(|(n, s)| s.card(n)).collect();
     let alice = known.iter().find(|c| c.name == "alice").unwrap().clone();
     let mut checked = 0;
-    for line in std::fs::read_to_string(dir.join("expected.txt")).unwrap().lines().filter(|l| !l.starts_with('#')) {
+    for line in std::fs::read_to_string(dir.join("expected.txt"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
         let f: Vec<&str> = line.split(' ').collect();
         let (file, reader, pass, expected) = (f[0], f[1], f[2], f[3]);
         let options = ReadOptions {
             known: known.clone(),
-            box_secret: identities.iter().find(|(n, _)| n == reader).map(|(_, s)| s.box_secret()),
+            box_secret: identities
+                .iter()
+                .find(|(n, _)| n == reader)
+                .map(|(_, s)| s.box_secret()),
             passphrase: match pass {
                 "passphrase" => Some(passphrase.clone()),
                 "wrong-passphrase" => Some(b"not it".to_vec()),
@@ -79,7 +93,12 @@ fn every_bundle_vector_gives_its_recorded_outcome() {
             let mut parts: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .unwrap()
                 .map(|e| e.unwrap().path())
-                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{prefix}.")))
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("{prefix}."))
+                })
                 .collect();
             parts.sort();
             parts.reverse(); // any order
@@ -93,7 +112,8 @@ fn every_bundle_vector_gives_its_recorded_outcome() {
                 let changes = bundle.changes().unwrap();
                 assert_eq!(changes.len() as u64, bundle.header().changes, "{line}");
                 for c in &changes {
-                    c.verify(&alice.sign_key).unwrap_or_else(|e| panic!("{line}: inner change: {e}"));
+                    c.verify(&alice.sign_key)
+                        .unwrap_or_else(|e| panic!("{line}: inner change: {e}"));
                 }
             }
             (Ok(_), want) => panic!("{line}: read fine, expected {want}"),
@@ -101,5 +121,36 @@ fn every_bundle_vector_gives_its_recorded_outcome() {
         }
         checked += 1;
     }
-    assert!(checked >= 17, "expected.txt lists every vector ({checked} checked)");
+    assert!(
+        checked >= 17,
+        "expected.txt lists every vector ({checked} checked)"
+    );
+}
+
+#[test]
+fn every_crash_input_is_refused_cleanly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/crashes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
+        let data = std::fs::read(&path).unwrap();
+        // Each must return (an error, or nothing to import), never panic or hang.
+        tide_bundle::fuzzing::read_any(&data);
+        tide_bundle::fuzzing::open_body(&data);
+        n += 1;
+    }
+    // Also the vectors themselves, through both entry points.
+    for entry in std::fs::read_dir(fixtures()).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        tide_bundle::fuzzing::read_any(&data);
+        tide_bundle::fuzzing::open_body(&data);
+        n += 1;
+    }
+    assert!(n > 0);
 }
