@@ -88,7 +88,10 @@ impl SecretIdentity {
     /// An identity from known secret bytes: for published test vectors and for moving
     /// an identity between key stores. Never use fixed bytes for a real replica.
     pub fn from_secrets(sign_seed: [u8; 32], box_secret: [u8; 32]) -> SecretIdentity {
-        SecretIdentity { signing: SigningKey::from_bytes(&sign_seed), box_secret }
+        SecretIdentity {
+            signing: SigningKey::from_bytes(&sign_seed),
+            box_secret,
+        }
     }
 
     /// This identity's replica id.

@@ -103,26 +103,32 @@ impl<'c> Merger<'c> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The row named exactly by `key`: SQLite calls 7 and 7.0, or 0.0 and -0.0, the same
+    /// key, tide does not (values are bit-exact), so a row found under an equal but
+    /// differently typed key is not this row.
     pub(crate) fn read_row(&self, t: &TableInfo, key: &[Value]) -> Result<Option<Vec<Value>>> {
-        let cols = if t.columns.is_empty() {
-            "1".to_string()
-        } else {
-            t.columns
-                .iter()
-                .map(|c| q(c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let sql = format!("SELECT {cols} FROM {} WHERE {}", q(&t.name), key_where(t));
+        let cols: Vec<String> = t
+            .key_columns
+            .iter()
+            .chain(&t.columns)
+            .map(|c| q(c))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            cols.join(", "),
+            q(&t.name),
+            key_where(t)
+        );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let n = t.columns.len();
-        Ok(stmt
+        let (nk, n) = (t.key_columns.len(), cols.len());
+        let row = stmt
             .query_row(params_from_iter(key.iter()), |r| {
                 (0..n)
                     .map(|i| r.get::<_, Value>(i))
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
-            .optional()?)
+            .optional()?;
+        Ok(row.filter(|r| r[..nk] == *key).map(|mut r| r.split_off(nk)))
     }
 
     /// Moves a row from `m0` (None: never seen) to `m1`. `new_values` are the cells the

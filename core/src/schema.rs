@@ -266,12 +266,17 @@ pub(crate) fn table_info(
 
 /// `NEW.c` differs from `OLD.c` bit for bit (or may: over-reporting is safe, missing is not).
 fn differs(col: &str, untyped: bool) -> String {
+    differs_between("NEW", "OLD", col, untyped)
+}
+
+/// `a.c` differs from `b.c` bit for bit (or may).
+fn differs_between(a: &str, b: &str, col: &str, untyped: bool) -> String {
     let c = q(col);
     // COLLATE BINARY: a NOCASE column would otherwise call 'a' and 'A' equal.
-    let base = format!("NEW.{c} IS NOT OLD.{c} COLLATE BINARY");
+    let base = format!("{a}.{c} IS NOT {b}.{c} COLLATE BINARY");
     if untyped {
         format!(
-            "({base} OR typeof(NEW.{c}) IS NOT typeof(OLD.{c}) OR (typeof(NEW.{c}) = 'real' AND NEW.{c} = 0))"
+            "({base} OR typeof({a}.{c}) IS NOT typeof({b}.{c}) OR (typeof({a}.{c}) = 'real' AND {a}.{c} = 0))"
         )
     } else {
         format!("({base})")
@@ -395,17 +400,22 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
         .map(|k| format!("u.{}", q(k)))
         .collect::<Vec<_>>()
         .join(", ");
+    // The same row, bit for bit: SQLite's own equality calls keys 7 and 7.0 one key.
     let not_this = |prefix: &str| {
         t.key_columns
             .iter()
-            .map(|k| format!("u.{k} IS {prefix}.{k}", k = q(k)))
+            .zip(&t.key_untyped)
+            .map(|(k, u)| format!("NOT {}", differs_between("u", prefix, k, *u)))
             .collect::<Vec<_>>()
             .join(" AND ")
     };
+    // The primary key only matters where an untyped key column lets a REPLACE remove a
+    // row whose key is equal to SQLite but not to tide (7 and 7.0, 0.0 and -0.0).
+    let any_untyped_key = t.key_untyped.iter().any(|u| *u);
     for (i, index) in unique_indexes(conn, &t.name)?
         .iter()
         .enumerate()
-        .filter(|(_, ix)| !ix.primary)
+        .filter(|(_, ix)| !ix.primary || any_untyped_key)
     {
         let matches = index
             .columns
