@@ -57,7 +57,7 @@ fn every_bundle_vector_gives_its_recorded_outcome() {
     {
         let f: Vec<&str> = line.split(' ').collect();
         if f[0] == "passphrase" {
-            passphrase = line["passphrase ".len()..].as_bytes().to_vec();
+            passphrase = line.as_bytes()["passphrase ".len()..].to_vec();
         } else {
             identities.push((
                 f[0].to_string(),
