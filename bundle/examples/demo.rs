@@ -1,11 +1,44 @@
 //! The offline story in one run: two replicas edit the same records without a network,
 //! exchange their changes, see the conflict the same way, resolve it once, and agree.
 //!
-//! Run it with `cargo run -p tide-core --example demo`. Everything happens in a
-//! temporary folder that is removed at the end. (Until the `tide` command line and the
-//! bundle file exist, changes travel as in-memory lists of signed changes.)
+//! Run it with `cargo run -p tide-bundle --example demo`. Everything happens in a
+//! temporary folder that is removed at the end; changes travel as real `.tide` bundle
+//! files (signed; the field laptop's are encrypted to headquarters' key).
 
+use std::path::Path;
+
+use tide_bundle::WriteOptions;
 use tide_core::{KeyStore, Replica, Resolution, Value};
+
+/// Writes a bundle of everything `to` lacks into `path`, as a field laptop would onto a
+/// USB stick; returns a line describing it.
+fn carry(
+    from: &mut Replica,
+    to: &Replica,
+    path: &Path,
+    encrypt: bool,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let since = from.peer_ack(to.id()?)?;
+    let options = WriteOptions {
+        recipient: Some(to.id()?),
+        encrypt_to: if encrypt {
+            vec![to.card()?.box_key]
+        } else {
+            vec![]
+        },
+        ..Default::default()
+    };
+    let mut file = std::fs::File::create(path)?;
+    let written = tide_bundle::export(from, &since, &options, &mut file)?;
+    Ok(format!(
+        "{} ({} bytes, {} change(s), {} row op(s){})",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        written.bytes,
+        written.header.changes,
+        written.header.ops,
+        if encrypt { ", encrypted" } else { "" }
+    ))
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -44,7 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          INSERT INTO sites VALUES ('pump-2', 'Pump 2', 'planned', 0);",
     )?;
     println!("\n2. Headquarters plans two sites and sends them to the field.");
-    let report = field.import(&hq.changes_for(&field.version_vector()?)?)?;
+    let plan = dir.path().join("hq-to-field.tide");
+    println!("   wrote {}", carry(&mut hq, &field, &plan, false)?);
+    let report = tide_bundle::import(&mut field, &mut std::fs::File::open(&plan)?, None)?.report;
     println!(
         "   field imported {} change(s), {} row op(s)",
         report.applied, report.ops_applied
@@ -62,12 +97,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n3. Offline, both edit: the field repairs well-7, headquarters cancels it;");
     println!("   the field counts a visit at pump-2 while headquarters renames it.");
 
-    let to_hq = field.changes_for(&hq.version_vector()?)?;
-    let to_field = hq.changes_for(&field.version_vector()?)?;
-    let a = hq.import(&to_hq)?;
-    let b = field.import(&to_field)?;
+    let up = dir.path().join("field-to-hq.tide");
+    let down = dir.path().join("hq-to-field-2.tide");
+    println!("\n4. A USB stick travels both ways:");
+    println!("   wrote {}", carry(&mut field, &hq, &up, true)?);
+    println!("   wrote {}", carry(&mut hq, &field, &down, false)?);
+    let a = tide_bundle::import(&mut hq, &mut std::fs::File::open(&up)?, None)?.report;
+    let b = tide_bundle::import(&mut field, &mut std::fs::File::open(&down)?, None)?.report;
     println!(
-        "\n4. They meet and exchange: headquarters opened {} conflict(s), the field {}.",
+        "   headquarters opened {} conflict(s), the field {}.",
         a.conflicts_opened, b.conflicts_opened
     );
 
@@ -111,7 +149,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .expect("the field's value is a candidate");
     hq.resolve(&conflict.id, Resolution::Keep(repaired.id.clone()))?;
     println!("\n5. Headquarters keeps the field's 'repaired' and sends the resolution back.");
-    field.import(&hq.changes_for(&field.version_vector()?)?)?;
+    let back = dir.path().join("hq-to-field-3.tide");
+    println!("   wrote {}", carry(&mut hq, &field, &back, false)?);
+    tide_bundle::import(&mut field, &mut std::fs::File::open(&back)?, None)?;
 
     let same = field.state_hash()? == hq.state_hash()?;
     println!(
