@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use tide_core::{ReplicaId, VersionVector};
+use tide_core::codec::{Reader, put_varint};
+use tide_core::{DecodeError, ReplicaId, VersionVector};
 
 use crate::error::{BundleError, Result};
 
@@ -178,7 +179,7 @@ impl Header {
 
     /// Parses header bytes (after the preamble), refusing anything outside the limits.
     pub fn parse(bytes: &[u8], image_cap: u64) -> Result<Header> {
-        let mut r = Cursor { b: bytes, i: 0 };
+        let mut r = Cursor(Reader::new(bytes));
         let flags = r.varint("flags")?;
         if flags & !FLAG_ENCRYPTED != 0 {
             return Err(BundleError::UnknownFlags(flags & !FLAG_ENCRYPTED));
@@ -284,7 +285,7 @@ impl Header {
         } else {
             None
         };
-        if r.i != bytes.len() {
+        if !r.0.is_empty() {
             return Err(BundleError::Malformed("trailing bytes in header"));
         }
         Ok(Header {
@@ -316,57 +317,32 @@ pub fn max_body(image_cap: u64) -> u64 {
         .saturating_add(image_cap / 65536 * 16 + 16)
 }
 
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
+/// Header fields read from untrusted bytes: the core's bounds-checked reader, with its
+/// failures named as header errors.
+struct Cursor<'a>(Reader<'a>);
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    i: usize,
+fn malformed(e: DecodeError) -> BundleError {
+    BundleError::Malformed(match e {
+        DecodeError::Truncated(what) | DecodeError::Malformed(what) => what,
+        DecodeError::UnknownVersion(_) => "version",
+    })
 }
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
-        if self.b.len() - self.i < n {
-            return Err(BundleError::Malformed(what));
-        }
-        let s = &self.b[self.i..self.i + n];
-        self.i += n;
-        Ok(s)
+        self.0.take(n, what).map_err(malformed)
     }
 
     fn byte(&mut self, what: &'static str) -> Result<u8> {
-        Ok(self.take(1, what)?[0])
+        self.0.byte(what).map_err(malformed)
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
-        Ok(self
-            .take(N, what)?
-            .try_into()
-            .expect("take returned N bytes"))
+        self.0.array(what).map_err(malformed)
     }
 
     fn varint(&mut self, what: &'static str) -> Result<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte(what)?;
-            let bits = u64::from(b & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(BundleError::Malformed(what));
-            }
-            v |= bits << shift;
-            if b & 0x80 == 0 {
-                if b == 0 && shift > 0 {
-                    return Err(BundleError::Malformed(what));
-                }
-                return Ok(v);
-            }
-        }
-        Err(BundleError::Malformed(what))
+        self.0.varint(what).map_err(malformed)
     }
 
     fn bounded(&mut self, what: &'static str, limit: u64) -> Result<u64> {

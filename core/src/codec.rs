@@ -1,13 +1,14 @@
-//! Byte-level helpers shared by every hand-written encoding in the core: LEB128 varints,
-//! length-prefixed byte strings and a bounds-checked reader.
+//! Byte-level helpers shared by every hand-written encoding of tide (changes here, bundle
+//! headers in `tide-bundle`): LEB128 varints, length-prefixed byte strings and a
+//! bounds-checked reader for untrusted input.
 //!
 //! Signed bytes are produced only through these helpers so that no serializer upgrade can
 //! change what was signed (STYLE habit 4).
 
 use crate::error::DecodeError;
 
-/// Appends `v` as an unsigned LEB128 varint.
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as an unsigned LEB128 varint (minimal, at most 10 bytes).
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -16,7 +17,7 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Appends a length-prefixed byte string.
-pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
@@ -32,31 +33,36 @@ pub(crate) fn unzigzag(v: u64) -> i64 {
 
 /// A cursor over untrusted bytes: every read is bounds-checked and reports what was
 /// being read when the input ends early.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
+    /// A reader at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// True when every byte was read.
+    pub fn is_empty(&self) -> bool {
         self.pos == self.buf.len()
     }
 
-    pub(crate) fn remaining(&self) -> usize {
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    pub(crate) fn byte(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+    /// One byte.
+    pub fn byte(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         let b = *self.buf.get(self.pos).ok_or(DecodeError::Truncated(what))?;
         self.pos += 1;
         Ok(b)
     }
 
-    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
             return Err(DecodeError::Truncated(what));
         }
@@ -65,15 +71,14 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        what: &'static str,
-    ) -> Result<[u8; N], DecodeError> {
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
         let s = self.take(N, what)?;
         Ok(s.try_into().expect("take returned exactly N bytes"))
     }
 
-    pub(crate) fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    /// A minimal LEB128 varint (non-minimal encodings are refused: one value, one encoding).
+    pub fn varint(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte(what)?;
@@ -95,7 +100,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a count that must be plausible for the bytes left (each item takes at least
     /// one byte), so a hostile count cannot make us allocate more than the input's size.
-    pub(crate) fn count(&mut self, what: &'static str) -> Result<usize, DecodeError> {
+    pub fn count(&mut self, what: &'static str) -> Result<usize, DecodeError> {
         let n = self.varint(what)?;
         if n > self.remaining() as u64 {
             return Err(DecodeError::Malformed(what));
@@ -103,7 +108,8 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    pub(crate) fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    /// A length-prefixed byte string.
+    pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
         let n = self.count(what)?;
         self.take(n, what)
     }

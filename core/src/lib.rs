@@ -53,7 +53,7 @@
 //! ```
 
 pub mod change;
-mod codec;
+pub mod codec;
 mod conflicts;
 mod error;
 mod identity;

@@ -138,21 +138,12 @@ impl Replica {
 
     /// What `peer` last said it holds (empty when it never said).
     pub fn peer_ack(&self, peer: ReplicaId) -> Result<VersionVector> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT origin, seq FROM _tide_acks WHERE peer=?1")?;
-        let rows = stmt.query_map([&peer.0[..]], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        let mut out = VersionVector::new();
-        for row in rows {
-            let (origin, seq) = row?;
-            out.insert(
-                ReplicaId(origin.try_into().expect("ids are stored as 16 bytes")),
-                seq as u64,
-            );
-        }
-        Ok(out)
+        let peer: &[u8] = &peer.0;
+        read_vector(
+            &self.conn,
+            "SELECT origin, seq FROM _tide_acks WHERE peer=?1",
+            &[&peer],
+        )
     }
 
     /// Verifies, stores and applies `changes` in one transaction: all of it or nothing
@@ -376,10 +367,23 @@ enum Verdict {
 }
 
 fn vector(conn: &Connection, column: &str) -> Result<VersionVector> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT id, {column} FROM _tide_origins WHERE {column} > 0"
-    ))?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+    read_vector(
+        conn,
+        &format!("SELECT id, {column} FROM _tide_origins WHERE {column} > 0"),
+        &[],
+    )
+}
+
+/// A version vector from a query yielding (replica id, seq) rows.
+fn read_vector(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<VersionVector> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+    })?;
     let mut out = VersionVector::new();
     for row in rows {
         let (id, seq) = row?;

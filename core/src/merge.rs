@@ -107,12 +107,7 @@ impl<'c> Merger<'c> {
     /// key, tide does not (values are bit-exact), so a row found under an equal but
     /// differently typed key is not this row.
     pub(crate) fn read_row(&self, t: &TableInfo, key: &[Value]) -> Result<Option<Vec<Value>>> {
-        let cols: Vec<String> = t
-            .key_columns
-            .iter()
-            .chain(&t.columns)
-            .map(|c| q(c))
-            .collect();
+        let cols = t.quoted_columns();
         let sql = format!(
             "SELECT {} FROM {} WHERE {}",
             cols.join(", "),
@@ -425,12 +420,7 @@ impl<'c> Merger<'c> {
     }
 
     fn insert_row(&self, t: &TableInfo, key: &[Value], values: &[Value]) -> rusqlite::Result<()> {
-        let cols: Vec<String> = t
-            .key_columns
-            .iter()
-            .chain(&t.columns)
-            .map(|c| q(c))
-            .collect();
+        let cols = t.quoted_columns();
         let marks = (1..=cols.len())
             .map(|i| format!("?{i}"))
             .collect::<Vec<_>>()

@@ -110,6 +110,15 @@ impl TableInfo {
     pub(crate) fn cap_table(&self) -> String {
         format!("_tide_cap_{}", self.tid)
     }
+
+    /// Key columns then the other columns, quoted for SQL.
+    pub(crate) fn quoted_columns(&self) -> Vec<String> {
+        self.key_columns
+            .iter()
+            .chain(&self.columns)
+            .map(|c| q(c))
+            .collect()
+    }
 }
 
 /// What `track` found worth saying.

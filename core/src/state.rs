@@ -18,12 +18,7 @@ impl Replica {
             buf.clear();
             crate::codec::put_bytes(&mut buf, t.name.as_bytes());
             h.update(&buf);
-            let cols: Vec<String> = t
-                .key_columns
-                .iter()
-                .chain(&t.columns)
-                .map(|c| q(c))
-                .collect();
+            let cols = t.quoted_columns();
             let keys: Vec<String> = t.key_columns.iter().map(|c| q(c)).collect();
             let sql = format!(
                 "SELECT {} FROM {} ORDER BY {}",
