@@ -16,6 +16,7 @@ pub fn read_any(data: &[u8]) {
         box_secret: Some(reader.box_secret()),
         passphrase: Some(b"fuzz".to_vec()),
         image_cap: 1 << 20,
+        temp_dir: None,
     };
     let _ = crate::read::read_header(&mut Cursor::new(data), 1 << 20);
     let _ = read_bundle(&mut Cursor::new(data), &options);

@@ -26,6 +26,9 @@ pub struct ReadOptions {
     pub passphrase: Option<Vec<u8>>,
     /// Largest image accepted; 0 means [`DEFAULT_IMAGE_CAP`].
     pub image_cap: u64,
+    /// Where the private temporary folder goes (default: the system's temporary
+    /// folder). It needs room for the body and the image; it is removed on every path.
+    pub temp_dir: Option<std::path::PathBuf>,
 }
 
 impl ReadOptions {
@@ -108,7 +111,7 @@ pub fn read_header(input: &mut dyn Read, image_cap: u64) -> Result<(Header, Vec<
 /// SQLite before its signature verified against a known replica's key.
 pub fn read_bundle(input: &mut dyn Read, options: &ReadOptions) -> Result<VerifiedBundle> {
     let (header, head) = read_header(input, options.cap())?;
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir(options.temp_dir.as_deref())?;
     let body_path = verify_into(input, &header, &head, &options.known, dir.path())?;
 
     // Decrypt (if encrypted) and decompress with the declared size as a hard cap.
@@ -148,6 +151,14 @@ pub fn read_bundle(input: &mut dyn Read, options: &ReadOptions) -> Result<Verifi
         header,
         image,
         _dir: dir,
+    })
+}
+
+/// A private temporary folder, removed when dropped (on every path, errors included).
+pub(crate) fn private_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir> {
+    Ok(match parent {
+        Some(p) => tempfile::Builder::new().prefix(".tide-").tempdir_in(p)?,
+        None => tempfile::Builder::new().prefix(".tide-").tempdir()?,
     })
 }
 
@@ -223,7 +234,7 @@ fn decompress_capped(input: &mut dyn Read, out: &mut dyn Write, cap: u64) -> Res
 /// Reads a whole bundle and checks its signature (no decryption): what `verify` shows.
 pub fn verify_bundle(input: &mut dyn Read, known: &[Card]) -> Result<Header> {
     let (header, head) = read_header(input, DEFAULT_IMAGE_CAP)?;
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir(None)?;
     verify_into(input, &header, &head, known, dir.path())?;
     Ok(header)
 }
@@ -231,7 +242,7 @@ pub fn verify_bundle(input: &mut dyn Read, known: &[Card]) -> Result<Header> {
 /// Decompresses a plain body (as if verified) and opens its image: the part of reading
 /// that lies behind the signature, for fuzzing and crash replays.
 pub(crate) fn open_plain_body(body: &[u8], image_size: u64, changes: u64) -> Result<usize> {
-    let dir = tempfile::tempdir()?;
+    let dir = private_dir(None)?;
     let image_path = dir.path().join("image.db");
     let written = {
         let mut out = BufWriter::new(File::create(&image_path)?);

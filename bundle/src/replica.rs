@@ -76,6 +76,7 @@ pub fn import(
         box_secret: replica.reading_identity().ok().map(|s| s.box_secret()),
         passphrase: passphrase.map(<[u8]>::to_vec),
         image_cap: 0,
+        temp_dir: None,
     };
     let bundle = read_bundle(input, &options)?;
     let header = bundle.header().clone();

@@ -24,6 +24,8 @@ pub struct WriteOptions {
     pub argon: ArgonParams,
     /// zstd level.
     pub level: i32,
+    /// Where the private temporary folder goes (default: the system's temporary folder).
+    pub temp_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WriteOptions {
@@ -34,6 +36,7 @@ impl Default for WriteOptions {
             passphrase: None,
             argon: ArgonParams::default(),
             level: 3,
+            temp_dir: None,
         }
     }
 }
@@ -56,7 +59,7 @@ pub fn write_bundle(
     options: &WriteOptions,
     out: &mut dyn Write,
 ) -> Result<(Header, u64)> {
-    let dir = tempfile::tempdir()?;
+    let dir = crate::read::private_dir(options.temp_dir.as_deref())?;
     let image_path = dir.path().join("image.db");
     let mut builder = ImageBuilder::create(&image_path)?;
     source(&mut |c| builder.add(&c))?;

@@ -184,3 +184,51 @@ fn prerequisites_are_reported_before_import() {
     assert_eq!(r.report.applied, 2);
     assert_eq!(query_one::<i64>(&c.path(1), "SELECT n FROM notes"), 2);
 }
+
+#[test]
+fn temporary_files_are_removed_on_success_and_on_every_error() {
+    let mut c = Cluster::new(2, SCHEMA, &["notes"]);
+    c.write(0, "INSERT INTO notes VALUES ('a', 'x', 1)");
+    let r1 = c.replicas[1].card().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let since = c.replicas[1].version_vector().unwrap();
+    let mut good = Vec::new();
+    let write = WriteOptions {
+        encrypt_to: vec![r1.box_key],
+        temp_dir: Some(scratch.path().to_path_buf()),
+        ..Default::default()
+    };
+    export(&mut c.replicas[0], &since, &write, &mut good).unwrap();
+    let empty = |what: &str| {
+        assert_eq!(
+            std::fs::read_dir(scratch.path()).unwrap().count(),
+            0,
+            "left behind after {what}"
+        )
+    };
+    empty("writing");
+    let known = c.replicas[1].known_cards().unwrap();
+    let read = |bytes: &[u8], secret: Option<[u8; 32]>| {
+        let options = tide_bundle::ReadOptions {
+            known: known.clone(),
+            box_secret: secret,
+            passphrase: None,
+            image_cap: 0,
+            temp_dir: Some(scratch.path().to_path_buf()),
+        };
+        tide_bundle::read_bundle(&mut Cursor::new(bytes), &options)
+            .map(|b| b.changes().unwrap().len())
+    };
+    let secret = c.replicas[1].reading_identity().unwrap().box_secret();
+    assert_eq!(read(&good, Some(secret)).unwrap(), 1);
+    empty("a successful read");
+    let mut flipped = good.clone();
+    let n = flipped.len();
+    flipped[n - 100] ^= 1;
+    assert!(read(&flipped, Some(secret)).is_err());
+    empty("a bad signature");
+    assert!(read(&good[..n - 1], Some(secret)).is_err());
+    empty("a truncated file");
+    assert!(read(&good, Some([9; 32])).is_err());
+    empty("a wrong key");
+}

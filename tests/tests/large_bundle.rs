@@ -101,6 +101,7 @@ fn a_200_mb_bundle_streams_in_bounded_memory() {
         box_secret: Some(bob.box_secret()),
         passphrase: None,
         image_cap: 0,
+        temp_dir: None,
     };
     let start = std::time::Instant::now();
     let bundle = read_bundle(

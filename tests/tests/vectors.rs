@@ -87,6 +87,7 @@ fn every_bundle_vector_gives_its_recorded_outcome() {
                 _ => None,
             },
             image_cap: 0,
+            temp_dir: None,
         };
         let tmp = tempfile::tempdir().unwrap();
         let path = if let Some(prefix) = file.strip_suffix(".*.tidepart") {
