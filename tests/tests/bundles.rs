@@ -232,3 +232,35 @@ fn temporary_files_are_removed_on_success_and_on_every_error() {
     assert!(read(&good, Some([9; 32])).is_err());
     empty("a wrong key");
 }
+
+#[test]
+fn inspect_and_verify_need_no_database() {
+    let mut c = Cluster::new(2, SCHEMA, &["notes"]);
+    c.write(
+        0,
+        "INSERT INTO notes VALUES ('a', 'x', 1); INSERT INTO notes VALUES ('b', 'y', 2);",
+    );
+    let b = bundle(&mut c, 0, 1, &WriteOptions::default());
+    // Inspect: the header alone, nothing verified.
+    let (header, _) = tide_bundle::read_header(&mut Cursor::new(&b), 0).unwrap();
+    assert_eq!(header.sender, c.replicas[0].id().unwrap());
+    assert_eq!((header.changes, header.ops), (1, 2));
+    assert!(!header.encrypted());
+    // Verify: the signature, against the cards the caller trusts.
+    let cards = vec![c.replicas[0].card().unwrap()];
+    assert_eq!(
+        tide_bundle::verify_bundle(&mut Cursor::new(&b), &cards).unwrap(),
+        header
+    );
+    let mut flipped = b.clone();
+    let n = flipped.len();
+    flipped[n / 2] ^= 4;
+    assert!(matches!(
+        tide_bundle::verify_bundle(&mut Cursor::new(&flipped), &cards),
+        Err(BundleError::BadSignature)
+    ));
+    assert!(matches!(
+        tide_bundle::verify_bundle(&mut Cursor::new(&b), &[]),
+        Err(BundleError::UnknownSender(_))
+    ));
+}
