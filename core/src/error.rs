@@ -111,6 +111,12 @@ pub enum Error {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// No peer with this id or name.
+    #[error("no peer {0:?} is known")]
+    UnknownPeer(String),
+    /// No quarantine entry with this number.
+    #[error("no quarantine entry number {0}")]
+    UnknownQuarantine(i64),
     /// A caller's callback asked to stop (its own error travels separately).
     #[error("stopped by the caller")]
     Stopped,

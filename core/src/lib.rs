@@ -52,6 +52,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod change;
 pub mod codec;
 mod conflicts;
@@ -67,6 +68,7 @@ mod seal;
 mod state;
 mod value;
 
+pub use admin::{Finding, LogEntry};
 pub use change::{
     CellWrite, Change, OpKind, RowOp, SignedChange, TableOps, VerifiedChange, VerifyError,
 };

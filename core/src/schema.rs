@@ -567,12 +567,26 @@ impl Drop for TriggersOff<'_> {
     }
 }
 
-/// Drops the triggers (the capture log table stays).
+/// Drops every capture trigger of table number `tid`, the REPLACE-victim ones included
+/// (the capture log table stays).
 pub(crate) fn drop_triggers(conn: &Connection, tid: i64) -> Result<()> {
-    conn.execute_batch(&format!(
-        "DROP TRIGGER IF EXISTS _tide_ins_{tid}; DROP TRIGGER IF EXISTS _tide_upd_{tid};
-         DROP TRIGGER IF EXISTS _tide_rekey_{tid}; DROP TRIGGER IF EXISTS _tide_del_{tid};"
-    ))?;
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_tide\\_%' ESCAPE '\\'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let suffix = format!("_{tid}");
+    let infix = format!("_{tid}_");
+    for name in names {
+        let ours = ["_tide_ins", "_tide_upd", "_tide_rekey", "_tide_del"]
+            .iter()
+            .any(|p| name == format!("{p}{suffix}"))
+            || ["_tide_uins", "_tide_uupd"]
+                .iter()
+                .any(|p| name.starts_with(&format!("{p}{infix}")));
+        if ours {
+            conn.execute_batch(&format!("DROP TRIGGER {}", q(&name)))?;
+        }
+    }
     Ok(())
 }
 

@@ -816,3 +816,22 @@ fn rows_deleted_while_untracked_are_deleted_everywhere_after_tracking_again() {
         7
     );
 }
+
+#[test]
+fn untracking_a_table_with_a_unique_index_leaves_app_writes_working() {
+    let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE);";
+    let mut c = Cluster::new(1, schema, &["users"]);
+    c.replicas[0].untrack("users").unwrap();
+    c.write(
+        0,
+        "INSERT INTO users VALUES ('u', 'e'); INSERT OR REPLACE INTO users VALUES ('v', 'e');",
+    );
+    let left: i64 = query_one(
+        &c.path(0),
+        "SELECT count(*) FROM sqlite_master WHERE type='trigger'",
+    );
+    assert_eq!(left, 0, "no capture trigger survives untrack");
+    c.replicas[0].track("users").unwrap();
+    let report = c.replicas[0].doctor(true).unwrap();
+    assert!(report.iter().all(|f| f.ok), "{report:?}");
+}

@@ -1,0 +1,308 @@
+//! What an operator needs beyond sync itself: peers, the log, the quarantine, and a
+//! doctor that checks the invariants on a live file.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::change::Change;
+use crate::error::{Error, Result};
+use crate::identity::{Card, verify_signature};
+use crate::ids::{ChangeId, ReplicaId};
+use crate::replica::{Replica, origins_map};
+use crate::rowmeta::RowMeta;
+use crate::schema;
+
+/// One entry of the change log, for `log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The change.
+    pub change: ChangeId,
+    /// Its origin's name, as known here.
+    pub origin_name: String,
+    /// Its hybrid logical clock.
+    pub hlc: u64,
+    /// Tables it writes.
+    pub tables: Vec<String>,
+    /// Row ops it carries.
+    pub ops: usize,
+    /// `applied`, `waiting` (dependencies missing) or `quarantined`.
+    pub state: &'static str,
+}
+
+/// One check of [`Replica::doctor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What was checked.
+    pub check: &'static str,
+    /// True when it holds.
+    pub ok: bool,
+    /// Details for a person.
+    pub detail: String,
+    /// True when the doctor repaired it.
+    pub repaired: bool,
+}
+
+impl Replica {
+    /// The peers: known replicas other than this one, with their cards.
+    pub fn peers(&self) -> Result<Vec<Card>> {
+        let me = self.id().ok();
+        Ok(self
+            .known_cards()?
+            .into_iter()
+            .filter(|c| Some(c.id) != me)
+            .collect())
+    }
+
+    /// Forgets a peer's keys: changes it signs are no longer accepted (they go to
+    /// quarantine as from an unknown replica). What it wrote before stays.
+    pub fn remove_peer(&mut self, id: ReplicaId) -> Result<()> {
+        if self.id().ok() == Some(id) {
+            return Err(Error::Untrackable(
+                "this replica".into(),
+                "a replica cannot remove itself".into(),
+            ));
+        }
+        let n = self.conn.execute(
+            "UPDATE _tide_origins SET sign_key = NULL, box_key = NULL, peer = 0 WHERE id = ?1 AND sign_key IS NOT NULL",
+            [&id.0[..]],
+        )?;
+        if n == 0 {
+            return Err(Error::UnknownPeer(id.to_hex()));
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` changes of the log, newest first, optionally only those of one
+    /// origin or touching one table.
+    pub fn log(
+        &self,
+        origin: Option<ReplicaId>,
+        table: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
+             WHERE (?1 IS NULL OR o.id = ?1) ORDER BY l.hlc DESC, o.id, l.seq DESC",
+        )?;
+        let origin = origin.map(|o| o.0.to_vec());
+        let mut rows = stmt.query(params![origin])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            if out.len() >= limit {
+                break;
+            }
+            let id: Vec<u8> = r.get(0)?;
+            let body: Vec<u8> = r.get(4)?;
+            let change = Change::decode(&body)?;
+            let tables: Vec<String> = change.tables.iter().map(|t| t.name.clone()).collect();
+            if table.is_some_and(|t| !tables.iter().any(|x| x == t)) {
+                continue;
+            }
+            out.push(LogEntry {
+                change: ChangeId {
+                    origin: ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
+                    seq: r.get::<_, i64>(2)? as u64,
+                },
+                origin_name: r.get(1)?,
+                hlc: r.get::<_, i64>(3)? as u64,
+                ops: change.op_count(),
+                tables,
+                state: match r.get::<_, i64>(5)? {
+                    1 => "applied",
+                    0 => "waiting",
+                    _ => "quarantined",
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Drops quarantine entry `number` for good.
+    pub fn discard_quarantined(&mut self, number: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let hash: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT hash FROM _tide_quarantine WHERE qid = ?1",
+                [number],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(hash) = hash else {
+            return Err(Error::UnknownQuarantine(number));
+        };
+        tx.execute("DELETE FROM _tide_quarantine WHERE qid = ?1", [number])?;
+        // A stored change that could not be applied leaves the log with it.
+        tx.execute(
+            "DELETE FROM _tide_log WHERE hash = ?1 AND applied = -1",
+            [&hash],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Checks what can be checked on a live file: SQLite's own integrity, every origin's
+    /// hash chain and signatures, the row metadata against the tables, the capture
+    /// triggers and the identity. With `repair`, re-creates missing capture triggers
+    /// (the one repair that is always safe).
+    pub fn doctor(&mut self, repair: bool) -> Result<Vec<Finding>> {
+        let mut out = Vec::new();
+        let mut add = |check: &'static str, problems: Vec<String>, repaired: bool| {
+            out.push(Finding {
+                check,
+                ok: problems.is_empty() || repaired,
+                detail: if problems.is_empty() {
+                    "ok".into()
+                } else {
+                    problems.join("; ")
+                },
+                repaired,
+            });
+        };
+        let integrity: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        add(
+            "sqlite integrity",
+            if integrity == "ok" {
+                vec![]
+            } else {
+                vec![integrity]
+            },
+            false,
+        );
+
+        // Hash chains and signatures (invariants 3 and 7).
+        let mut chain = Vec::new();
+        let mut sigs = Vec::new();
+        {
+            let mut stmt = self.conn.prepare(
+                "SELECT o.id, o.sign_key, l.seq, l.hash, l.body, l.sig FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin ORDER BY l.origin, l.seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut prev: Option<(Vec<u8>, u64, Vec<u8>)> = None;
+            while let Some(r) = rows.next()? {
+                let (id, key, seq, hash, body, sig): (
+                    Vec<u8>,
+                    Option<Vec<u8>>,
+                    i64,
+                    Vec<u8>,
+                    Vec<u8>,
+                    Vec<u8>,
+                ) = (
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                );
+                let seq = seq as u64;
+                let name = format!(
+                    "{}:{seq}",
+                    ReplicaId(id.clone().try_into().unwrap_or([0; 16])).short()
+                );
+                if blake3::hash(&body).as_bytes()[..] != hash[..] {
+                    chain.push(format!("{name}: content hash differs"));
+                }
+                match Change::decode(&body) {
+                    Ok(c) => {
+                        if let Some((pid, pseq, phash)) = &prev
+                            && *pid == id
+                            && *pseq + 1 == seq
+                            && c.prev[..] != phash[..]
+                        {
+                            chain.push(format!("{name}: previous-change hash does not match"));
+                        }
+                    }
+                    Err(e) => chain.push(format!("{name}: {e}")),
+                }
+                if let (Some(key), Ok(sig)) = (
+                    key.and_then(|k| <[u8; 32]>::try_from(k).ok()),
+                    <[u8; 64]>::try_from(sig),
+                ) {
+                    let mut msg = crate::change::SIGNING_CONTEXT.to_vec();
+                    msg.extend_from_slice(&body);
+                    if !verify_signature(&key, &msg, &sig) {
+                        sigs.push(format!("{name}: signature does not verify"));
+                    }
+                }
+                prev = Some((id, seq, hash));
+            }
+        }
+        add("hash chains", chain, false);
+        add("signatures", sigs, false);
+
+        // Row metadata against the tables (what the merge says is shown is shown).
+        let origins = origins_map(&self.conn)?;
+        let merger = crate::merge::Merger::new(&self.conn, origins);
+        let mut rows_bad = Vec::new();
+        let tables = schema::tracked_tables(&self.conn)?;
+        for t in &tables {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, meta FROM _tide_rows WHERE tid = ?1")?;
+            let metas = stmt
+                .query_map([t.tid], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (key_bytes, meta) in metas {
+                let Ok(m) = RowMeta::decode(&meta) else {
+                    rows_bad.push(format!("{}: unreadable metadata", t.name));
+                    continue;
+                };
+                let key = crate::value::decode_key(&key_bytes)?;
+                let present = merger.read_row(t, &key)?.is_some();
+                let shown = m.materialized(&merger.origins);
+                if present != shown && !crate::seal::has_pending(&self.conn)? {
+                    rows_bad.push(format!(
+                        "{} {:?}: {} in the table but {} by tide",
+                        t.name,
+                        key.iter()
+                            .map(crate::value::Value::display)
+                            .collect::<Vec<_>>(),
+                        if present { "present" } else { "absent" },
+                        if shown { "live" } else { "not live" }
+                    ));
+                }
+            }
+        }
+        add("rows match metadata", rows_bad, false);
+
+        // Capture triggers (invariant 9): the one safe repair.
+        let mut missing = Vec::new();
+        for t in &tables {
+            for kind in ["ins", "upd", "rekey", "del"] {
+                let name = format!("_tide_{kind}_{}", t.tid);
+                let exists: bool = self.conn.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type='trigger' AND name=?1)",
+                    [&name],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    missing.push(format!("{}: trigger {name} missing", t.name));
+                }
+            }
+        }
+        let repaired = if !missing.is_empty() && repair {
+            let tx = self.conn.transaction()?;
+            for t in &tables {
+                schema::drop_triggers(&tx, t.tid)?;
+                schema::create_triggers(&tx, t)?;
+            }
+            tx.commit()?;
+            true
+        } else {
+            false
+        };
+        add("capture triggers", missing, repaired);
+
+        // Identity (invariant 11).
+        let identity = match self.secret_for_sealing() {
+            Ok(_) => vec![],
+            Err(Error::NotInitialized) => vec!["no identity yet (run init)".into()],
+            Err(e) => vec![e.to_string()],
+        };
+        add("identity", identity, false);
+        Ok(out)
+    }
+}
