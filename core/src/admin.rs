@@ -11,6 +11,9 @@ use crate::replica::{Replica, origins_map};
 use crate::rowmeta::RowMeta;
 use crate::schema;
 
+/// A log row as the doctor reads it: origin id, its key, seq, hash, body, signature.
+type LogRow = (Vec<u8>, Option<Vec<u8>>, i64, Vec<u8>, Vec<u8>, Vec<u8>);
+
 /// One entry of the change log, for `log`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
@@ -180,14 +183,7 @@ impl Replica {
             let mut rows = stmt.query([])?;
             let mut prev: Option<(Vec<u8>, u64, Vec<u8>)> = None;
             while let Some(r) = rows.next()? {
-                let (id, key, seq, hash, body, sig): (
-                    Vec<u8>,
-                    Option<Vec<u8>>,
-                    i64,
-                    Vec<u8>,
-                    Vec<u8>,
-                    Vec<u8>,
-                ) = (
+                let (id, key, seq, hash, body, sig): LogRow = (
                     r.get(0)?,
                     r.get(1)?,
                     r.get(2)?,
