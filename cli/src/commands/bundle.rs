@@ -1,0 +1,423 @@
+//! `tide bundle export | import | inspect | verify`.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tide_bundle::{BundleError, Header, PART_MAGIC, WriteOptions};
+use tide_core::{Card, VersionVector};
+
+use super::{Out, find_peer, open_path, passphrase, peer_name};
+use crate::cli::{BundleCommand, ExportArgs, ImportArgs};
+use crate::failure::{Prerequisites, usage};
+use crate::render::{parse_size, time};
+
+pub fn run(out: &Out, db: Option<&Path>, cmd: BundleCommand) -> Result<u8> {
+    let need_db = || {
+        db.map(Path::to_path_buf).ok_or_else(|| {
+            usage(
+                "no database given",
+                Some("pass --db FILE or set TIDE_DB=FILE"),
+            )
+        })
+    };
+    match cmd {
+        BundleCommand::Export(args) => export(out, &need_db()?, args),
+        BundleCommand::Import(args) => import(out, &need_db()?, args),
+        BundleCommand::Inspect { file } => inspect(out, db, &file),
+        BundleCommand::Verify { file, card } => verify(out, db, &file, card.as_deref()),
+    }
+}
+
+fn vector_json(v: &VersionVector) -> serde_json::Value {
+    json!(
+        v.iter()
+            .map(|(o, s)| (o.to_hex(), *s))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    )
+}
+
+fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
+    let mut r = open_path(db)?;
+    let peer = args.peer.as_deref().map(|p| find_peer(&r, p)).transpose()?;
+    if args.encrypt && peer.is_none() {
+        return Err(usage(
+            "--encrypt needs --peer (the bundle is encrypted to the peer's key)",
+            None,
+        ));
+    }
+    let pass = passphrase(args.passphrase_file.as_deref(), args.passphrase)?;
+    if args.passphrase && pass.is_none() {
+        return Err(usage(
+            "--passphrase: no passphrase given",
+            Some(
+                "set TIDE_PASSPHRASE, use --passphrase-file FILE, or run on a terminal to be asked",
+            ),
+        ));
+    }
+    let since = match (&peer, args.all) {
+        (Some(p), false) => r.peer_ack(p.id)?,
+        _ => VersionVector::new(),
+    };
+    let options = WriteOptions {
+        recipient: peer.as_ref().map(|p| p.id),
+        encrypt_to: if args.encrypt {
+            peer.iter().map(|p| p.box_key).collect()
+        } else {
+            vec![]
+        },
+        passphrase: pass,
+        ..Default::default()
+    };
+    let split = args
+        .split
+        .as_deref()
+        .map(|s| {
+            parse_size(s).ok_or_else(|| {
+                usage(
+                    format!("--split {s:?} is not a size"),
+                    Some("use a size like 10M or 512K"),
+                )
+            })
+        })
+        .transpose()?;
+    let to = args.output.clone();
+    if to.is_none() && std::io::stdout().is_terminal() {
+        return Err(usage(
+            "refusing to write a binary bundle to the terminal",
+            Some("add -o FILE, or redirect: tide bundle export --peer N > FILE"),
+        ));
+    }
+    let written = match &to {
+        Some(path) => {
+            // Write next to the target and rename: a failed export leaves no half file.
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("creating a file in {}", dir.display()))?;
+            let w = tide_bundle::export(
+                &mut r,
+                &since,
+                &options,
+                &mut BufWriter::new(tmp.as_file_mut()),
+            )?;
+            tmp.as_file().sync_all()?;
+            if let Some(size) = split {
+                let parts = tide_bundle::split(tmp.path(), size, path)?;
+                for p in &parts {
+                    out.data(p.display().to_string());
+                }
+            } else {
+                tmp.persist(path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            w
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = BufWriter::new(stdout.lock());
+            let w = tide_bundle::export(&mut r, &since, &options, &mut lock)?;
+            lock.flush()?;
+            w
+        }
+    };
+    let h = &written.header;
+    if out.verbose {
+        eprintln!(
+            "{}",
+            serde_json::to_string_pretty(&header_json(h)).expect("JSON values always serialize")
+        );
+    }
+    out.say(format!(
+        "Wrote {} change(s), {} row op(s), {} bytes{}{}{}.",
+        h.changes,
+        h.ops,
+        written.bytes,
+        peer.as_ref()
+            .map(|p| format!(" for {}", p.name))
+            .unwrap_or_default(),
+        if h.encrypted() { ", encrypted" } else { "" },
+        to.as_ref()
+            .map(|p| format!(" to {}", p.display()))
+            .unwrap_or_default()
+    ));
+    if h.changes == 0 {
+        out.say("(Nothing new for this peer as far as we know; --all sends everything.)");
+    }
+    Ok(0)
+}
+
+/// Reads all inputs: whole bundles are imported one by one; parts are grouped and
+/// reassembled first.
+fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
+    let mut r = open_path(db)?;
+    let scratch = tempfile::tempdir()?;
+    let mut bundles: Vec<PathBuf> = Vec::new();
+    let mut parts: Vec<PathBuf> = Vec::new();
+    for f in &args.files {
+        let path = if f == "-" {
+            let p = scratch.path().join(format!("stdin-{}.tide", bundles.len()));
+            let mut file = File::create(&p)?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut file)
+                .context("reading the bundle from stdin")?;
+            p
+        } else {
+            let p = PathBuf::from(f);
+            if !p.exists() {
+                return Err(usage(format!("no file {f}"), Some("check the path")));
+            }
+            p
+        };
+        let mut magic = [0u8; 8];
+        let n = File::open(&path)?.read(&mut magic)?;
+        if n == 8 && magic == PART_MAGIC {
+            parts.push(path)
+        } else {
+            bundles.push(path)
+        }
+    }
+    if !parts.is_empty() {
+        bundles.push(tide_bundle::assemble(&parts, scratch.path())?);
+    }
+    let pass = passphrase(args.passphrase_file.as_deref(), false)?;
+    let mut total_conflicts = 0;
+    for path in bundles {
+        let mut input = BufReader::new(File::open(&path)?);
+        let result = if args.dry_run {
+            dry_run(out, &r, &mut input, pass.as_deref())
+        } else {
+            let attempt = tide_bundle::import(&mut r, &mut input, pass.as_deref());
+            // Encrypted under a passphrase nobody gave: ask on a terminal, once.
+            let attempt = match attempt {
+                Err(BundleError::NeedKey | BundleError::NoMatchingKey)
+                    if pass.is_none() && std::io::stdin().is_terminal() =>
+                {
+                    let asked = passphrase(None, true)?;
+                    tide_bundle::import(
+                        &mut r,
+                        &mut BufReader::new(File::open(&path)?),
+                        asked.as_deref(),
+                    )
+                }
+                other => other,
+            };
+            attempt.map(|imported| {
+                let rep = &imported.report;
+                total_conflicts += rep.conflicts_opened;
+                let from = peer_name(&r, imported.header.sender);
+                if out.verbose {
+                    eprintln!("{rep:#?}");
+                }
+                if out.json {
+                    out.json(&json!({
+                        "file": path.display().to_string(), "sender": imported.header.sender.to_hex(), "sender_name": from,
+                        "received": rep.received, "stored": rep.stored, "duplicates": rep.duplicates, "applied": rep.applied,
+                        "ops_applied": rep.ops_applied, "waiting": rep.waiting, "conflicts_opened": rep.conflicts_opened,
+                        "quarantined": rep.quarantined.iter().map(|(c, why)| json!({"origin": c.origin.to_hex(), "seq": c.seq, "reason": why})).collect::<Vec<_>>(),
+                    }));
+                }
+                out.say(format!(
+                    "Imported from {from}: {} new change(s), {} applied ({} row op(s)), {} already here{}{}.",
+                    rep.stored,
+                    rep.applied,
+                    rep.ops_applied,
+                    rep.duplicates,
+                    if rep.waiting > 0 { format!(", {} waiting for earlier changes", rep.waiting) } else { String::new() },
+                    if rep.quarantined.is_empty() { String::new() } else { format!(", {} quarantined (tide quarantine list)", rep.quarantined.len()) },
+                ));
+            })
+        };
+        result.with_context(|| format!("{}", path.display()))?;
+    }
+    if total_conflicts > 0 {
+        out.say(format!(
+            "{total_conflicts} new conflict(s): both values are kept. See them: tide conflicts list"
+        ));
+    }
+    Ok(0)
+}
+
+fn dry_run(
+    out: &Out,
+    r: &tide_core::Replica,
+    input: &mut dyn Read,
+    pass: Option<&[u8]>,
+) -> Result<(), BundleError> {
+    let options = tide_bundle::ReadOptions {
+        known: r.known_cards()?,
+        box_secret: r.reading_identity().ok().map(|s| s.box_secret()),
+        passphrase: pass.map(<[u8]>::to_vec),
+        image_cap: 0,
+        temp_dir: None,
+    };
+    let bundle = tide_bundle::read_bundle(input, &options)?;
+    let missing = tide_bundle::prerequisites_missing(r, bundle.header())?;
+    out.say(format!(
+        "Verified: {} change(s), {} row op(s) from {}; {}. Nothing was imported (--dry-run).",
+        bundle.header().changes,
+        bundle.header().ops,
+        peer_name(r, bundle.header().sender),
+        if missing.is_empty() {
+            "every prerequisite is here".to_string()
+        } else {
+            format!("{} origin(s) need earlier changes first", missing.len())
+        }
+    ));
+    Ok(())
+}
+
+fn header_json(h: &Header) -> serde_json::Value {
+    json!({
+        "version": tide_bundle::VERSION,
+        "sender": h.sender.to_hex(),
+        "recipient": h.recipient.map(|r| r.to_hex()),
+        "encrypted": h.encrypted(),
+        "created_ms": h.created_ms,
+        "created": time(h.created_ms << 16),
+        "schema": h.schema,
+        "changes": h.changes,
+        "ops": h.ops,
+        "image_size": h.image_size,
+        "body_size": h.body_size,
+        "ack": vector_json(&h.ack),
+        "requires": vector_json(&h.requires),
+        "provides": vector_json(&h.provides),
+        "stanzas": h.stanzas.iter().map(|s| match s { tide_bundle::Stanza::X25519 { .. } => "x25519", tide_bundle::Stanza::Passphrase { .. } => "passphrase" }).collect::<Vec<_>>(),
+    })
+}
+
+fn inspect(out: &Out, db: Option<&Path>, file: &Path) -> Result<u8> {
+    let mut input =
+        BufReader::new(File::open(file).with_context(|| format!("opening {}", file.display()))?);
+    let (h, _) = tide_bundle::read_header(&mut input, 0)?;
+    let replica = db.filter(|p| p.exists()).map(open_path).transpose()?;
+    let missing = replica
+        .as_ref()
+        .map(|r| tide_bundle::prerequisites_missing(r, &h))
+        .transpose()?;
+    let name = |id| {
+        replica
+            .as_ref()
+            .map(|r| peer_name(r, id))
+            .unwrap_or_else(|| tide_core::ReplicaId::short(&id))
+    };
+    if out.json {
+        let mut j = header_json(&h);
+        if let Some(m) = &missing {
+            j["prerequisites_missing"] = vector_json(m);
+        }
+        out.json(&j);
+        return Ok(0);
+    }
+    let mut s = format!(
+        "bundle     version {}, {}\n",
+        tide_bundle::VERSION,
+        if h.encrypted() {
+            "encrypted"
+        } else {
+            "not encrypted"
+        }
+    );
+    s.push_str(&format!(
+        "sender     {} ({})\n",
+        name(h.sender),
+        h.sender.to_hex()
+    ));
+    if let Some(rcp) = h.recipient {
+        s.push_str(&format!("recipient  {} ({})\n", name(rcp), rcp.to_hex()));
+    }
+    s.push_str(&format!("created    {}\n", time(h.created_ms << 16)));
+    s.push_str(&format!(
+        "carries    {} change(s), {} row op(s); image {} bytes, body {} bytes\n",
+        h.changes, h.ops, h.image_size, h.body_size
+    ));
+    for (o, seq) in &h.provides {
+        let from = h.requires.get(o).map(|x| x + 1).unwrap_or(1);
+        s.push_str(&format!("changes    {} #{from}..#{seq}\n", name(*o)));
+    }
+    for (o, seq) in &h.requires {
+        s.push_str(&format!("requires   {} up to #{seq}\n", name(*o)));
+    }
+    if let Some(m) = missing {
+        s.push_str(&if m.is_empty() {
+            "this replica has every prerequisite\n".to_string()
+        } else {
+            format!(
+                "this replica lacks prerequisites from {} origin(s)\n",
+                m.len()
+            )
+        });
+    }
+    s.push_str("(not verified: `tide bundle verify FILE` checks the signature)\n");
+    print!("{s}");
+    Ok(0)
+}
+
+fn verify(out: &Out, db: Option<&Path>, file: &Path, card: Option<&Path>) -> Result<u8> {
+    let replica = db.filter(|p| p.exists()).map(open_path).transpose()?;
+    let mut known: Vec<Card> = replica
+        .as_ref()
+        .map(|r| r.known_cards())
+        .transpose()?
+        .unwrap_or_default();
+    if let Some(c) = card {
+        let text =
+            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("tide-card-v1"))
+            .ok_or_else(|| usage(format!("{} holds no tide card", c.display()), None))?;
+        known
+            .push(Card::parse(line).map_err(|e| {
+                usage(format!("the card in {} is damaged: {e}", c.display()), None)
+            })?);
+    }
+    if known.is_empty() {
+        return Err(usage(
+            "no keys to verify against",
+            Some("pass --db FILE (its peers), or --card SENDER.card"),
+        ));
+    }
+    let h = tide_bundle::verify_bundle(
+        &mut BufReader::new(
+            File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ),
+        &known,
+    )?;
+    let sender = known
+        .iter()
+        .find(|c| c.id == h.sender)
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    out.say(format!(
+        "{}: signature OK, signed by {sender} ({}); {} change(s), {} row op(s).",
+        file.display(),
+        h.sender.short(),
+        h.changes,
+        h.ops
+    ));
+    if let Some(r) = &replica {
+        let missing = tide_bundle::prerequisites_missing(r, &h)?;
+        if !missing.is_empty() {
+            let list = missing
+                .iter()
+                .map(|(o, s)| format!("{} up to #{s}", peer_name(r, *o)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Prerequisites(format!(
+                "{} needs changes this replica does not have yet: {list}",
+                file.display()
+            ))
+            .into());
+        }
+        out.say("This replica has every prerequisite: the bundle can be applied in full.");
+    }
+    if out.json {
+        out.json(&header_json(&h));
+    }
+    Ok(0)
+}

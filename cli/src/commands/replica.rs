@@ -1,0 +1,446 @@
+//! Commands about the replica itself: identity, tables, peers, log, quarantine, doctor.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tide_core::{Card, KeyStore, Replica, VersionVector};
+
+use super::{Out, find_peer, peer_name};
+use crate::cli::{PeersCommand, QuarantineCommand};
+use crate::failure::{CONFLICTS_OPEN, usage};
+use crate::render::time;
+
+pub fn init(out: &Out, db: &Path, name: Option<String>, new_identity: bool) -> Result<u8> {
+    let existed = db.exists();
+    let mut r = Replica::open(db, KeyStore::from_env())
+        .with_context(|| format!("opening {}", db.display()))?;
+    let name = name.unwrap_or_else(|| {
+        db.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "replica".into())
+    });
+    let before = r.id().ok();
+    let id = if new_identity {
+        r.new_identity(&name)?
+    } else {
+        r.init(&name)?
+    };
+    if out.json {
+        out.json(&json!({ "id": id.to_hex(), "name": r.card()?.name, "db": db.display().to_string(), "new": before != Some(id) }));
+    } else {
+        out.data(id.to_hex());
+    }
+    match before {
+        Some(old) if old == id => out.say(format!(
+            "{} already has identity {} ({}); nothing changed.",
+            db.display(),
+            id.short(),
+            r.card()?.name
+        )),
+        Some(old) => out.say(format!(
+            "New identity {} for {}; the old one ({}) stays a known origin.",
+            id.short(),
+            db.display(),
+            old.short()
+        )),
+        None => {
+            out.say(format!(
+                "{} {} is now replica {} ({name}).",
+                if existed { "Database" } else { "New database" },
+                db.display(),
+                id.short()
+            ));
+            out.say(format!(
+                "Next: tide --db {} track TABLE, and give peers your card: tide --db {} id --card",
+                db.display(),
+                db.display()
+            ));
+        }
+    }
+    Ok(0)
+}
+
+pub fn track(out: &Out, r: &mut Replica, tables: &[String]) -> Result<u8> {
+    for t in tables {
+        let report = r.track(t)?;
+        for w in &report.warnings {
+            out.say(format!("warning: {w}"));
+        }
+        out.say(if report.newly_tracked {
+            format!("Tracking {t}: every write to it is captured, from any program.")
+        } else {
+            format!("{t} was already tracked.")
+        });
+    }
+    Ok(0)
+}
+
+pub fn untrack(out: &Out, r: &mut Replica, table: &str) -> Result<u8> {
+    r.untrack(table)?;
+    out.say(format!(
+        "{table} is no longer tracked; its history stays. `tide track {table}` resumes."
+    ));
+    Ok(0)
+}
+
+fn lacks(ours: &VersionVector, theirs: &VersionVector) -> u64 {
+    ours.iter()
+        .map(|(o, s)| s.saturating_sub(theirs.get(o).copied().unwrap_or(0)))
+        .sum()
+}
+
+pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
+    // Sealing happens before status (DESIGN §1), so what is shown is what would be sent.
+    let sealed = match r.seal() {
+        Ok(id) => id.map(|c| c.seq),
+        Err(tide_core::Error::NotInitialized) => None,
+        Err(e) => {
+            out.say(format!("warning: {e}"));
+            None
+        }
+    };
+    let card = r.card()?;
+    let ours = r.version_vector()?;
+    let tracked = r.tracked_tables()?;
+    let conflicts = r.conflicts()?;
+    let quarantined = r.quarantine()?.len();
+    let waiting = r
+        .log(None, None, usize::MAX)?
+        .iter()
+        .filter(|e| e.state == "waiting")
+        .count();
+    let mut peers = Vec::new();
+    for p in r.peers()? {
+        let acked = r.peer_ack(p.id)?;
+        peers.push((p, lacks(&ours, &acked)));
+    }
+    if out.json {
+        out.json(&json!({
+            "id": card.id.to_hex(),
+            "name": card.name,
+            "db": r.path().display().to_string(),
+            "tracked": tracked,
+            "sealed": sealed,
+            "peers": peers.iter().map(|(p, n)| json!({"id": p.id.to_hex(), "name": p.name, "lacks": n})).collect::<Vec<_>>(),
+            "conflicts": conflicts.len(),
+            "quarantined": quarantined,
+            "waiting": waiting,
+        }));
+    } else {
+        let mut s = format!(
+            "replica   {} ({})\ndatabase  {}\n",
+            card.name,
+            card.id.short(),
+            r.path().display()
+        );
+        s.push_str(&format!(
+            "tracked   {}\n",
+            if tracked.is_empty() {
+                "(none: tide track TABLE)".to_string()
+            } else {
+                tracked.join(", ")
+            }
+        ));
+        if let Some(seq) = sealed {
+            s.push_str(&format!("sealed    new local writes as change {seq}\n"));
+        }
+        if peers.is_empty() {
+            s.push_str("peers     (none: tide peers add CARD)\n");
+        }
+        for (p, n) in &peers {
+            s.push_str(&format!(
+                "peer      {} ({})  lacks {n} change(s) as far as we know\n",
+                p.name,
+                p.id.short()
+            ));
+        }
+        s.push_str(&format!(
+            "conflicts {}{}\n",
+            conflicts.len(),
+            if conflicts.is_empty() {
+                ""
+            } else {
+                "  (tide conflicts list)"
+            }
+        ));
+        if quarantined > 0 {
+            s.push_str(&format!(
+                "quarantine {quarantined}  (tide quarantine list)\n"
+            ));
+        }
+        if waiting > 0 {
+            s.push_str(&format!(
+                "waiting   {waiting} change(s) for changes not received yet\n"
+            ));
+        }
+        print!("{s}");
+    }
+    Ok(if check && !conflicts.is_empty() {
+        CONFLICTS_OPEN
+    } else {
+        0
+    })
+}
+
+pub fn id(out: &Out, r: &Replica, card: bool) -> Result<u8> {
+    let c = r.card()?;
+    if out.json {
+        out.json(&card_json(&c));
+    } else if card {
+        out.data(c.to_line());
+    } else {
+        out.data(c.id.to_hex());
+    }
+    Ok(0)
+}
+
+fn card_json(c: &Card) -> serde_json::Value {
+    json!({ "id": c.id.to_hex(), "name": c.name, "sign_key": crate::render::hex(&c.sign_key), "box_key": crate::render::hex(&c.box_key), "card": c.to_line() })
+}
+
+pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
+    match cmd {
+        PeersCommand::Add { card, name } => {
+            let text = if card == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the card from stdin")?
+            } else {
+                std::fs::read_to_string(&card)
+                    .with_context(|| format!("reading the card {card}"))?
+            };
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("tide-card-v1"))
+                .ok_or_else(|| {
+                    usage(
+                        format!("{card} holds no tide card"),
+                        Some("on the peer, run `tide --db FILE id --card > peer.card`"),
+                    )
+                })?;
+            let mut c = Card::parse(line).map_err(|e| {
+                usage(
+                    format!("the card in {card} is damaged: {e}"),
+                    Some("ask the peer for its card again"),
+                )
+            })?;
+            if let Some(n) = name {
+                c.name = n;
+            }
+            if r.id().ok() == Some(c.id) {
+                return Err(usage(
+                    "that is this replica's own card",
+                    Some("add the card of another replica"),
+                ));
+            }
+            r.add_peer(&c)?;
+            out.say(format!(
+                "Added peer {} ({}); bundles it signs are accepted from now on.",
+                c.name,
+                c.id.short()
+            ));
+            if !r.quarantine()?.is_empty() {
+                out.say("Changes from it may be waiting in quarantine: tide quarantine retry");
+            }
+        }
+        PeersCommand::List => {
+            let ours = r.version_vector()?;
+            let mut rows = Vec::new();
+            for p in r.peers()? {
+                let n = lacks(&ours, &r.peer_ack(p.id)?);
+                rows.push((p, n));
+            }
+            if out.json {
+                out.json(&json!(
+                    rows.iter()
+                        .map(|(p, n)| json!({"id": p.id.to_hex(), "name": p.name, "lacks": n}))
+                        .collect::<Vec<_>>()
+                ));
+            } else if rows.is_empty() {
+                out.say("No peers yet. Add one: tide peers add CARD");
+            } else {
+                for (p, n) in rows {
+                    out.data(format!("{}  {:<20} lacks {n}", p.id.short(), p.name));
+                }
+            }
+        }
+        PeersCommand::Show { peer } => {
+            let p = find_peer(r, &peer)?;
+            let acked = r.peer_ack(p.id)?;
+            if out.json {
+                let mut j = card_json(&p);
+                j["acknowledged"] = json!(
+                    acked
+                        .iter()
+                        .map(|(o, s)| (o.to_hex(), *s))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                );
+                out.json(&j);
+            } else {
+                out.data(format!(
+                    "name  {}\nid    {}\ncard  {}",
+                    p.name,
+                    p.id.to_hex(),
+                    p.to_line()
+                ));
+                for (o, s) in acked {
+                    out.data(format!("has   {} up to change {s}", peer_name(r, o)));
+                }
+            }
+        }
+        PeersCommand::Remove { peer } => {
+            let p = find_peer(r, &peer)?;
+            r.remove_peer(p.id)?;
+            out.say(format!(
+                "Removed {} ({}): changes it signs are refused from now on; what it wrote stays.",
+                p.name,
+                p.id.short()
+            ));
+        }
+    }
+    Ok(0)
+}
+
+fn entry_json(e: &tide_core::LogEntry) -> serde_json::Value {
+    json!({
+        "origin": e.change.origin.to_hex(),
+        "origin_name": e.origin_name,
+        "seq": e.change.seq,
+        "hlc": e.hlc,
+        "time": time(e.hlc),
+        "tables": e.tables,
+        "ops": e.ops,
+        "state": e.state,
+    })
+}
+
+pub fn log(
+    out: &Out,
+    r: &Replica,
+    origin: Option<String>,
+    table: Option<String>,
+    limit: usize,
+) -> Result<u8> {
+    let origin = origin.map(|o| find_peer(r, &o).map(|c| c.id)).transpose()?;
+    let entries = r.log(origin, table.as_deref(), limit)?;
+    if out.json {
+        out.json(&json!(entries.iter().map(entry_json).collect::<Vec<_>>()));
+    } else if entries.is_empty() {
+        out.say("The log is empty.");
+    } else {
+        for e in entries {
+            out.data(format!(
+                "{}  {:<14} #{:<5} {:>6} op(s)  {}  {}",
+                time(e.hlc),
+                e.origin_name,
+                e.change.seq,
+                e.ops,
+                e.tables.join(","),
+                e.state
+            ));
+        }
+    }
+    Ok(0)
+}
+
+pub fn watch(out: &Out, r: &mut Replica, interval: u64, count: Option<usize>) -> Result<u8> {
+    let mut seen: HashSet<(tide_core::ReplicaId, u64)> = r
+        .log(None, None, usize::MAX)?
+        .iter()
+        .map(|e| (e.change.origin, e.change.seq))
+        .collect();
+    out.say("Watching; one JSON line per change sealed here or applied from a peer. Ctrl-C stops.");
+    let mut printed = 0usize;
+    loop {
+        if let Err(e) = r.seal() {
+            out.say(format!("warning: {e}"));
+        }
+        let mut fresh: Vec<_> = r
+            .log(None, None, usize::MAX)?
+            .into_iter()
+            .filter(|e| e.state == "applied" && !seen.contains(&(e.change.origin, e.change.seq)))
+            .collect();
+        fresh.reverse();
+        for e in fresh {
+            seen.insert((e.change.origin, e.change.seq));
+            println!("{}", entry_json(&e));
+            printed += 1;
+            if count.is_some_and(|c| printed >= c) {
+                return Ok(0);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(interval));
+    }
+}
+
+pub fn quarantine(out: &Out, r: &mut Replica, cmd: QuarantineCommand) -> Result<u8> {
+    match cmd {
+        QuarantineCommand::List => {
+            let q = r.quarantine()?;
+            if out.json {
+                out.json(&json!(q.iter().map(|e| json!({"number": e.number, "origin": e.change.origin.to_hex(), "seq": e.change.seq, "reason": e.reason, "detail": e.detail})).collect::<Vec<_>>()));
+            } else if q.is_empty() {
+                out.say("The quarantine is empty.");
+            } else {
+                for e in q {
+                    out.data(format!(
+                        "{:>4}  {}:{}  {:<16} {}",
+                        e.number,
+                        e.change.origin.short(),
+                        e.change.seq,
+                        e.reason,
+                        e.detail
+                    ));
+                }
+            }
+        }
+        QuarantineCommand::Retry => {
+            let report = r.retry_quarantine()?;
+            out.say(format!(
+                "Applied {} change(s); {} still in quarantine.",
+                report.applied,
+                r.quarantine()?.len()
+            ));
+        }
+        QuarantineCommand::Discard { number } => {
+            r.discard_quarantined(number)?;
+            out.say(format!("Discarded quarantine entry {number}."));
+        }
+    }
+    Ok(0)
+}
+
+pub fn doctor(out: &Out, r: &mut Replica, repair: bool) -> Result<u8> {
+    let findings = r.doctor(repair)?;
+    if out.json {
+        out.json(&json!(findings.iter().map(|f| json!({"check": f.check, "ok": f.ok, "detail": f.detail, "repaired": f.repaired})).collect::<Vec<_>>()));
+    } else {
+        for f in &findings {
+            out.data(format!(
+                "{} {:<20} {}",
+                if f.repaired {
+                    "fixed"
+                } else if f.ok {
+                    "ok   "
+                } else {
+                    "FAIL "
+                },
+                f.check,
+                f.detail
+            ));
+        }
+    }
+    let failing = findings.iter().filter(|f| !f.ok).count();
+    if failing > 0 {
+        out.say(format!(
+            "{failing} check(s) failed.{}",
+            if repair {
+                ""
+            } else {
+                " `tide doctor --repair` fixes what is safe to fix."
+            }
+        ));
+        return Ok(crate::failure::INTERNAL);
+    }
+    Ok(0)
+}

@@ -1,0 +1,139 @@
+//! Turning errors into what a person reads: what happened, whether anything changed, the
+//! next command to run, and the exit code.
+
+use tide_bundle::BundleError;
+
+/// A usage mistake found after parsing (no database, unknown peer name, …).
+#[derive(Debug)]
+pub struct Usage {
+    pub message: String,
+    pub next: Option<String>,
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+pub fn usage(message: impl Into<String>, next: Option<&str>) -> anyhow::Error {
+    Usage {
+        message: message.into(),
+        next: next.map(String::from),
+    }
+    .into()
+}
+
+/// Prerequisites missing: exit 4.
+#[derive(Debug)]
+pub struct Prerequisites(pub String);
+
+impl std::fmt::Display for Prerequisites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Prerequisites {}
+
+pub struct Failure {
+    pub message: String,
+    pub unchanged: bool,
+    pub next: Option<String>,
+    pub code: u8,
+}
+
+pub const INTERNAL: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const REJECTED: u8 = 3;
+pub const PREREQUISITES: u8 = 4;
+pub const CONFLICTS_OPEN: u8 = 5;
+
+pub fn describe(e: &anyhow::Error) -> Failure {
+    let message = format!("{e:#}");
+    if let Some(u) = e.downcast_ref::<Usage>() {
+        return Failure {
+            message,
+            unchanged: true,
+            next: u.next.clone(),
+            code: USAGE,
+        };
+    }
+    if e.downcast_ref::<Prerequisites>().is_some() {
+        return Failure {
+            message,
+            unchanged: true,
+            next: Some("import the bundles it builds on first (`tide bundle inspect FILE` lists them), or import it anyway: its changes wait until they arrive".into()),
+            code: PREREQUISITES,
+        };
+    }
+    if let Some(b) = e.downcast_ref::<BundleError>() {
+        return bundle(b, message);
+    }
+    if let Some(c) = e.downcast_ref::<tide_core::Error>() {
+        return core(c, message);
+    }
+    Failure {
+        message,
+        unchanged: false,
+        next: None,
+        code: INTERNAL,
+    }
+}
+
+fn bundle(b: &BundleError, message: String) -> Failure {
+    use BundleError::*;
+    let (next, code): (Option<String>, u8) = match b {
+        UnknownSender(id) => (Some(format!("get the sender's card (`tide id --card` on it) and run `tide peers add CARD`; its id starts {}", id.short())), REJECTED),
+        BadSignature | BadCiphertext => (Some("ask the sender for a fresh copy; do not trust this file".into()), REJECTED),
+        Truncated(_) => (Some("copy the file again; it was cut short".into()), REJECTED),
+        NoMatchingKey => (Some("give the right passphrase (--passphrase-file FILE or $TIDE_PASSPHRASE), or import on the replica it was encrypted to".into()), REJECTED),
+        NeedKey => (Some("give its passphrase with --passphrase-file FILE or $TIDE_PASSPHRASE".into()), REJECTED),
+        NotForThisReplica { .. } => (Some("import it on the replica it is addressed to (`tide bundle inspect FILE` shows which)".into()), REJECTED),
+        MissingParts { .. } => (Some("import again with every part".into()), REJECTED),
+        UnsupportedVersion(_) | UnknownCritical(_) | UnknownFlags(_) => (Some("upgrade tide on this machine".into()), REJECTED),
+        NotABundle | Malformed(_) | LimitExceeded { .. } | TrailingBytes | BadSize { .. } | BadCompression(_) | BadImage(_) | Parts(_) => {
+            (Some("check that this is the .tide file you meant; ask the sender for a fresh copy".into()), REJECTED)
+        }
+        Core(c) => return core(c, message),
+        Io(_) | Sqlite(_) => (None, INTERNAL),
+    };
+    Failure {
+        message,
+        unchanged: true,
+        next,
+        code,
+    }
+}
+
+fn core(c: &tide_core::Error, message: String) -> Failure {
+    use tide_core::Error::*;
+    let (unchanged, next, code): (bool, Option<String>, u8) = match c {
+        NotInitialized => (true, Some("tide --db FILE init --name NAME".into()), USAGE),
+        IdentityMissing { .. } | IdentityConflict { .. } => (
+            true,
+            Some("if this file is a copy or a restored backup, give it its own identity: `tide --db FILE init --new-identity`; if you moved the original, point TIDE_HOME at its key store".into()),
+            USAGE,
+        ),
+        NoSuchTable(_) => (true, Some("create the table first, or check the name (`sqlite3 FILE .tables`)".into()), USAGE),
+        NoPrimaryKey(t) => (true, Some(format!("give {t} a PRIMARY KEY (a random id such as a UUID works best), then track it")), USAGE),
+        Autoincrement(_) | Untrackable(..) => (true, None, USAGE),
+        NotTracked(_) => (true, Some("tide --db FILE status  # lists tracked tables".into()), USAGE),
+        UnknownConflict(_) | AmbiguousConflict(_) | UnknownCandidate { .. } | CannotResolve { .. } => {
+            (true, Some("tide --db FILE conflicts list".into()), USAGE)
+        }
+        UnknownPeer(_) => (true, Some("tide --db FILE peers list".into()), USAGE),
+        UnknownQuarantine(_) => (true, Some("tide --db FILE quarantine list".into()), USAGE),
+        Rejected { .. } => (true, Some("ask the sender for a fresh copy; do not trust this input".into()), REJECTED),
+        ApplyAborted(_) => (true, Some("run the same command again; if it fails again, run `tide doctor`".into()), INTERNAL),
+        _ => (false, None, INTERNAL),
+    };
+    Failure {
+        message,
+        unchanged,
+        next,
+        code,
+    }
+}
