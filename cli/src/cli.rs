@@ -4,14 +4,19 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub const EXIT_CODES: &str = "Exit codes:
-  0  success (an import that records new conflicts succeeds too)
-  1  internal error (disk, database, a bug)
-  2  usage error (a wrong flag, no --db, an unknown peer or conflict)
-  3  input rejected: bad signature, tampering, truncation, wrong key, unknown sender,
-     a bundle addressed to another replica; nothing was changed
-  4  prerequisites missing: the bundle needs changes this replica does not have yet
-  5  conflicts open (`tide status --check`)";
+/// The top-level example, shared by `-h` and `--help`.
+macro_rules! example {
+    () => {
+        "Example, on a field laptop and at headquarters:
+  tide --db field.db init --name field
+  tide --db field.db track sites
+  tide --db field.db bundle export --peer hq -o to-hq.tide
+  tide --db hq.db bundle import to-hq.tide
+  tide --db hq.db conflicts list
+
+Start with `tide demo` to watch the whole story in a temporary folder."
+    };
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,15 +27,24 @@ pub const EXIT_CODES: &str = "Exit codes:
 into a signed change log, and exchanges changes with peers as .tide bundle files (USB stick, e-mail, \
 shared folder). Concurrent edits are never dropped: every replica shows the same winner and keeps the \
 other values as conflicts until someone resolves them.",
-    after_help = "Example, on a field laptop and at headquarters:
-  tide --db field.db init --name field
-  tide --db field.db track sites
-  tide --db field.db bundle export --peer hq -o to-hq.tide
-  tide --db hq.db bundle import to-hq.tide
-  tide --db hq.db conflicts list
+    after_help = concat!(example!(), " `tide --help` lists exit codes and environment variables."),
+    after_long_help = concat!(
+        example!(),
+        "
 
-Start with `tide demo` to watch the whole story in a temporary folder.",
-    after_long_help = EXIT_CODES
+Environment: TIDE_DB (the database, like --db), TIDE_HOME (the key store folder),
+TIDE_PASSPHRASE (a bundle passphrase; never pass one as an argument).
+
+",
+        "Exit codes:
+  0  success (an import that records new conflicts succeeds too)
+  1  internal error (disk, database, a bug)
+  2  usage error (a wrong flag, no --db, an unknown peer or conflict)
+  3  input rejected: bad signature, tampering, truncation, wrong key, unknown sender,
+     a bundle addressed to another replica; nothing was changed
+  4  prerequisites missing: the bundle needs changes this replica does not have yet
+  5  conflicts open (`tide status --check`)"
+    )
 )]
 pub struct Cli {
     /// The replica's database file [default: $TIDE_DB].

@@ -43,7 +43,7 @@ pub enum Error {
     /// copied or restored from another machine or key store.
     #[error(
         "this database looks like a copy: its identity {replica} has no secret key in {keystore}; \
-         give it a new identity (Replica::new_identity, `tide init --new-identity`) or point TIDE_HOME at the original key store"
+         give it a new identity, or use the key store it was made with"
     )]
     IdentityMissing {
         /// The identity recorded in the database.
@@ -56,7 +56,7 @@ pub enum Error {
     /// (a restored backup). Sealing here would fork the identity's history.
     #[error(
         "this database looks like a copy or an old backup of {replica}: {reason}; \
-         give it a new identity (Replica::new_identity, `tide init --new-identity`)"
+         it must not write under that identity"
     )]
     IdentityConflict {
         /// The identity recorded in the database.

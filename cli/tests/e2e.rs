@@ -1,0 +1,554 @@
+//! The real `tide` binary on real files in temporary folders: offline exchange end to
+//! end, relays, foreign writers, conflicts, encryption, copies, and snapshots of what a
+//! person reads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Run {
+    stdout: String,
+    stderr: String,
+    code: i32,
+}
+
+/// A folder with its own key store, where replicas live.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn tide_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tide"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("TIDE_HOME", self.path("keys"))
+            .env_remove("TIDE_DB")
+            .env_remove("TIDE_PASSPHRASE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        Run {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: out.status.code().unwrap_or(-1),
+        }
+    }
+
+    fn tide(&self, args: &[&str]) -> Run {
+        self.tide_env(args, &[])
+    }
+
+    /// Runs and insists on success.
+    fn ok(&self, args: &[&str]) -> Run {
+        let r = self.tide(args);
+        assert_eq!(r.code, 0, "tide {args:?} failed:\n{}{}", r.stdout, r.stderr);
+        r
+    }
+
+    fn sql(&self, db: &str, sql: &str) {
+        rusqlite::Connection::open(self.path(db))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+
+    fn one(&self, db: &str, sql: &str) -> String {
+        rusqlite::Connection::open(self.path(db))
+            .unwrap()
+            .query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+    }
+
+    /// Replicas named `names`, each with the `sites` table, tracking it, trusting each other.
+    fn replicas(&self, names: &[&str]) {
+        for n in names {
+            let db = format!("{n}.db");
+            self.ok(&["--db", &db, "init", "--name", n]);
+            self.sql(
+                &db,
+                "CREATE TABLE sites(id TEXT PRIMARY KEY, status TEXT, visits INTEGER)",
+            );
+            self.ok(&["--db", &db, "track", "sites"]);
+            let card = self.ok(&["--db", &db, "id", "--card"]).stdout;
+            std::fs::write(self.path(&format!("{n}.card")), card).unwrap();
+        }
+        for a in names {
+            for b in names {
+                if a != b {
+                    self.ok(&[
+                        "--db",
+                        &format!("{a}.db"),
+                        "peers",
+                        "add",
+                        &format!("{b}.card"),
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// Exports from `from` for `to` into a file and imports it there.
+    fn carry(&self, from: &str, to: &str, file: &str) -> Run {
+        self.ok(&[
+            "--db",
+            &format!("{from}.db"),
+            "bundle",
+            "export",
+            "--peer",
+            to,
+            "-o",
+            file,
+        ]);
+        self.ok(&["--db", &format!("{to}.db"), "bundle", "import", file])
+    }
+}
+
+/// Replaces what differs between runs (ids, times, folders) by placeholders.
+fn normalize(s: &str, site: &Site) -> String {
+    let s = s.replace(&site.dir.path().display().to_string(), "<DIR>");
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let hexlike = word.len() >= 8
+            && word.chars().all(|c| c.is_ascii_hexdigit())
+            && word
+                .chars()
+                .any(|c| c.is_ascii_alphabetic() || c.is_ascii_digit());
+        if hexlike && (word.len() == 8 || word.len() == 32) {
+            out.push_str(if word.len() == 32 { "<ID>" } else { "<id>" });
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    // Times: 2026-11-22T00:55:26.812Z
+    let mut t = String::new();
+    let chars: Vec<char> = out.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let rest: String = chars[i..chars.len().min(i + 24)].iter().collect();
+        if rest.len() == 24
+            && rest.as_bytes()[4] == b'-'
+            && rest.as_bytes()[10] == b'T'
+            && rest.ends_with('Z')
+        {
+            t.push_str("<TIME>");
+            i += 24;
+        } else {
+            t.push(chars[i]);
+            i += 1;
+        }
+    }
+    t
+}
+
+/// Compares with `tests/snapshots/NAME.txt`; writes it when missing or when
+/// UPDATE_SNAPSHOTS=1 (then review the diff before committing).
+fn snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.txt"));
+    if std::env::var("UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1") || !path.exists() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        actual, expected,
+        "snapshot {name} differs (UPDATE_SNAPSHOTS=1 rewrites it; review the diff)"
+    );
+}
+
+#[test]
+fn changes_relay_through_a_middle_replica() {
+    let s = Site::new();
+    s.replicas(&["a", "b", "c"]);
+    s.sql("a.db", "INSERT INTO sites VALUES ('from-a', 'planned', 0)");
+    s.carry("a", "b", "ab.tide");
+    s.carry("b", "c", "bc.tide");
+    assert_eq!(
+        s.one("c.db", "SELECT status FROM sites WHERE id='from-a'"),
+        "Text(\"planned\")"
+    );
+}
+
+#[test]
+fn writes_by_the_sqlite3_shell_are_carried() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    let out = Command::new("sqlite3")
+        .arg(s.path("a.db"))
+        .arg("INSERT INTO sites VALUES ('shell', 'x', 1); UPDATE sites SET visits = 2;")
+        .output()
+        .expect("sqlite3 is installed (.ci/run installs it)");
+    assert!(out.status.success());
+    s.carry("a", "b", "x.tide");
+    assert_eq!(
+        s.one("b.db", "SELECT visits FROM sites WHERE id='shell'"),
+        "Integer(2)"
+    );
+}
+
+#[test]
+fn a_conflict_is_listed_resolved_and_closed_everywhere() {
+    let s = Site::new();
+    s.replicas(&["field", "hq"]);
+    s.sql("hq.db", "INSERT INTO sites VALUES ('well-7', 'planned', 0)");
+    s.carry("hq", "field", "1.tide");
+    s.sql(
+        "field.db",
+        "UPDATE sites SET status = 'repaired' WHERE id = 'well-7'",
+    );
+    s.sql(
+        "hq.db",
+        "UPDATE sites SET status = 'cancelled' WHERE id = 'well-7'",
+    );
+    let imported = s.carry("field", "hq", "2.tide");
+    assert!(
+        imported.stderr.contains("1 new conflict(s)"),
+        "{}",
+        imported.stderr
+    );
+    assert!(imported.stderr.contains("tide conflicts list"));
+    s.carry("hq", "field", "3.tide");
+
+    let list = s.ok(&["--db", "hq.db", "conflicts", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let c = &v[0];
+    for field in ["id", "table", "key", "column", "kind", "candidates"] {
+        assert!(
+            !c[field].is_null(),
+            "conflicts list --json lacks {field}: {c}"
+        );
+    }
+    for field in ["id", "value", "origin", "time"] {
+        assert!(
+            !c["candidates"][0][field].is_null(),
+            "candidate lacks {field}"
+        );
+    }
+    let field_view: serde_json::Value = serde_json::from_str(
+        &s.ok(&["--db", "field.db", "conflicts", "list", "--json"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        field_view[0]["id"], c["id"],
+        "both replicas name the conflict alike"
+    );
+
+    let id = c["id"].as_str().unwrap()[..6].to_string();
+    s.ok(&[
+        "--db",
+        "hq.db",
+        "conflicts",
+        "resolve",
+        &id,
+        "--keep",
+        "remote",
+    ]);
+    s.carry("hq", "field", "4.tide");
+    for db in ["hq.db", "field.db"] {
+        let open = s.ok(&["--db", db, "conflicts", "list", "--json"]).stdout;
+        assert_eq!(open.trim(), "[]", "{db} still has conflicts");
+        assert_eq!(s.one(db, "SELECT status FROM sites"), "Text(\"repaired\")");
+    }
+}
+
+#[test]
+fn reimporting_a_bundle_changes_nothing_and_a_lost_bundle_is_caught_up() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    s.sql("a.db", "INSERT INTO sites VALUES ('one', 'x', 1)");
+    s.ok(&[
+        "--db",
+        "a.db",
+        "bundle",
+        "export",
+        "--peer",
+        "b",
+        "-o",
+        "first.tide",
+    ]);
+    // first.tide is lost on the way; the next bundle still carries its changes, because
+    // b never acknowledged them.
+    s.sql("a.db", "INSERT INTO sites VALUES ('two', 'y', 2)");
+    s.carry("a", "b", "second.tide");
+    assert_eq!(s.one("b.db", "SELECT count(*) FROM sites"), "Integer(2)");
+    let before = std::fs::read(s.path("b.db")).unwrap();
+    let again = s.ok(&[
+        "--db",
+        "b.db",
+        "bundle",
+        "import",
+        "second.tide",
+        "first.tide",
+    ]);
+    assert!(again.stderr.contains("0 new change(s)"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read(s.path("b.db")).unwrap(),
+        before,
+        "re-import changed the file"
+    );
+}
+
+#[test]
+fn encrypted_bundles_open_only_for_their_recipient_or_with_the_passphrase() {
+    let s = Site::new();
+    s.replicas(&["a", "b", "c"]);
+    s.sql("a.db", "INSERT INTO sites VALUES ('secret', 'x', 1)");
+    s.ok(&[
+        "--db",
+        "a.db",
+        "bundle",
+        "export",
+        "--peer",
+        "b",
+        "--encrypt",
+        "-o",
+        "for-b.tide",
+    ]);
+    let bytes = std::fs::read(s.path("for-b.tide")).unwrap();
+    assert!(!bytes.windows(6).any(|w| w == b"secret"));
+    let wrong = s.tide(&["--db", "c.db", "bundle", "import", "for-b.tide"]);
+    assert_eq!(wrong.code, 3, "{}", wrong.stderr);
+    s.ok(&["--db", "b.db", "bundle", "import", "for-b.tide"]);
+
+    std::fs::write(s.path("pass.txt"), "correct horse\n").unwrap();
+    s.ok(&[
+        "--db",
+        "a.db",
+        "bundle",
+        "export",
+        "--all",
+        "--passphrase-file",
+        "pass.txt",
+        "-o",
+        "pass.tide",
+    ]);
+    let none = s.tide(&["--db", "c.db", "bundle", "import", "pass.tide"]);
+    assert_eq!(none.code, 3);
+    assert!(none.stderr.contains("passphrase"), "{}", none.stderr);
+    let bad = s.tide_env(
+        &["--db", "c.db", "bundle", "import", "pass.tide"],
+        &[("TIDE_PASSPHRASE", "wrong")],
+    );
+    assert_eq!(bad.code, 3);
+    s.ok(&[
+        "--db",
+        "c.db",
+        "bundle",
+        "import",
+        "--passphrase-file",
+        "pass.txt",
+        "pass.tide",
+    ]);
+    assert_eq!(s.one("c.db", "SELECT count(*) FROM sites"), "Integer(1)");
+}
+
+#[test]
+fn a_copied_database_refuses_to_export() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    std::fs::copy(s.path("a.db"), s.path("copy.db")).unwrap();
+    s.sql("copy.db", "INSERT INTO sites VALUES ('x', 'y', 1)");
+    let r = s.tide(&[
+        "--db", "copy.db", "bundle", "export", "--peer", "b", "-o", "out.tide",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("looks like a copy"), "{}", r.stderr);
+    assert!(r.stderr.contains("init --new-identity"));
+    assert!(
+        !s.path("out.tide").exists(),
+        "a failed export leaves no file"
+    );
+    snapshot("error-copied-database", &normalize(&r.stderr, &s));
+}
+
+#[test]
+fn split_bundles_import_from_parts_in_any_order() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    for i in 0..300 {
+        s.sql(
+            "a.db",
+            &format!("INSERT INTO sites VALUES ('s{i}', hex(randomblob(100)), {i})"),
+        );
+    }
+    let parts = s
+        .ok(&[
+            "--db", "a.db", "bundle", "export", "--peer", "b", "--split", "16K", "-o", "big.tide",
+        ])
+        .stdout;
+    let mut files: Vec<&str> = parts.lines().collect();
+    assert!(files.len() >= 2, "{parts}");
+    files.reverse();
+    let missing = s.tide(&[&["--db", "b.db", "bundle", "import"][..], &files[1..]].concat());
+    assert_eq!(missing.code, 3);
+    assert!(
+        missing.stderr.contains("missing part numbers"),
+        "{}",
+        missing.stderr
+    );
+    s.ok(&[&["--db", "b.db", "bundle", "import"][..], &files[..]].concat());
+    assert_eq!(s.one("b.db", "SELECT count(*) FROM sites"), "Integer(300)");
+}
+
+#[test]
+fn verify_checks_signatures_and_prerequisites() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    s.sql("a.db", "INSERT INTO sites VALUES ('x', 'y', 1)");
+    s.ok(&[
+        "--db", "a.db", "bundle", "export", "--peer", "b", "-o", "1.tide",
+    ]);
+    s.sql("a.db", "UPDATE sites SET visits = 2");
+    s.carry("a", "b", "all.tide");
+    // b's next bundle tells a what b holds, so a's next export carries only what is new.
+    s.carry("b", "a", "ack.tide");
+    s.sql("a.db", "UPDATE sites SET visits = 3");
+    s.ok(&[
+        "--db", "a.db", "bundle", "export", "--peer", "b", "-o", "3.tide",
+    ]);
+    s.ok(&["--db", "b.db", "bundle", "verify", "3.tide"]);
+    let fresh = Site::new();
+    std::fs::copy(s.path("3.tide"), fresh.path("3.tide")).unwrap();
+    std::fs::copy(s.path("a.card"), fresh.path("a.card")).unwrap();
+    fresh.ok(&["bundle", "verify", "3.tide", "--card", "a.card"]);
+    fresh.replicas(&["z"]);
+    fresh.ok(&["--db", "z.db", "peers", "add", "a.card"]);
+    let r = fresh.tide(&["--db", "z.db", "bundle", "verify", "3.tide"]);
+    assert_eq!(r.code, 4, "prerequisites missing: {}", r.stderr);
+    let mut tampered = std::fs::read(s.path("3.tide")).unwrap();
+    let n = tampered.len();
+    tampered[n - 80] ^= 1;
+    std::fs::write(s.path("bad.tide"), tampered).unwrap();
+    let r = s.tide(&["--db", "b.db", "bundle", "verify", "bad.tide"]);
+    assert_eq!(r.code, 3);
+    snapshot("error-tampered-bundle", &normalize(&r.stderr, &s));
+}
+
+#[test]
+fn what_people_read() {
+    let s = Site::new();
+    s.replicas(&["field", "hq"]);
+    s.sql("hq.db", "INSERT INTO sites VALUES ('well-7', 'planned', 0)");
+    s.carry("hq", "field", "1.tide");
+    s.sql(
+        "field.db",
+        "UPDATE sites SET status = 'repaired' WHERE id = 'well-7'",
+    );
+    s.sql(
+        "hq.db",
+        "UPDATE sites SET status = 'cancelled' WHERE id = 'well-7'",
+    );
+    s.carry("field", "hq", "2.tide");
+    snapshot(
+        "status",
+        &normalize(&s.ok(&["--db", "hq.db", "status"]).stdout, &s),
+    );
+    let list = s.ok(&["--db", "hq.db", "conflicts", "list"]);
+    snapshot(
+        "conflicts-list",
+        &normalize(&format!("{}{}", list.stdout, list.stderr), &s),
+    );
+    let errors = [
+        s.tide(&["status"]),
+        s.tide(&["--db", "nowhere.db", "status"]),
+        s.tide(&[
+            "--db", "hq.db", "bundle", "export", "--peer", "nobody", "-o", "x.tide",
+        ]),
+        s.tide(&["--db", "hq.db", "track", "missing_table"]),
+        s.tide(&[
+            "--db",
+            "hq.db",
+            "conflicts",
+            "resolve",
+            "ffff",
+            "--keep",
+            "remote",
+        ]),
+    ];
+    let mut text = String::new();
+    for e in &errors {
+        assert_eq!(e.code, 2, "{}", e.stderr);
+        text.push_str(&e.stderr);
+    }
+    snapshot("errors-usage", &normalize(&text, &s));
+    let status = s.tide(&["--db", "hq.db", "status", "--check"]);
+    assert_eq!(status.code, 5, "conflicts open");
+}
+
+#[test]
+fn every_help_explains_itself_with_an_example() {
+    let s = Site::new();
+    let top = s.ok(&["--help"]).stdout;
+    assert!(
+        top.contains("Example") && top.contains("Exit codes"),
+        "{top}"
+    );
+    let groups: &[&[&str]] = &[
+        &["init"],
+        &["track"],
+        &["untrack"],
+        &["status"],
+        &["id"],
+        &["log"],
+        &["watch"],
+        &["doctor"],
+        &["demo"],
+        &["peers", "add"],
+        &["peers", "list"],
+        &["peers", "show"],
+        &["peers", "remove"],
+        &["bundle", "export"],
+        &["bundle", "import"],
+        &["bundle", "inspect"],
+        &["bundle", "verify"],
+        &["conflicts", "list"],
+        &["conflicts", "show"],
+        &["conflicts", "resolve"],
+        &["quarantine", "list"],
+        &["quarantine", "retry"],
+        &["quarantine", "discard"],
+    ];
+    for args in groups {
+        let help = s.ok(&[&args[..], &["--help"]].concat()).stdout;
+        assert!(
+            help.contains("Example"),
+            "tide {args:?} --help has no example:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn the_demo_runs() {
+    let s = Site::new();
+    let r = s.ok(&["demo"]);
+    assert!(
+        r.stdout.contains("Identical tables and conflict sets: yes"),
+        "{}",
+        r.stdout
+    );
+}
