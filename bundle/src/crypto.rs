@@ -141,7 +141,9 @@ pub fn unwrap(
     if box_secret.is_none() && passphrase.is_none() {
         return Err(BundleError::NeedKey);
     }
-    for s in stanzas {
+    // X25519 first: a passphrase stanza costs Argon2 work, a key stanza almost nothing.
+    let ordered = stanzas.iter().filter(|s| matches!(s, Stanza::X25519 { .. })).chain(stanzas.iter().filter(|s| matches!(s, Stanza::Passphrase { .. })));
+    for s in ordered {
         match (s, box_secret, passphrase) {
             (Stanza::X25519 { ephemeral, wrapped }, Some(secret), _) => {
                 let secret = x25519_dalek::StaticSecret::from(*secret);
@@ -282,6 +284,11 @@ impl<R: Read> ChunkReader<R> {
         if self.remaining == 0 {
             let dec = self.dec.take().expect("checked above");
             match dec.decrypt_last(&sealed[..]) {
+                // An empty final chunk is allowed only as the whole stream (SPEC §3.1).
+                Ok(p) if p.is_empty() && self.counter > 0 => {
+                    self.failure = Some(BundleError::BadCiphertext);
+                    return Err(io::Error::other("empty final chunk"));
+                }
                 Ok(p) => self.plain = p,
                 Err(_) => {
                     // A chunk that opens as a middle chunk where the last should be means
@@ -394,5 +401,25 @@ mod tests {
             unwrap(&stanzas, None, Some(b"wrong")),
             Err(BundleError::NoMatchingKey)
         ));
+    }
+}
+
+#[cfg(test)]
+mod review_regressions {
+    use super::*;
+
+    #[test]
+    fn an_empty_final_chunk_after_data_is_refused() {
+        let key = FileKey::generate();
+        let nonce = random();
+        // A full middle chunk, then an empty last one: a valid STREAM, but not the
+        // canonical chunking of SPEC §3.1.
+        let payload = key.payload_key(&nonce);
+        let mut enc = EncryptorBE32::<XChaCha20Poly1305>::new(&payload.into(), &[0u8; 19].into());
+        let mut sealed = enc.encrypt_next(&vec![1u8; CHUNK][..]).unwrap();
+        sealed.extend(enc.encrypt_last(&[][..]).unwrap());
+        let mut r = ChunkReader::new(&sealed[..], sealed.len() as u64, &key, &nonce);
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        assert!(matches!(r.failure, Some(BundleError::BadCiphertext)));
     }
 }

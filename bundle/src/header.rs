@@ -274,6 +274,10 @@ impl Header {
                 _ => return Err(BundleError::Malformed("stanza kind")),
             });
         }
+        if stanzas.iter().filter(|s| matches!(s, Stanza::Passphrase { .. })).count() > 1 {
+            // One Argon2 computation at most, whatever a header asks for.
+            return Err(BundleError::Malformed("more than one passphrase stanza"));
+        }
         let encrypted = flags & FLAG_ENCRYPTED != 0;
         if encrypted == stanzas.is_empty() {
             return Err(BundleError::Malformed(
@@ -417,6 +421,14 @@ mod tests {
         let len = Header::parse_preamble(bytes[..PREAMBLE_LEN].try_into().unwrap()).unwrap();
         assert_eq!(len as usize, bytes.len() - PREAMBLE_LEN);
         assert_eq!(Header::parse(&bytes[PREAMBLE_LEN..], 1 << 30).unwrap(), h);
+    }
+
+    #[test]
+    fn two_passphrase_stanzas_are_refused() {
+        let mut h = sample();
+        h.stanzas.push(h.stanzas[1].clone());
+        let bytes = h.encode();
+        assert!(matches!(Header::parse(&bytes[PREAMBLE_LEN..], 1 << 30), Err(BundleError::Malformed(_))));
     }
 
     #[test]

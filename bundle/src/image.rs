@@ -91,19 +91,12 @@ impl ImageBuilder {
 
 /// Opens a verified, decompressed image read-only and checks it is exactly what §5 says.
 pub(crate) fn open_image(path: &Path, expected_changes: u64) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
-    conn.execute_batch("PRAGMA trusted_schema = OFF")?;
     let bad = |why: &str| BundleError::BadImage(why.to_string());
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| bad(&e.to_string()))?;
-    if check != "ok" {
-        return Err(bad(&format!("quick_check: {check}")));
-    }
+    check_file_header(path)?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    // Bounded memory whatever the image's header suggests; no memory mapping.
+    conn.execute_batch("PRAGMA trusted_schema = OFF; PRAGMA cache_size = -8192; PRAGMA mmap_size = 0;")?;
     let schema: Vec<(String, String, Option<String>)> = conn
         .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY name")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -122,6 +115,11 @@ pub(crate) fn open_image(path: &Path, expected_changes: u64) -> Result<Connectio
     ];
     if schema != expected {
         return Err(bad("unexpected schema"));
+    }
+    // Only now, with nothing but the two known tables, walk every page.
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| bad(&e.to_string()))?;
+    if check != "ok" {
+        return Err(bad(&format!("quick_check: {check}")));
     }
     let format: Option<String> = conn
         .query_row("SELECT v FROM tide_bundle WHERE k='format'", [], |r| {
@@ -145,6 +143,33 @@ pub(crate) fn open_image(path: &Path, expected_changes: u64) -> Result<Connectio
     Ok(conn)
 }
 
+/// Checks the raw 100-byte SQLite header before SQLite reads it: the magic, a rollback
+/// journal (no WAL), no suggested cache size, a size that is whole pages.
+fn check_file_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |why: &str| BundleError::BadImage(why.to_string());
+    let mut h = [0u8; 100];
+    std::fs::File::open(path)?.read_exact(&mut h).map_err(|_| bad("shorter than an SQLite header"))?;
+    if &h[..16] != b"SQLite format 3\0" {
+        return Err(bad("not an SQLite database"));
+    }
+    if h[18] != 1 || h[19] != 1 {
+        return Err(bad("not in rollback-journal mode"));
+    }
+    if h[48..52] != [0, 0, 0, 0] {
+        return Err(bad("suggests a cache size"));
+    }
+    let page = match u16::from_be_bytes([h[16], h[17]]) {
+        1 => 65536u64,
+        n => u64::from(n),
+    };
+    let pages = u64::from(u32::from_be_bytes([h[28], h[29], h[30], h[31]]));
+    if page < 512 || std::fs::metadata(path)?.len() != pages * page {
+        return Err(bad("its size is not its page count times its page size"));
+    }
+    Ok(())
+}
+
 /// Calls `each` for every change of an opened image, in order.
 pub(crate) fn each_change(
     conn: &Connection,
@@ -161,4 +186,35 @@ pub(crate) fn each_change(
         each(SignedChange::from_parts(body, sig))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("image.db");
+        ImageBuilder::create(&path).unwrap().finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_clean_image_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        open_image(&image(dir.path()), 0).unwrap();
+    }
+
+    #[test]
+    fn an_image_asking_for_a_huge_cache_or_wal_is_refused_before_sqlite_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (at, value) in [(48, 0x7f), (18, 2)] {
+            let sub = dir.path().join(format!("case{at}"));
+            std::fs::create_dir(&sub).unwrap();
+            let path = image(&sub);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at] = value;
+            std::fs::write(&path, bytes).unwrap();
+            assert!(matches!(open_image(&path, 0), Err(BundleError::BadImage(_))), "byte {at}");
+        }
+    }
 }

@@ -155,30 +155,37 @@ pub fn read_bundle(input: &mut dyn Read, options: &ReadOptions) -> Result<Verifi
 }
 
 /// A private temporary folder, removed when dropped (on every path, errors included).
+/// Mode 0700: it holds decrypted plaintext, and files inside inherit no access for others.
 pub(crate) fn private_dir(parent: Option<&std::path::Path>) -> Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".tide-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o700));
+    }
     Ok(match parent {
-        Some(p) => tempfile::Builder::new().prefix(".tide-").tempdir_in(p)?,
-        None => tempfile::Builder::new().prefix(".tide-").tempdir()?,
+        Some(p) => b.tempdir_in(p)?,
+        None => b.tempdir()?,
     })
 }
 
 /// Streams the body into `dir` while hashing, then checks the signature and the end of
 /// the file. Returns the body's path.
-fn verify_into(
-    input: &mut dyn Read,
-    header: &Header,
-    head: &[u8],
-    known: &[Card],
-    dir: &std::path::Path,
-) -> Result<std::path::PathBuf> {
-    let card = known
-        .iter()
-        .find(|c| c.id == header.sender)
-        .ok_or(BundleError::UnknownSender(header.sender))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(head);
+fn verify_into(input: &mut dyn Read, header: &Header, head: &[u8], known: &[Card], dir: &std::path::Path) -> Result<std::path::PathBuf> {
     let body_path = dir.join("body");
     let mut body = BufWriter::new(File::create(&body_path)?);
+    verify_stream(input, header, head, known, &mut body)?;
+    body.flush()?;
+    Ok(body_path)
+}
+
+/// Hashes the body as it passes into `body`, then checks the signature and the end of
+/// the input.
+fn verify_stream(input: &mut dyn Read, header: &Header, head: &[u8], known: &[Card], body: &mut dyn Write) -> Result<()> {
+    let card = known.iter().find(|c| c.id == header.sender).ok_or(BundleError::UnknownSender(header.sender))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(head);
     let mut left = header.body_size;
     let mut buf = vec![0u8; 1 << 16];
     while left > 0 {
@@ -191,19 +198,15 @@ fn verify_into(
         body.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    body.flush()?;
     let mut sig = [0u8; 64];
     read_exact_or(input, &mut sig, "signature")?;
     if input.read(&mut [0u8; 1])? != 0 {
         return Err(BundleError::TrailingBytes);
     }
     let key = VerifyingKey::from_bytes(&card.sign_key).map_err(|_| BundleError::BadSignature)?;
-    key.verify_strict(
-        &crate::signing_message(hasher.finalize().as_bytes()),
-        &Signature::from_bytes(&sig),
-    )
-    .map_err(|_| BundleError::BadSignature)?;
-    Ok(body_path)
+    key.verify_strict(&crate::signing_message(hasher.finalize().as_bytes()), &Signature::from_bytes(&sig))
+        .map_err(|_| BundleError::BadSignature)?;
+    Ok(())
 }
 
 /// Decompresses one zstd stream, refusing more than `cap` bytes of output.
@@ -234,8 +237,8 @@ fn decompress_capped(input: &mut dyn Read, out: &mut dyn Write, cap: u64) -> Res
 /// Reads a whole bundle and checks its signature (no decryption): what `verify` shows.
 pub fn verify_bundle(input: &mut dyn Read, known: &[Card]) -> Result<Header> {
     let (header, head) = read_header(input, DEFAULT_IMAGE_CAP)?;
-    let dir = private_dir(None)?;
-    verify_into(input, &header, &head, known, dir.path())?;
+    // Verification alone needs no copy of the body: hash it as it streams past.
+    verify_stream(input, &header, &head, known, &mut std::io::sink())?;
     Ok(header)
 }
 
@@ -263,4 +266,32 @@ pub(crate) fn open_plain_body(body: &[u8], image_size: u64, changes: u64) -> Res
         Ok(())
     })?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_past_the_cap_and_garbage_after_the_frames_are_refused() {
+        let one = zstd::encode_all(&b"image"[..], 3).unwrap();
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        assert_eq!(decompress_capped(&mut &one[..], &mut Vec::new(), 5).unwrap(), 5);
+        // Concatenated frames are one stream (SPEC §3), and still capped.
+        assert_eq!(decompress_capped(&mut &two[..], &mut Vec::new(), 10).unwrap(), 10);
+        assert!(matches!(decompress_capped(&mut &two[..], &mut Vec::new(), 9), Err(BundleError::BadSize { .. })));
+        let mut garbage = one.clone();
+        garbage.extend_from_slice(b"not zstd at all");
+        assert!(decompress_capped(&mut &garbage[..], &mut Vec::new(), 100).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_temporary_folder_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = private_dir(Some(parent.path())).unwrap();
+        assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+    }
 }
