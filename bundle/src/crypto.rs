@@ -142,7 +142,14 @@ pub fn unwrap(
         return Err(BundleError::NeedKey);
     }
     // X25519 first: a passphrase stanza costs Argon2 work, a key stanza almost nothing.
-    let ordered = stanzas.iter().filter(|s| matches!(s, Stanza::X25519 { .. })).chain(stanzas.iter().filter(|s| matches!(s, Stanza::Passphrase { .. })));
+    let ordered = stanzas
+        .iter()
+        .filter(|s| matches!(s, Stanza::X25519 { .. }))
+        .chain(
+            stanzas
+                .iter()
+                .filter(|s| matches!(s, Stanza::Passphrase { .. })),
+        );
     for s in ordered {
         match (s, box_secret, passphrase) {
             (Stanza::X25519 { ephemeral, wrapped }, Some(secret), _) => {

@@ -274,7 +274,12 @@ impl Header {
                 _ => return Err(BundleError::Malformed("stanza kind")),
             });
         }
-        if stanzas.iter().filter(|s| matches!(s, Stanza::Passphrase { .. })).count() > 1 {
+        if stanzas
+            .iter()
+            .filter(|s| matches!(s, Stanza::Passphrase { .. }))
+            .count()
+            > 1
+        {
             // One Argon2 computation at most, whatever a header asks for.
             return Err(BundleError::Malformed("more than one passphrase stanza"));
         }
@@ -428,7 +433,10 @@ mod tests {
         let mut h = sample();
         h.stanzas.push(h.stanzas[1].clone());
         let bytes = h.encode();
-        assert!(matches!(Header::parse(&bytes[PREAMBLE_LEN..], 1 << 30), Err(BundleError::Malformed(_))));
+        assert!(matches!(
+            Header::parse(&bytes[PREAMBLE_LEN..], 1 << 30),
+            Err(BundleError::Malformed(_))
+        ));
     }
 
     #[test]

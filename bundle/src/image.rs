@@ -93,10 +93,15 @@ impl ImageBuilder {
 pub(crate) fn open_image(path: &Path, expected_changes: u64) -> Result<Connection> {
     let bad = |why: &str| BundleError::BadImage(why.to_string());
     check_file_header(path)?;
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     // Bounded memory whatever the image's header suggests; no memory mapping.
-    conn.execute_batch("PRAGMA trusted_schema = OFF; PRAGMA cache_size = -8192; PRAGMA mmap_size = 0;")?;
+    conn.execute_batch(
+        "PRAGMA trusted_schema = OFF; PRAGMA cache_size = -8192; PRAGMA mmap_size = 0;",
+    )?;
     let schema: Vec<(String, String, Option<String>)> = conn
         .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY name")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -117,7 +122,9 @@ pub(crate) fn open_image(path: &Path, expected_changes: u64) -> Result<Connectio
         return Err(bad("unexpected schema"));
     }
     // Only now, with nothing but the two known tables, walk every page.
-    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| bad(&e.to_string()))?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| bad(&e.to_string()))?;
     if check != "ok" {
         return Err(bad(&format!("quick_check: {check}")));
     }
@@ -149,7 +156,9 @@ fn check_file_header(path: &Path) -> Result<()> {
     use std::io::Read;
     let bad = |why: &str| BundleError::BadImage(why.to_string());
     let mut h = [0u8; 100];
-    std::fs::File::open(path)?.read_exact(&mut h).map_err(|_| bad("shorter than an SQLite header"))?;
+    std::fs::File::open(path)?
+        .read_exact(&mut h)
+        .map_err(|_| bad("shorter than an SQLite header"))?;
     if &h[..16] != b"SQLite format 3\0" {
         return Err(bad("not an SQLite database"));
     }
@@ -214,7 +223,10 @@ mod tests {
             let mut bytes = std::fs::read(&path).unwrap();
             bytes[at] = value;
             std::fs::write(&path, bytes).unwrap();
-            assert!(matches!(open_image(&path, 0), Err(BundleError::BadImage(_))), "byte {at}");
+            assert!(
+                matches!(open_image(&path, 0), Err(BundleError::BadImage(_))),
+                "byte {at}"
+            );
         }
     }
 }

@@ -172,7 +172,13 @@ pub(crate) fn private_dir(parent: Option<&std::path::Path>) -> Result<tempfile::
 
 /// Streams the body into `dir` while hashing, then checks the signature and the end of
 /// the file. Returns the body's path.
-fn verify_into(input: &mut dyn Read, header: &Header, head: &[u8], known: &[Card], dir: &std::path::Path) -> Result<std::path::PathBuf> {
+fn verify_into(
+    input: &mut dyn Read,
+    header: &Header,
+    head: &[u8],
+    known: &[Card],
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf> {
     let body_path = dir.join("body");
     let mut body = BufWriter::new(File::create(&body_path)?);
     verify_stream(input, header, head, known, &mut body)?;
@@ -182,8 +188,17 @@ fn verify_into(input: &mut dyn Read, header: &Header, head: &[u8], known: &[Card
 
 /// Hashes the body as it passes into `body`, then checks the signature and the end of
 /// the input.
-fn verify_stream(input: &mut dyn Read, header: &Header, head: &[u8], known: &[Card], body: &mut dyn Write) -> Result<()> {
-    let card = known.iter().find(|c| c.id == header.sender).ok_or(BundleError::UnknownSender(header.sender))?;
+fn verify_stream(
+    input: &mut dyn Read,
+    header: &Header,
+    head: &[u8],
+    known: &[Card],
+    body: &mut dyn Write,
+) -> Result<()> {
+    let card = known
+        .iter()
+        .find(|c| c.id == header.sender)
+        .ok_or(BundleError::UnknownSender(header.sender))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(head);
     let mut left = header.body_size;
@@ -204,8 +219,11 @@ fn verify_stream(input: &mut dyn Read, header: &Header, head: &[u8], known: &[Ca
         return Err(BundleError::TrailingBytes);
     }
     let key = VerifyingKey::from_bytes(&card.sign_key).map_err(|_| BundleError::BadSignature)?;
-    key.verify_strict(&crate::signing_message(hasher.finalize().as_bytes()), &Signature::from_bytes(&sig))
-        .map_err(|_| BundleError::BadSignature)?;
+    key.verify_strict(
+        &crate::signing_message(hasher.finalize().as_bytes()),
+        &Signature::from_bytes(&sig),
+    )
+    .map_err(|_| BundleError::BadSignature)?;
     Ok(())
 }
 
@@ -277,10 +295,19 @@ mod tests {
         let one = zstd::encode_all(&b"image"[..], 3).unwrap();
         let mut two = one.clone();
         two.extend_from_slice(&one);
-        assert_eq!(decompress_capped(&mut &one[..], &mut Vec::new(), 5).unwrap(), 5);
+        assert_eq!(
+            decompress_capped(&mut &one[..], &mut Vec::new(), 5).unwrap(),
+            5
+        );
         // Concatenated frames are one stream (SPEC §3), and still capped.
-        assert_eq!(decompress_capped(&mut &two[..], &mut Vec::new(), 10).unwrap(), 10);
-        assert!(matches!(decompress_capped(&mut &two[..], &mut Vec::new(), 9), Err(BundleError::BadSize { .. })));
+        assert_eq!(
+            decompress_capped(&mut &two[..], &mut Vec::new(), 10).unwrap(),
+            10
+        );
+        assert!(matches!(
+            decompress_capped(&mut &two[..], &mut Vec::new(), 9),
+            Err(BundleError::BadSize { .. })
+        ));
         let mut garbage = one.clone();
         garbage.extend_from_slice(b"not zstd at all");
         assert!(decompress_capped(&mut &garbage[..], &mut Vec::new(), 100).is_err());
@@ -292,6 +319,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let parent = tempfile::tempdir().unwrap();
         let dir = private_dir(Some(parent.path())).unwrap();
-        assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 }

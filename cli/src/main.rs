@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod failure;
+mod progress;
 mod render;
 
 use std::process::ExitCode;

@@ -552,3 +552,65 @@ fn the_demo_runs() {
         r.stdout
     );
 }
+
+#[test]
+fn watch_streams_changes_as_json_lines() {
+    let s = Site::new();
+    s.replicas(&["a"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tide"))
+        .args(["--db", "a.db", "watch", "--interval", "50", "--count", "1"])
+        .current_dir(s.dir.path())
+        .env("TIDE_HOME", s.path("keys"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.sql("a.db", "INSERT INTO sites VALUES ('new', 'x', 1)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watch printed nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut line = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["tables"][0], "sites");
+    assert_eq!(v["ops"], 1);
+    assert_eq!(v["origin_name"], "a");
+}
+
+#[test]
+fn bundles_flow_through_stdout_and_stdin() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    s.sql("a.db", "INSERT INTO sites VALUES ('piped', 'x', 1)");
+    let export = Command::new(env!("CARGO_BIN_EXE_tide"))
+        .args(["--db", "a.db", "bundle", "export", "--peer", "b"])
+        .current_dir(s.dir.path())
+        .env("TIDE_HOME", s.path("keys"))
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    assert!(
+        export.stdout.starts_with(&[0x89, b'T', b'I', b'D', b'E']),
+        "the bundle is on stdout"
+    );
+    let mut import = Command::new(env!("CARGO_BIN_EXE_tide"))
+        .args(["--db", "b.db", "--json", "bundle", "import", "-"])
+        .current_dir(s.dir.path())
+        .env("TIDE_HOME", s.path("keys"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &export.stdout).unwrap();
+    let out = import.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["applied"], 1);
+    assert_eq!(s.one("b.db", "SELECT id FROM sites"), "Text(\"piped\")");
+}

@@ -76,7 +76,7 @@ pub use conflicts::{Candidate, Conflict, Resolution};
 pub use error::{DecodeError, Error, Result};
 pub use identity::{Card, KeyStore, SecretIdentity};
 pub use ids::{ChangeId, ReplicaId};
-pub use log::{ImportReport, QuarantineEntry, reason};
+pub use log::{ImportReport, Progress, QuarantineEntry, reason};
 pub use replica::{Replica, VersionVector};
 pub use schema::TrackReport;
 pub use value::{Value, decode_key, encode_key};

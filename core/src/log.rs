@@ -54,6 +54,17 @@ pub struct ImportReport {
     pub conflicts_opened: usize,
 }
 
+/// Progress of a long operation, for a person watching: `done` of `total` changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// `packing` (listing changes for export) or `applying` (import).
+    pub stage: &'static str,
+    /// Changes done so far.
+    pub done: u64,
+    /// Changes in all.
+    pub total: u64,
+}
+
 /// One entry of the quarantine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuarantineEntry {
@@ -104,8 +115,19 @@ impl Replica {
             .prepare("SELECT idx, id FROM _tide_origins ORDER BY id")?
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut total = 0u64;
+        for (idx, id) in &origins {
+            let id = ReplicaId(id.clone().try_into().expect("ids are stored as 16 bytes"));
+            let since = theirs.get(&id).copied().unwrap_or(0);
+            total += tx.query_row(
+                "SELECT count(*) FROM _tide_log WHERE origin=?1 AND seq>?2",
+                params![idx, since as i64],
+                |r| r.get::<_, i64>(0),
+            )? as u64;
+        }
         let mut stmt =
             tx.prepare("SELECT body, sig FROM _tide_log WHERE origin=?1 AND seq>?2 ORDER BY seq")?;
+        let mut done = 0u64;
         for (idx, id) in origins {
             let id = ReplicaId(id.try_into().expect("ids are stored as 16 bytes"));
             let since = theirs.get(&id).copied().unwrap_or(0);
@@ -116,6 +138,14 @@ impl Replica {
                     r.get(0)?,
                     sig.try_into().expect("signatures are stored as 64 bytes"),
                 ))?;
+                done += 1;
+                if let Some(p) = self.progress.as_mut() {
+                    p(Progress {
+                        stage: "packing",
+                        done,
+                        total,
+                    });
+                }
             }
         }
         Ok(())
@@ -301,7 +331,10 @@ impl Replica {
                 [],
             )?;
         }
-        apply_ready(&tx, &mut report, fail_after)?;
+        let mut progress = self.progress.take();
+        let applied = apply_ready(&tx, &mut report, fail_after, progress.as_deref_mut());
+        self.progress = progress;
+        applied?;
         // A quarantined change now in the log has been dealt with.
         tx.execute(
             "DELETE FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain')
@@ -479,6 +512,7 @@ pub(crate) fn apply_ready(
     conn: &Connection,
     report: &mut ImportReport,
     fail_after: Option<usize>,
+    mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
 ) -> Result<()> {
     let mut stmt = conn.prepare(
         "SELECT origin, seq, body FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
@@ -497,6 +531,7 @@ pub(crate) fn apply_ready(
     if pending.is_empty() && held == 0 {
         return Ok(());
     }
+    let total = pending.len();
     let tracked = schema::tracked_tables(conn)?;
     let _off = schema::TriggersOff::new(conn)?;
     let conflicts_before = conflict_ids(conn)?;
@@ -615,6 +650,13 @@ pub(crate) fn apply_ready(
             max_hlc = max_hlc.max(change.hlc);
             report.applied += 1;
             report.ops_applied += change.op_count();
+            if let Some(p) = on_progress.as_deref_mut() {
+                p(Progress {
+                    stage: "applying",
+                    done: report.applied as u64,
+                    total: total as u64,
+                });
+            }
         }
         pending = rest;
         if !progress || pending.is_empty() {

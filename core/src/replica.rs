@@ -24,6 +24,8 @@ pub struct Replica {
     pub(crate) path: PathBuf,
     /// Test hook: make the apply fail after this many row ops (atomicity tests).
     pub(crate) fail_after_ops: Option<usize>,
+    /// Told how long exports and imports are getting on (see [`Replica::set_progress`]).
+    pub(crate) progress: Option<Box<dyn FnMut(crate::log::Progress)>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -53,6 +55,7 @@ impl Replica {
             keys,
             path,
             fail_after_ops: None,
+            progress: None,
         })
     }
 
@@ -372,6 +375,12 @@ impl Replica {
             .into_iter()
             .map(|t| t.name)
             .collect())
+    }
+
+    /// Calls `report` as long operations progress (listing changes for an export,
+    /// applying an import), for progress bars.
+    pub fn set_progress(&mut self, report: Option<Box<dyn FnMut(crate::log::Progress)>>) {
+        self.progress = report;
     }
 
     /// Test hook: the next apply fails after `ops` row ops (then the hook clears).

@@ -12,6 +12,7 @@ use tide_core::{Card, VersionVector};
 use super::{Out, find_peer, open_path, passphrase, peer_name};
 use crate::cli::{BundleCommand, ExportArgs, ImportArgs};
 use crate::failure::{Prerequisites, usage};
+use crate::progress::Progress;
 use crate::render::{parse_size, time};
 
 pub fn run(out: &Out, db: Option<&Path>, cmd: BundleCommand) -> Result<u8> {
@@ -41,6 +42,7 @@ fn vector_json(v: &VersionVector) -> serde_json::Value {
 
 fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
     let mut r = open_path(db)?;
+    crate::progress::attach(&mut r, !out.json && !out.quiet);
     let peer = args.peer.as_deref().map(|p| find_peer(&r, p)).transpose()?;
     if args.encrypt && peer.is_none() {
         return Err(usage(
@@ -84,6 +86,7 @@ fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
         })
         .transpose()?;
     let to = args.output.clone();
+    let bar = !out.json && !out.quiet;
     if to.is_none() && std::io::stdout().is_terminal() {
         return Err(usage(
             "refusing to write a binary bundle to the terminal",
@@ -119,12 +122,13 @@ fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
         }
         None => {
             let stdout = std::io::stdout();
-            let mut lock = BufWriter::new(stdout.lock());
+            let mut lock = Progress::new(BufWriter::new(stdout.lock()), "exporting", None, bar);
             let w = tide_bundle::export(&mut r, &since, &options, &mut lock)?;
-            lock.flush()?;
+            lock.finish().flush()?;
             w
         }
     };
+    r.set_progress(None); // clears the bar before the summary
     let h = &written.header;
     if out.verbose {
         eprintln!(
@@ -155,6 +159,7 @@ fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
 /// reassembled first.
 fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
     let mut r = open_path(db)?;
+    crate::progress::attach(&mut r, !out.json && !out.quiet);
     let scratch = tempfile::tempdir()?;
     let mut bundles: Vec<PathBuf> = Vec::new();
     let mut parts: Vec<PathBuf> = Vec::new();
@@ -186,7 +191,13 @@ fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
     let pass = passphrase(args.passphrase_file.as_deref(), false)?;
     let mut total_conflicts = 0;
     for path in bundles {
-        let mut input = BufReader::new(File::open(&path)?);
+        let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let mut input = Progress::new(
+            BufReader::new(File::open(&path)?),
+            "importing",
+            size,
+            !out.json && !out.quiet,
+        );
         let result = if args.dry_run {
             dry_run(out, &r, &mut input, pass.as_deref())
         } else {
@@ -205,6 +216,8 @@ fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
                 }
                 other => other,
             };
+            input.finish();
+            r.set_progress(None);
             attempt.map(|imported| {
                 let rep = &imported.report;
                 total_conflicts += rep.conflicts_opened;
