@@ -99,6 +99,23 @@ impl Site {
         }
     }
 
+    /// field and hq, each having edited well-7's status offline after one exchange.
+    fn conflicted() -> Site {
+        let s = Site::new();
+        s.replicas(&["field", "hq"]);
+        s.sql("hq.db", "INSERT INTO sites VALUES ('well-7', 'planned', 0)");
+        s.carry("hq", "field", "1.tide");
+        s.sql(
+            "field.db",
+            "UPDATE sites SET status = 'repaired' WHERE id = 'well-7'",
+        );
+        s.sql(
+            "hq.db",
+            "UPDATE sites SET status = 'cancelled' WHERE id = 'well-7'",
+        );
+        s
+    }
+
     /// Exports from `from` for `to` into a file and imports it there.
     fn carry(&self, from: &str, to: &str, file: &str) -> Run {
         self.ok(&[
@@ -212,18 +229,7 @@ fn writes_by_the_sqlite3_shell_are_carried() {
 
 #[test]
 fn a_conflict_is_listed_resolved_and_closed_everywhere() {
-    let s = Site::new();
-    s.replicas(&["field", "hq"]);
-    s.sql("hq.db", "INSERT INTO sites VALUES ('well-7', 'planned', 0)");
-    s.carry("hq", "field", "1.tide");
-    s.sql(
-        "field.db",
-        "UPDATE sites SET status = 'repaired' WHERE id = 'well-7'",
-    );
-    s.sql(
-        "hq.db",
-        "UPDATE sites SET status = 'cancelled' WHERE id = 'well-7'",
-    );
+    let s = Site::conflicted();
     let imported = s.carry("field", "hq", "2.tide");
     assert!(
         imported.stderr.contains("1 new conflict(s)"),
@@ -451,18 +457,7 @@ fn verify_checks_signatures_and_prerequisites() {
 
 #[test]
 fn what_people_read() {
-    let s = Site::new();
-    s.replicas(&["field", "hq"]);
-    s.sql("hq.db", "INSERT INTO sites VALUES ('well-7', 'planned', 0)");
-    s.carry("hq", "field", "1.tide");
-    s.sql(
-        "field.db",
-        "UPDATE sites SET status = 'repaired' WHERE id = 'well-7'",
-    );
-    s.sql(
-        "hq.db",
-        "UPDATE sites SET status = 'cancelled' WHERE id = 'well-7'",
-    );
+    let s = Site::conflicted();
     s.carry("field", "hq", "2.tide");
     snapshot(
         "status",
