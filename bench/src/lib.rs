@@ -1,0 +1,486 @@
+//! tide's benchmark harness (DESIGN §7). It builds its data, measures, and reports every
+//! figure as a ratio or a rate against plain SQLite measured in the same run on the same
+//! machine. Nothing here asserts a speed: `BENCHMARKS.md` records the figures.
+//!
+//! `cargo run --release -p tide-bench -- --rows 1000000`
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tide_bundle::WriteOptions;
+use tide_core::{KeyStore, Replica, VersionVector};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Rows for the bulk measurements.
+    pub rows: u64,
+    /// Rows for the one-commit-per-row measurement.
+    pub commits: u64,
+    /// Measure peak memory in child processes (needs the harness binary).
+    pub memory: Option<PathBuf>,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// What was measured.
+    pub name: String,
+    /// The figure, formatted.
+    pub value: String,
+    /// The target from DESIGN §7, formatted ("" when none).
+    pub target: String,
+    /// Whether the target is met (None when there is no target).
+    pub meets: Option<bool>,
+}
+
+const SCHEMA: &str =
+    "CREATE TABLE items(id TEXT PRIMARY KEY, name TEXT, qty INTEGER, price REAL, note TEXT)";
+
+/// The same rows everywhere: one statement, so plain SQLite and tide do identical work.
+fn insert_sql(n: u64) -> String {
+    format!(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n})
+         INSERT INTO items SELECT printf('item-%08d', x), 'name ' || x, x, x * 0.25, 'lorem ipsum dolor ' || (x % 97) FROM c"
+    )
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed())
+}
+
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site {
+            dir: tempfile::tempdir().expect("temporary folder"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn plain(&self, name: &str) -> Connection {
+        let c = Connection::open(self.path(name)).expect("open");
+        c.execute_batch(SCHEMA).expect("schema");
+        c
+    }
+
+    fn replica(&self, name: &str) -> Replica {
+        let mut r = Replica::open(
+            self.path(name),
+            KeyStore::at(self.path(&format!("{name}.keys"))),
+        )
+        .expect("open");
+        r.init(name).expect("init");
+        r.connection().execute_batch(SCHEMA).expect("schema");
+        r.track("items").expect("track");
+        r
+    }
+}
+
+fn bulk(conn: &Connection, sql: &str) -> Duration {
+    timed(|| {
+        conn.execute_batch(&format!("BEGIN; {sql}; COMMIT;"))
+            .expect("bulk statement")
+    })
+    .1
+}
+
+fn file_size(conn: &Connection) -> u64 {
+    conn.execute_batch("VACUUM").expect("vacuum");
+    conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .expect("size") as u64
+}
+
+fn ratio(name: &str, tide: Duration, plain: Duration, target: f64) -> Figure {
+    let r = tide.as_secs_f64() / plain.as_secs_f64().max(1e-9);
+    Figure {
+        name: name.into(),
+        value: format!(
+            "{r:.2}x ({:.0} ms vs {:.0} ms)",
+            tide.as_secs_f64() * 1e3,
+            plain.as_secs_f64() * 1e3
+        ),
+        target: format!("<= {target}x"),
+        meets: Some(r <= target),
+    }
+}
+
+fn rate(name: &str, ops: u64, took: Duration, target: Option<f64>) -> Figure {
+    let per = ops as f64 / took.as_secs_f64().max(1e-9);
+    Figure {
+        name: name.into(),
+        value: format!(
+            "{:.0} K ops/s ({ops} ops in {:.2} s)",
+            per / 1e3,
+            took.as_secs_f64()
+        ),
+        target: target
+            .map(|t| format!(">= {:.0} K ops/s", t / 1e3))
+            .unwrap_or_default(),
+        meets: target.map(|t| per >= t),
+    }
+}
+
+/// Runs every measurement and returns the report's lines.
+pub fn run(config: &Config) -> Vec<Figure> {
+    let n = config.rows;
+    let mut out = Vec::new();
+    let site = Site::new();
+
+    // Capture: the same statements on a plain table and a tracked one.
+    let plain = site.plain("plain.db");
+    let mut a = site.replica("a");
+    let t_plain = bulk(&plain, &insert_sql(n));
+    let t_tide = bulk(a.connection(), &insert_sql(n));
+    out.push(ratio(
+        &format!("capture: bulk insert of {n} rows"),
+        t_tide,
+        t_plain,
+        1.5,
+    ));
+    let (_, t_seal) = timed(|| a.seal().expect("seal"));
+    out.push(rate(
+        "seal: captured inserts into one signed change",
+        n,
+        t_seal,
+        None,
+    ));
+
+    // Export (the writes are sealed; the bundle is signed, compressed, encrypted).
+    let b_card = {
+        let b = site.replica("b");
+        let card = b.card().expect("card");
+        a.add_peer(&card).expect("peer");
+        card
+    };
+    let bundle_path = site.path("a-to-b.tide");
+    let options = WriteOptions {
+        recipient: Some(b_card.id),
+        encrypt_to: vec![b_card.box_key],
+        ..Default::default()
+    };
+    let (_, t_export) = timed(|| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&bundle_path).expect("create"));
+        tide_bundle::export(&mut a, &VersionVector::new(), &options, &mut f).expect("export")
+    });
+    let t_seal_export = t_seal + t_export;
+    out.push(Figure {
+        name: format!("export: {n} row ops sealed, signed, compressed, encrypted"),
+        value: format!(
+            "{:.2} s ({:.0} K ops/s)",
+            t_seal_export.as_secs_f64(),
+            n as f64 / t_seal_export.as_secs_f64() / 1e3
+        ),
+        target: if n == 1_000_000 {
+            "< 3 s".into()
+        } else {
+            format!("< {:.2} s (3 s per 1 M)", 3.0 * n as f64 / 1e6)
+        },
+        meets: Some(t_seal_export.as_secs_f64() < 3.0 * n as f64 / 1e6),
+    });
+
+    // Import without conflicts, against a plain insert of the same rows.
+    let mut b = Replica::open(site.path("b"), KeyStore::at(site.path("b.keys"))).expect("open b");
+    b.add_peer(&a.card().expect("card")).expect("peer");
+    let (_, t_import) = timed(|| {
+        tide_bundle::import(
+            &mut b,
+            &mut std::io::BufReader::new(std::fs::File::open(&bundle_path).expect("open")),
+            None,
+        )
+        .expect("import")
+    });
+    out.push(rate(
+        "import: verify, decrypt, apply (no conflicts)",
+        n,
+        t_import,
+        Some(400_000.0),
+    ));
+    out.push(ratio(
+        "import: time against a plain insert of the same rows",
+        t_import,
+        t_plain,
+        2.0,
+    ));
+
+    // Import where every op conflicts: c inserted the same keys with other values.
+    let mut c = site.replica("c");
+    c.add_peer(&a.card().expect("card")).expect("peer");
+    c.connection()
+        .execute_batch(&format!(
+            "BEGIN; {}; COMMIT;",
+            insert_sql(n).replace("'name '", "'other '")
+        ))
+        .expect("insert");
+    c.seal().expect("seal");
+    let c_card = c.card().expect("card");
+    a.add_peer(&c_card).expect("peer");
+    let for_c = site.path("a-to-c.tide");
+    let options = WriteOptions {
+        recipient: Some(c_card.id),
+        encrypt_to: vec![c_card.box_key],
+        ..Default::default()
+    };
+    tide_bundle::export(
+        &mut a,
+        &VersionVector::new(),
+        &options,
+        &mut std::io::BufWriter::new(std::fs::File::create(&for_c).expect("create")),
+    )
+    .expect("export");
+    let (report, t_conflict) = timed(|| {
+        tide_bundle::import(
+            &mut c,
+            &mut std::io::BufReader::new(std::fs::File::open(&for_c).expect("open")),
+            None,
+        )
+        .expect("import")
+    });
+    out.push(rate(
+        &format!(
+            "import: every op conflicting ({} conflicts opened)",
+            report.report.conflicts_opened
+        ),
+        n,
+        t_conflict,
+        Some(100_000.0),
+    ));
+
+    // Size: bundle bytes per op against SQLite's own changeset, both zstd level 3.
+    let mut plain_bundle = Vec::new();
+    tide_bundle::export(
+        &mut a,
+        &VersionVector::new(),
+        &WriteOptions::default(),
+        &mut plain_bundle,
+    )
+    .expect("export");
+    match changeset_size(&site, n) {
+        Ok(cs) => {
+            let r = plain_bundle.len() as f64 / cs as f64;
+            out.push(Figure {
+                name: "size: bundle bytes per row op against the zstd changeset".into(),
+                value: format!(
+                    "{r:.2}x ({:.1} vs {:.1} bytes/op)",
+                    plain_bundle.len() as f64 / n as f64,
+                    cs as f64 / n as f64
+                ),
+                target: "<= 1.2x".into(),
+                meets: Some(r <= 1.2),
+            });
+        }
+        Err(e) => out.push(Figure {
+            name: "size: bundle against the changeset".into(),
+            value: format!("not measured: {e}"),
+            target: "<= 1.2x".into(),
+            meets: None,
+        }),
+    }
+    drop(a);
+    let user = file_size(&plain);
+    let with_meta = file_size(&Connection::open(site.path("a")).expect("open"));
+    let meta = with_meta.saturating_sub(user) as f64 / user as f64;
+    out.push(Figure {
+        name: "size: tide metadata against the user data".into(),
+        value: format!(
+            "{meta:.2}x ({:.1} MB of metadata, {:.1} MB of data)",
+            (with_meta - user) as f64 / 1e6,
+            user as f64 / 1e6
+        ),
+        target: "<= 1x".into(),
+        meets: Some(meta <= 1.0),
+    });
+
+    // Capture of updates and deletes (after sealing, so each run starts clean).
+    let mut a = Replica::open(site.path("a"), KeyStore::at(site.path("a.keys"))).expect("reopen");
+    let t_plain = bulk(&plain, "UPDATE items SET qty = qty + 1");
+    let t_tide = bulk(a.connection(), "UPDATE items SET qty = qty + 1");
+    out.push(ratio(
+        &format!("capture: bulk update of {n} rows"),
+        t_tide,
+        t_plain,
+        1.5,
+    ));
+    a.seal().expect("seal");
+    let t_plain = bulk(&plain, "DELETE FROM items");
+    let t_tide = bulk(a.connection(), "DELETE FROM items");
+    out.push(ratio(
+        &format!("capture: bulk delete of {n} rows"),
+        t_tide,
+        t_plain,
+        1.5,
+    ));
+    a.seal().expect("seal");
+
+    // One commit per row.
+    let m = config.commits;
+    let per_commit = |conn: &Connection| {
+        timed(|| {
+            let mut stmt = conn
+                .prepare("INSERT INTO items VALUES (?1, 'x', 1, 1.5, 'y')")
+                .expect("prepare");
+            for i in 0..m {
+                stmt.execute([format!("commit-{i}")]).expect("insert");
+            }
+        })
+        .1
+    };
+    let t_plain = per_commit(&plain);
+    let t_tide = per_commit(a.connection());
+    out.push(ratio(
+        &format!("capture: {m} inserts, one commit each"),
+        t_tide,
+        t_plain,
+        1.1,
+    ));
+
+    if let Some(exe) = &config.memory {
+        for phase in ["export", "import"] {
+            match peak_memory(exe, phase, n) {
+                Ok(mib) => out.push(Figure {
+                    name: format!("memory: peak resident during {phase} of {n} row ops"),
+                    value: format!("{mib:.1} MiB"),
+                    target: "<= 64 MiB (for a 1 GB bundle)".into(),
+                    meets: Some(mib <= 64.0),
+                }),
+                Err(e) => out.push(Figure {
+                    name: format!("memory: {phase}"),
+                    value: format!("not measured: {e}"),
+                    target: String::new(),
+                    meets: None,
+                }),
+            }
+        }
+    }
+    out
+}
+
+/// SQLite's own changeset of the same rows, from the sqlite3 shell's session extension,
+/// compressed with zstd at the bundle's level.
+fn changeset_size(site: &Site, n: u64) -> Result<u64, String> {
+    let db = site.path("session.db");
+    Connection::open(&db)
+        .and_then(|c| c.execute_batch(SCHEMA))
+        .map_err(|e| e.to_string())?;
+    let cs = site.path("changeset.bin");
+    let script = format!(
+        ".session open main s\n.session attach items\n{};\n.session changeset {}\n",
+        insert_sql(n),
+        cs.display()
+    );
+    let mut child = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("sqlite3 shell: {e}"))?;
+    std::io::Write::write_all(child.stdin.as_mut().expect("piped"), script.as_bytes())
+        .map_err(|e| e.to_string())?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let raw = std::fs::read(&cs).map_err(|_| {
+        format!(
+            "no changeset written ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
+    let z = zstd::encode_all(&raw[..], 3).map_err(|e| e.to_string())?;
+    Ok(z.len() as u64)
+}
+
+/// Runs one phase in a child process and reads its peak resident memory.
+fn peak_memory(exe: &Path, phase: &str, n: u64) -> Result<f64, String> {
+    let out = Command::new(exe)
+        .args(["--phase", phase, "--rows", &n.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kib "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .ok_or_else(|| {
+            format!(
+                "the child printed no figure: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+}
+
+/// The child side of [`peak_memory`]: prepares (outside the measured phase as far as a
+/// process allows), runs the phase, prints `peak-rss-kib N`.
+pub fn phase(phase: &str, n: u64) {
+    let site = Site::new();
+    let mut a = site.replica("a");
+    let mut b = site.replica("b");
+    a.add_peer(&b.card().expect("card")).expect("peer");
+    b.add_peer(&a.card().expect("card")).expect("peer");
+    a.connection()
+        .execute_batch(&format!("BEGIN; {}; COMMIT;", insert_sql(n)))
+        .expect("insert");
+    let path = site.path("x.tide");
+    let baseline = peak_rss_kib();
+    let export = |a: &mut Replica| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+        tide_bundle::export(a, &VersionVector::new(), &WriteOptions::default(), &mut f)
+            .expect("export");
+    };
+    match phase {
+        "export" => export(&mut a),
+        _ => {
+            export(&mut a);
+            // Only the import's own peak counts: a fresh process would start here.
+            println!("note: the import child also ran the export first (baseline {baseline} KiB)");
+            tide_bundle::import(
+                &mut b,
+                &mut std::io::BufReader::new(std::fs::File::open(&path).expect("open")),
+                None,
+            )
+            .expect("import");
+        }
+    }
+    println!("peak-rss-kib {}", peak_rss_kib());
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The report as a Markdown table.
+pub fn table(figures: &[Figure]) -> String {
+    let mut s = String::from("| measure | figure | target | met |\n|---|---|---|---|\n");
+    for f in figures {
+        let met = match f.meets {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {met} |\n",
+            f.name, f.value, f.target
+        ));
+    }
+    s
+}
