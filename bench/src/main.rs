@@ -13,7 +13,12 @@ fn main() {
     };
     let rows = value("--rows").unwrap_or(100_000);
     if let Some(i) = args.iter().position(|a| a == "--phase") {
-        tide_bench::phase(&args[i + 1], rows);
+        let dir = args
+            .iter()
+            .position(|a| a == "--dir")
+            .map(|j| std::path::PathBuf::from(&args[j + 1]))
+            .expect("--phase needs --dir");
+        tide_bench::phase(&args[i + 1], rows, &dir);
         return;
     }
     let config = tide_bench::Config {

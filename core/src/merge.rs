@@ -256,11 +256,8 @@ impl<'c> Merger<'c> {
                             } else {
                                 None
                             };
-                            self.conn.execute(
-                                "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, ?4)
-                                 ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=excluded.blocker",
-                                rusqlite::params![t.tid, row.key_bytes, reason, blocker],
-                            )?;
+                            self.conn.prepare_cached("INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, ?4)
+                                 ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=excluded.blocker")?.execute(rusqlite::params![t.tid, row.key_bytes, reason, blocker])?;
                         }
                     }
                 }
@@ -272,10 +269,9 @@ impl<'c> Merger<'c> {
             }
         }
         if m0.held && !m1.held {
-            self.conn.execute(
-                "DELETE FROM _tide_held WHERE tid=?1 AND key=?2",
-                rusqlite::params![t.tid, row.key_bytes],
-            )?;
+            self.conn
+                .prepare_cached("DELETE FROM _tide_held WHERE tid=?1 AND key=?2")?
+                .execute(rusqlite::params![t.tid, row.key_bytes])?;
         }
         let new_winners: Vec<Option<Version>> =
             (0..=ncols).map(|c| m1.winner(c, origins)).collect();
@@ -397,10 +393,11 @@ impl<'c> Merger<'c> {
             .optional()?;
         let Some(kind) = kind else {
             if existing.is_some() {
-                self.conn.execute(
-                    "DELETE FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3",
-                    rusqlite::params![row.t.tid, row.key_bytes, col],
-                )?;
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3",
+                    )?
+                    .execute(rusqlite::params![row.t.tid, row.key_bytes, col])?;
             }
             return Ok(());
         };
@@ -411,11 +408,18 @@ impl<'c> Merger<'c> {
         if existing.is_none() {
             self.effects.conflicts_opened += 1;
         }
-        self.conn.execute(
-            "INSERT INTO _tide_conflicts(id, tid, key, col, kind) VALUES(?1, ?2, ?3, ?4, ?5)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _tide_conflicts(id, tid, key, col, kind) VALUES(?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(tid, key, col) DO UPDATE SET id=excluded.id, kind=excluded.kind",
-            rusqlite::params![&id[..], row.t.tid, row.key_bytes, col, kind],
-        )?;
+            )?
+            .execute(rusqlite::params![
+                &id[..],
+                row.t.tid,
+                row.key_bytes,
+                col,
+                kind
+            ])?;
         Ok(())
     }
 
@@ -583,11 +587,8 @@ impl<'c> Merger<'c> {
             let key = crate::value::decode_key(b)?;
             let mut held = mb.clone();
             held.held = true;
-            self.conn.execute(
-                "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, ?4)
-                 ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=excluded.blocker",
-                rusqlite::params![t.tid, b, HELD_UNIQUE, row.key_bytes],
-            )?;
+            self.conn.prepare_cached("INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, ?4)
+                 ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=excluded.blocker")?.execute(rusqlite::params![t.tid, b, HELD_UNIQUE, row.key_bytes])?;
             self.transition(
                 &RowRef {
                     t,
@@ -614,11 +615,12 @@ impl<'c> Merger<'c> {
         }
         let mut m1 = m0.clone();
         m1.held = true;
-        self.conn.execute(
-            "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, NULL)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, NULL)
              ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=NULL",
-            rusqlite::params![t.tid, key_bytes, reason],
-        )?;
+            )?
+            .execute(rusqlite::params![t.tid, key_bytes, reason])?;
         self.transition(
             &RowRef {
                 t,
