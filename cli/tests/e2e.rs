@@ -609,3 +609,54 @@ fn bundles_flow_through_stdout_and_stdin() {
     assert_eq!(report["applied"], 1);
     assert_eq!(s.one("b.db", "SELECT id FROM sites"), "Text(\"piped\")");
 }
+
+#[test]
+fn an_import_killed_at_any_moment_leaves_the_database_before_or_after() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    s.sql(
+        "a.db",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30000)
+         INSERT INTO sites SELECT 'site-' || x, hex(randomblob(40)), x FROM c",
+    );
+    s.ok(&[
+        "--db", "a.db", "bundle", "export", "--peer", "b", "-o", "big.tide",
+    ]);
+    let pristine = std::fs::read(s.path("b.db")).unwrap();
+    let mut outcomes = std::collections::BTreeSet::new();
+    for delay_ms in [5u64, 20, 40, 80, 120, 160, 220, 300] {
+        std::fs::write(s.path("b.db"), &pristine).unwrap();
+        let _ = std::fs::remove_file(s.path("b.db-journal"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tide"))
+            .args(["--db", "b.db", "bundle", "import", "big.tide"])
+            .current_dir(s.dir.path())
+            .env("TIDE_HOME", s.path("keys"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL: no destructor, no rollback code runs
+        let _ = child.wait();
+        // Opening the file rolls back a hot journal, as any SQLite reader would.
+        let rows = s.one("b.db", "SELECT count(*) FROM sites");
+        assert!(
+            rows == "Integer(0)" || rows == "Integer(30000)",
+            "after a kill at {delay_ms} ms: {rows} rows"
+        );
+        outcomes.insert(rows);
+        let doctor = s.tide(&["--db", "b.db", "doctor"]);
+        assert_eq!(
+            doctor.code, 0,
+            "doctor after a kill at {delay_ms} ms:\n{}",
+            doctor.stdout
+        );
+        // And the import then completes.
+        s.ok(&["--db", "b.db", "bundle", "import", "big.tide"]);
+        assert_eq!(
+            s.one("b.db", "SELECT count(*) FROM sites"),
+            "Integer(30000)"
+        );
+    }
+    assert!(!outcomes.is_empty());
+}
