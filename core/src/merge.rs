@@ -36,17 +36,10 @@ pub(crate) enum Visible {
     LocalDelete(Vec<Value>),
 }
 
-/// What a transition did, for reports.
-#[derive(Default, Debug, Clone, Copy)]
-pub(crate) struct Effects {
-    pub(crate) conflicts_opened: usize,
-}
-
 pub(crate) struct Merger<'c> {
     pub(crate) conn: &'c Connection,
     /// Shared so a transition can hold it while calling back into the merger.
     pub(crate) origins: Rc<Origins>,
-    pub(crate) effects: Effects,
 }
 
 /// A row's identity.
@@ -61,7 +54,6 @@ impl<'c> Merger<'c> {
         Merger {
             conn,
             origins: Rc::new(origins),
-            effects: Effects::default(),
         }
     }
 
@@ -404,9 +396,6 @@ impl<'c> Merger<'c> {
         let id = conflict_id(&row.t.name, row.key_bytes, col_name, kind, candidates);
         if existing.as_deref() == Some(&id[..]) {
             return Ok(());
-        }
-        if existing.is_none() {
-            self.effects.conflicts_opened += 1;
         }
         self.conn
             .prepare_cached(
