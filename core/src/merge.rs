@@ -40,6 +40,16 @@ pub(crate) struct Merger<'c> {
     pub(crate) conn: &'c Connection,
     /// Shared so a transition can hold it while calling back into the merger.
     pub(crate) origins: Rc<Origins>,
+    /// Per-table SQL text, built once per merger instead of once per row.
+    sql: std::cell::RefCell<HashMap<(i64, SqlKind), Rc<str>>>,
+}
+
+/// The per-table statements the merger runs for every row.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum SqlKind {
+    Read,
+    Insert,
+    Delete,
 }
 
 /// A row's identity.
@@ -54,6 +64,7 @@ impl<'c> Merger<'c> {
         Merger {
             conn,
             origins: Rc::new(origins),
+            sql: Default::default(),
         }
     }
 
@@ -99,15 +110,10 @@ impl<'c> Merger<'c> {
     /// key, tide does not (values are bit-exact), so a row found under an equal but
     /// differently typed key is not this row.
     pub(crate) fn read_row(&self, t: &TableInfo, key: &[Value]) -> Result<Option<Vec<Value>>> {
-        let cols = t.quoted_columns();
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {}",
-            cols.join(", "),
-            q(&t.name),
-            key_where(t)
-        );
+        let sql = self.table_sql(t, SqlKind::Read);
+        let cols_len = t.key_columns.len() + t.columns.len();
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let (nk, n) = (t.key_columns.len(), cols.len());
+        let (nk, n) = (t.key_columns.len(), cols_len);
         let row = stmt
             .query_row(params_from_iter(key.iter()), |r| {
                 (0..n)
@@ -116,6 +122,37 @@ impl<'c> Merger<'c> {
             })
             .optional()?;
         Ok(row.filter(|r| r[..nk] == *key).map(|mut r| r.split_off(nk)))
+    }
+
+    fn table_sql(&self, t: &TableInfo, kind: SqlKind) -> Rc<str> {
+        let mut cache = self.sql.borrow_mut();
+        let sql = cache.entry((t.tid, kind)).or_insert_with(|| {
+            let cols = t.quoted_columns();
+            let text = match kind {
+                SqlKind::Read => format!(
+                    "SELECT {} FROM {} WHERE {}",
+                    cols.join(", "),
+                    q(&t.name),
+                    key_where(t)
+                ),
+                // OR ABORT overrides a table's own ON CONFLICT clause (REPLACE would delete
+                // rows unseen, IGNORE would drop the write, ROLLBACK would end our transaction).
+                SqlKind::Insert => {
+                    let marks = (1..=cols.len())
+                        .map(|i| format!("?{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(
+                        "INSERT OR ABORT INTO {}({}) VALUES({marks})",
+                        q(&t.name),
+                        cols.join(", ")
+                    )
+                }
+                SqlKind::Delete => format!("DELETE FROM {} WHERE {}", q(&t.name), key_where(t)),
+            };
+            Rc::from(text)
+        });
+        Rc::clone(sql)
     }
 
     /// Moves a row from `m0` (None: never seen) to `m1`. `new_values` are the cells the
@@ -130,8 +167,14 @@ impl<'c> Merger<'c> {
     ) -> Result<()> {
         let t = row.t;
         let ncols = t.columns.len();
-        let empty = RowMeta::new(ncols);
-        let m0 = m0.unwrap_or(&empty);
+        let empty;
+        let m0 = match m0 {
+            Some(m) => m,
+            None => {
+                empty = RowMeta::new(ncols);
+                &empty
+            }
+        };
         let origins = Rc::clone(&self.origins);
         let origins = &*origins;
         let old_mat = m0.materialized(origins);
@@ -413,18 +456,7 @@ impl<'c> Merger<'c> {
     }
 
     fn insert_row(&self, t: &TableInfo, key: &[Value], values: &[Value]) -> rusqlite::Result<()> {
-        let cols = t.quoted_columns();
-        let marks = (1..=cols.len())
-            .map(|i| format!("?{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // OR ABORT overrides a table's own ON CONFLICT clause (REPLACE would delete rows
-        // unseen, IGNORE would drop the write, ROLLBACK would end our transaction).
-        let sql = format!(
-            "INSERT OR ABORT INTO {}({}) VALUES({marks})",
-            q(&t.name),
-            cols.join(", ")
-        );
+        let sql = self.table_sql(t, SqlKind::Insert);
         self.conn
             .prepare_cached(&sql)?
             .execute(params_from_iter(key.iter().chain(values)))?;
@@ -460,7 +492,7 @@ impl<'c> Merger<'c> {
     }
 
     pub(crate) fn delete_row(&self, t: &TableInfo, key: &[Value]) -> Result<()> {
-        let sql = format!("DELETE FROM {} WHERE {}", q(&t.name), key_where(t));
+        let sql = self.table_sql(t, SqlKind::Delete);
         self.conn
             .prepare_cached(&sql)?
             .execute(params_from_iter(key.iter()))?;
