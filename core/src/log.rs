@@ -212,7 +212,12 @@ impl Replica {
                 Some(key) => {
                     let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
                     match signed.verify(&key) {
-                        Ok(verified) => Verdict::Valid(Box::new(verified)),
+                        // Keep only what storing needs, not the decoded ops: a large
+                        // change would otherwise sit in memory twice (here and at apply).
+                        Ok(verified) => Verdict::Valid {
+                            prev: verified.change().prev,
+                            hlc: verified.change().hlc,
+                        },
                         Err(reason) if !retrying => {
                             return Err(Error::Rejected {
                                 change: Some(id),
@@ -245,7 +250,7 @@ impl Replica {
         let mut touched = Vec::new();
         for (id, verdict, signed) in checked {
             let verified = match verdict {
-                Verdict::Valid(v) => v,
+                Verdict::Valid { prev, hlc } => (prev, hlc),
                 Verdict::UnknownOrigin => {
                     quarantine(
                         &tx,
@@ -292,7 +297,7 @@ impl Replica {
                 }
                 continue;
             }
-            let change = verified.change();
+            let (prev_hash, hlc) = verified;
             if id.seq > 1 {
                 let prev: Option<Vec<u8>> = tx
                     .query_row(
@@ -301,7 +306,7 @@ impl Replica {
                         |r| r.get(0),
                     )
                     .optional()?;
-                if prev.is_some_and(|p| p != change.prev) {
+                if prev.is_some_and(|p| p != prev_hash) {
                     quarantine(
                         &tx,
                         id,
@@ -314,7 +319,7 @@ impl Replica {
                 }
             }
             tx.prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0)")?
-                .execute(params![idx, id.seq as i64, &signed.hash()[..], change.hlc as i64, signed.body(), &signed.signature()[..]])?;
+                .execute(params![idx, id.seq as i64, &signed.hash()[..], hlc as i64, signed.body(), &signed.signature()[..]])?;
             report.stored += 1;
             touched.push(idx);
         }
@@ -393,7 +398,11 @@ impl Replica {
 
 /// What verification said about one offered change.
 enum Verdict {
-    Valid(Box<crate::change::VerifiedChange>),
+    /// The signature checked out; what storing it needs.
+    Valid {
+        prev: [u8; 32],
+        hlc: u64,
+    },
     UnknownOrigin,
     /// Only when retrying the quarantine: it stays there.
     Invalid,
