@@ -16,8 +16,10 @@
 //! * **Parts** ([`split`], [`assemble`]): a bundle cut for e-mail size limits; parts
 //!   may arrive in any order.
 //!
-//! Memory stays bounded whatever the bundle's size: bodies and images pass through
-//! temporary files, removed on every path.
+//! Writing and reading a bundle take bounded memory whatever its size: bodies and
+//! images pass through a private temporary folder, removed on every path. [`import`]
+//! then hands the replica all of one bundle's changes at once (the core's import does
+//! not stream yet; see BENCHMARKS.md).
 
 mod crypto;
 mod error;
