@@ -108,13 +108,22 @@ pub enum Command {
         card: bool,
     },
     /// Trust other replicas: add their cards, list, show, remove.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  tide --db hq.db peers add field.card\n  tide --db hq.db peers list"
+    )]
     Peers(PeersCommand),
     /// Write, read, inspect and verify .tide bundle files.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  tide --db field.db bundle export --peer hq -o to-hq.tide\n  tide --db hq.db bundle import to-hq.tide"
+    )]
     Bundle(BundleCommand),
     /// List, show and resolve conflicts.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  tide --db hq.db conflicts list\n  tide --db hq.db conflicts resolve 7f3a --keep remote"
+    )]
     Conflicts(ConflictsCommand),
     /// The change log, newest first.
     #[command(
@@ -144,7 +153,10 @@ pub enum Command {
         count: Option<usize>,
     },
     /// Changes that could not be applied: list, retry, discard.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  tide --db hq.db quarantine list\n  tide --db hq.db quarantine retry"
+    )]
     Quarantine(QuarantineCommand),
     /// Check every invariant this file can show; repair what is safe.
     #[command(
