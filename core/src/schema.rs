@@ -367,29 +367,35 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
     // A row must have a key to be named across replicas: refuse NULL keys at write time
     // (only where the schema allows them).
     let nullable = nullable_keys(conn, t)?;
-    let no_null_key = if nullable.is_empty() {
-        String::new()
-    } else {
-        let cond = nullable
-            .iter()
-            .map(|k| format!("NEW.{} IS NULL", q(k)))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let msg = format!(
-            "tide: a primary key column of {} is NULL; tracked rows need a key",
-            t.name
-        )
-        .replace('\'', "''");
-        format!("SELECT RAISE(ABORT, '{msg}') WHERE {cond};")
-    };
+    // Folded into the capture insert itself (one statement per row, not two).
+    let msg = format!(
+        "tide: a primary key column of {} is NULL; tracked rows need a key",
+        t.name
+    )
+    .replace('\'', "''");
+    let checked_new_keys = t
+        .key_columns
+        .iter()
+        .map(|k| {
+            if nullable.contains(k) {
+                format!(
+                    "CASE WHEN NEW.{k} IS NULL THEN RAISE(ABORT, '{msg}') ELSE NEW.{k} END",
+                    k = q(k)
+                )
+            } else {
+                format!("NEW.{}", q(k))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     conn.execute_batch(&format!(
-        "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN {no_null_key}
-           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {new_keys}); END;
+        "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;
          CREATE TRIGGER _tide_upd_{tid} AFTER UPDATE ON {tname} WHEN {key_same} BEGIN
            INSERT INTO {cap}(op, mask, {kcols}) VALUES (2, {mask}, {new_keys}); END;
-         CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN {no_null_key}
+         CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN
            INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols});
-           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {new_keys}); END;
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;
          CREATE TRIGGER _tide_del_{tid} AFTER DELETE ON {tname} BEGIN
            INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols}); END;"
     ))?;
