@@ -11,6 +11,28 @@ use crate::replica::{Replica, origins_map};
 use crate::rowmeta::RowMeta;
 use crate::schema;
 
+/// A log entry from a row of (origin id, origin name, seq, hlc, body, applied).
+fn log_entry(r: &rusqlite::Row<'_>) -> Result<LogEntry> {
+    let id: Vec<u8> = r.get(0)?;
+    let body: Vec<u8> = r.get(4)?;
+    let change = Change::decode(&body)?;
+    Ok(LogEntry {
+        change: ChangeId {
+            origin: ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
+            seq: r.get::<_, i64>(2)? as u64,
+        },
+        origin_name: r.get(1)?,
+        hlc: r.get::<_, i64>(3)? as u64,
+        ops: change.op_count(),
+        tables: change.tables.iter().map(|t| t.name.clone()).collect(),
+        state: match r.get::<_, i64>(5)? {
+            1 => "applied",
+            0 => "waiting",
+            _ => "quarantined",
+        },
+    })
+}
+
 /// A log row as the doctor reads it: origin id, its key, seq, hash, body, signature.
 type LogRow = (Vec<u8>, Option<Vec<u8>>, i64, Vec<u8>, Vec<u8>, Vec<u8>);
 
@@ -93,30 +115,43 @@ impl Replica {
             if out.len() >= limit {
                 break;
             }
-            let id: Vec<u8> = r.get(0)?;
-            let body: Vec<u8> = r.get(4)?;
-            let change = Change::decode(&body)?;
-            let tables: Vec<String> = change.tables.iter().map(|t| t.name.clone()).collect();
-            if table.is_some_and(|t| !tables.iter().any(|x| x == t)) {
+            let entry = log_entry(r)?;
+            if table.is_some_and(|t| !entry.tables.iter().any(|x| x == t)) {
                 continue;
             }
-            out.push(LogEntry {
-                change: ChangeId {
-                    origin: ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
-                    seq: r.get::<_, i64>(2)? as u64,
-                },
-                origin_name: r.get(1)?,
-                hlc: r.get::<_, i64>(3)? as u64,
-                ops: change.op_count(),
-                tables,
-                state: match r.get::<_, i64>(5)? {
-                    1 => "applied",
-                    0 => "waiting",
-                    _ => "quarantined",
-                },
-            });
+            out.push(entry);
         }
         Ok(out)
+    }
+
+    /// Changes applied here after `since` (origin by origin, oldest first): what `watch`
+    /// streams. Only the new changes are read and decoded.
+    pub fn applied_since(&self, since: &crate::replica::VersionVector) -> Result<Vec<LogEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
+             WHERE o.id = ?1 AND l.seq > ?2 AND l.applied = 1 ORDER BY l.seq",
+        )?;
+        let mut out = Vec::new();
+        for (origin, seq) in self.applied_vector()? {
+            let after = since.get(&origin).copied().unwrap_or(0);
+            if seq <= after {
+                continue;
+            }
+            let mut rows = stmt.query(params![&origin.0[..], after as i64])?;
+            while let Some(r) = rows.next()? {
+                out.push(log_entry(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored changes waiting for dependencies not received yet.
+    pub fn waiting_count(&self) -> Result<usize> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM _tide_log WHERE applied = 0",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as usize)
     }
 
     /// Drops quarantine entry `number` for good.

@@ -1,6 +1,5 @@
 //! Commands about the replica itself: identity, tables, peers, log, quarantine, doctor.
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -106,11 +105,7 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
     let tracked = r.tracked_tables()?;
     let conflicts = r.conflicts()?;
     let quarantined = r.quarantine()?.len();
-    let waiting = r
-        .log(None, None, usize::MAX)?
-        .iter()
-        .filter(|e| e.state == "waiting")
-        .count();
+    let waiting = r.waiting_count()?;
     let mut peers = Vec::new();
     for p in r.peers()? {
         let acked = r.peer_ack(p.id)?;
@@ -344,25 +339,17 @@ pub fn log(
 }
 
 pub fn watch(out: &Out, r: &mut Replica, interval: u64, count: Option<usize>) -> Result<u8> {
-    let mut seen: HashSet<(tide_core::ReplicaId, u64)> = r
-        .log(None, None, usize::MAX)?
-        .iter()
-        .map(|e| (e.change.origin, e.change.seq))
-        .collect();
+    // Only what is applied after this point is new; nothing older is read again.
+    let mut seen = r.applied_vector()?;
     out.say("Watching; one JSON line per change sealed here or applied from a peer. Ctrl-C stops.");
     let mut printed = 0usize;
     loop {
         if let Err(e) = r.seal() {
             out.say(format!("warning: {e}"));
         }
-        let mut fresh: Vec<_> = r
-            .log(None, None, usize::MAX)?
-            .into_iter()
-            .filter(|e| e.state == "applied" && !seen.contains(&(e.change.origin, e.change.seq)))
-            .collect();
-        fresh.reverse();
-        for e in fresh {
-            seen.insert((e.change.origin, e.change.seq));
+        for e in r.applied_since(&seen)? {
+            let s = seen.entry(e.change.origin).or_insert(0);
+            *s = (*s).max(e.change.seq);
             println!("{}", entry_json(&e));
             printed += 1;
             if count.is_some_and(|c| printed >= c) {
