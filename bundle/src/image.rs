@@ -52,9 +52,8 @@ impl ImageBuilder {
         let id = change
             .peek_id()
             .map_err(|e| BundleError::BadImage(e.to_string()))?;
-        let ops = tide_core::Change::decode(change.body())
-            .map_err(|e| BundleError::BadImage(e.to_string()))?
-            .op_count();
+        let ops = tide_core::Change::count_ops(change.body())
+            .map_err(|e| BundleError::BadImage(e.to_string()))?;
         self.n += 1;
         self.ops += ops as u64;
         let first = self.first.entry(id.origin).or_insert(id.seq);

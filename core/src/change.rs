@@ -118,89 +118,181 @@ const KIND_INSERT: u8 = 1;
 const KIND_UPDATE: u8 = 2;
 const KIND_DELETE: u8 = 3;
 
-impl Change {
-    /// This change's id.
-    pub fn id(&self) -> ChangeId {
-        ChangeId {
-            origin: self.origin,
-            seq: self.seq,
-        }
-    }
+/// A change's fields before its ops: who, where in the log, when, and what it saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeHead {
+    /// The replica that sealed it.
+    pub origin: ReplicaId,
+    /// Its position in the origin's log.
+    pub seq: u64,
+    /// Hybrid logical clock.
+    pub hlc: u64,
+    /// Schema epoch.
+    pub schema: u64,
+    /// Content hash of the origin's previous change.
+    pub prev: [u8; 32],
+    /// The origin's version vector when it sealed, sorted by replica.
+    pub deps: Vec<(ReplicaId, u64)>,
+}
 
-    /// Number of row ops.
-    pub fn op_count(&self) -> usize {
-        self.tables.iter().map(|t| t.rows.len()).sum()
-    }
+/// Writes a body op by op, so a change of any size is encoded without first being built
+/// as a [`Change`]. Tables come one after another; a table's rows follow it.
+pub(crate) struct Encoder {
+    out: Vec<u8>,
+    /// Where the head ends in `out` (the table count goes there).
+    head_len: usize,
+    deps: Vec<(ReplicaId, u64)>,
+    ntables: u64,
+    /// The table being written: its header and its rows so far.
+    table: Vec<u8>,
+    rows: Vec<u8>,
+    nrows: u64,
+    ops: usize,
+}
 
-    /// The canonical body bytes.
-    pub fn encode(&self) -> Vec<u8> {
+impl Encoder {
+    pub(crate) fn new(head: ChangeHead) -> Encoder {
         let mut out = Vec::with_capacity(256);
         put_varint(&mut out, CHANGE_VERSION);
-        out.extend_from_slice(&self.origin.0);
-        put_varint(&mut out, self.seq);
-        put_varint(&mut out, self.hlc);
-        put_varint(&mut out, self.schema);
-        out.extend_from_slice(&self.prev);
-        put_varint(&mut out, self.deps.len() as u64);
-        for (r, s) in &self.deps {
+        out.extend_from_slice(&head.origin.0);
+        put_varint(&mut out, head.seq);
+        put_varint(&mut out, head.hlc);
+        put_varint(&mut out, head.schema);
+        out.extend_from_slice(&head.prev);
+        put_varint(&mut out, head.deps.len() as u64);
+        for (r, s) in &head.deps {
             out.extend_from_slice(&r.0);
             put_varint(&mut out, *s);
         }
-        let dep_index = |p: &ChangeId| {
-            self.deps
-                .binary_search_by(|(r, _)| r.cmp(&p.origin))
-                .expect("a predecessor's origin is always among the deps (checked when sealing)")
-        };
-        let put_preds = |out: &mut Vec<u8>, preds: &[ChangeId]| {
-            put_varint(out, preds.len() as u64);
-            for p in preds {
-                put_varint(out, dep_index(p) as u64);
-                put_varint(out, p.seq);
-            }
-        };
-        put_varint(&mut out, self.tables.len() as u64);
-        for t in &self.tables {
-            put_bytes(&mut out, t.name.as_bytes());
-            put_varint(&mut out, t.key_columns.len() as u64);
-            for c in &t.key_columns {
-                put_bytes(&mut out, c.as_bytes());
-            }
-            put_varint(&mut out, t.columns.len() as u64);
-            for c in &t.columns {
-                put_bytes(&mut out, c.as_bytes());
-            }
-            put_varint(&mut out, t.rows.len() as u64);
-            for row in &t.rows {
-                out.push(match row.kind {
-                    OpKind::Insert => KIND_INSERT,
-                    OpKind::Update => KIND_UPDATE,
-                    OpKind::Delete => KIND_DELETE,
-                });
-                for v in &row.key {
-                    v.encode(&mut out);
-                }
-                put_preds(&mut out, &row.row_preds);
-                if row.kind == OpKind::Update {
-                    let l = row
-                        .lineage
-                        .expect("updates carry their lineage (set when sealing)");
-                    put_preds(&mut out, &[l.change]);
-                    put_varint(&mut out, l.hlc);
-                }
-                put_varint(&mut out, row.cells.len() as u64);
-                for cell in &row.cells {
-                    put_varint(&mut out, cell.column as u64);
-                    cell.value.encode(&mut out);
-                    put_preds(&mut out, &cell.preds);
-                }
-            }
+        Encoder {
+            head_len: out.len(),
+            out,
+            deps: head.deps,
+            ntables: 0,
+            table: Vec::new(),
+            rows: Vec::new(),
+            nrows: 0,
+            ops: 0,
         }
-        out
     }
 
-    /// Decodes and validates a body. Validation covers structure only; authenticity is
-    /// [`SignedChange::verify`]'s job.
-    pub fn decode(body: &[u8]) -> Result<Change, DecodeError> {
+    /// Row ops written so far.
+    pub(crate) fn ops(&self) -> usize {
+        self.ops
+    }
+
+    /// Starts the next table's section.
+    pub(crate) fn table(&mut self, name: &str, key_columns: &[String], columns: &[String]) {
+        self.end_table();
+        self.ntables += 1;
+        put_bytes(&mut self.table, name.as_bytes());
+        put_varint(&mut self.table, key_columns.len() as u64);
+        for c in key_columns {
+            put_bytes(&mut self.table, c.as_bytes());
+        }
+        put_varint(&mut self.table, columns.len() as u64);
+        for c in columns {
+            put_bytes(&mut self.table, c.as_bytes());
+        }
+    }
+
+    /// Starts a row op; exactly `ncells` calls to [`Encoder::cell`] follow, in column
+    /// order.
+    pub(crate) fn row(
+        &mut self,
+        kind: OpKind,
+        key: &[Value],
+        row_preds: impl ExactSizeIterator<Item = ChangeId>,
+        lineage: Option<Lineage>,
+        ncells: usize,
+    ) {
+        self.nrows += 1;
+        self.ops += 1;
+        self.rows.push(match kind {
+            OpKind::Insert => KIND_INSERT,
+            OpKind::Update => KIND_UPDATE,
+            OpKind::Delete => KIND_DELETE,
+        });
+        for v in key {
+            v.encode(&mut self.rows);
+        }
+        self.preds(row_preds);
+        if kind == OpKind::Update {
+            let l = lineage.expect("updates carry their lineage (set when sealing)");
+            self.preds(std::iter::once(l.change));
+            put_varint(&mut self.rows, l.hlc);
+        }
+        put_varint(&mut self.rows, ncells as u64);
+    }
+
+    /// One written cell of the current row.
+    pub(crate) fn cell(
+        &mut self,
+        column: usize,
+        value: &Value,
+        preds: impl ExactSizeIterator<Item = ChangeId>,
+    ) {
+        put_varint(&mut self.rows, column as u64);
+        value.encode(&mut self.rows);
+        self.preds(preds);
+    }
+
+    fn preds(&mut self, preds: impl ExactSizeIterator<Item = ChangeId>) {
+        put_varint(&mut self.rows, preds.len() as u64);
+        for p in preds {
+            let dep = self
+                .deps
+                .binary_search_by(|(r, _)| r.cmp(&p.origin))
+                .expect("a predecessor's origin is always among the deps (checked when sealing)");
+            put_varint(&mut self.rows, dep as u64);
+            put_varint(&mut self.rows, p.seq);
+        }
+    }
+
+    fn end_table(&mut self) {
+        if self.table.is_empty() {
+            return;
+        }
+        self.out.append(&mut self.table);
+        put_varint(&mut self.out, self.nrows);
+        self.out.append(&mut self.rows);
+        self.nrows = 0;
+    }
+
+    /// The finished body.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.end_table();
+        // The table count goes between the head and the tables.
+        let mut count = Vec::new();
+        put_varint(&mut count, self.ntables);
+        self.out.splice(self.head_len..self.head_len, count);
+        self.out
+    }
+}
+
+/// One item of a body, in order.
+pub(crate) enum Step {
+    /// A table's section starts (its `rows` are empty; they follow as [`Step::Row`]).
+    Table(TableOps),
+    /// The next row op of the current table.
+    Row(RowOp),
+    /// Every byte was read and was valid.
+    End,
+}
+
+/// Reads a body op by op, validating as strictly as [`Change::decode`] (which is built
+/// on it), so a change of any size can be applied without holding all its ops.
+pub(crate) struct Decoder<'a> {
+    r: Reader<'a>,
+    pub(crate) head: ChangeHead,
+    tables_left: usize,
+    rows_left: usize,
+    nkey: usize,
+    ncols: usize,
+}
+
+impl<'a> Decoder<'a> {
+    pub(crate) fn new(body: &'a [u8]) -> Result<Decoder<'a>, DecodeError> {
         let mut r = Reader::new(body);
         let version = r.varint("change version")?;
         if version != CHANGE_VERSION {
@@ -218,7 +310,7 @@ impl Change {
             return Err(DecodeError::Malformed("previous hash"));
         }
         let ndeps = r.count("dependency count")?;
-        let mut deps = Vec::with_capacity(ndeps);
+        let mut deps: Vec<(ReplicaId, u64)> = Vec::with_capacity(ndeps);
         for _ in 0..ndeps {
             let id = ReplicaId(r.array("dependency")?);
             let s = r.varint("dependency seq")?;
@@ -237,95 +329,204 @@ impl Change {
                 "dependencies (must include the origin's seq - 1)",
             ));
         }
-        let preds = |r: &mut Reader<'_>| -> Result<Vec<ChangeId>, DecodeError> {
-            let n = r.count("predecessor count")?;
-            let mut out = Vec::with_capacity(n);
-            for _ in 0..n {
-                let dep = r.varint("predecessor")? as usize;
-                let s = r.varint("predecessor seq")?;
-                let (origin, max) = *deps.get(dep).ok_or(DecodeError::Malformed("predecessor"))?;
-                if s == 0 || s > max {
-                    return Err(DecodeError::Malformed("predecessor seq"));
-                }
-                out.push(ChangeId { origin, seq: s });
-            }
-            Ok(out)
-        };
-        let string = |r: &mut Reader<'_>, what| -> Result<String, DecodeError> {
-            String::from_utf8(r.bytes(what)?.to_vec()).map_err(|_| DecodeError::Malformed(what))
-        };
-        let ntables = r.count("table count")?;
-        let mut tables = Vec::with_capacity(ntables);
-        for _ in 0..ntables {
-            let name = string(&mut r, "table name")?;
-            let nkey = r.count("key column count")?;
-            if nkey == 0 {
-                return Err(DecodeError::Malformed("key columns"));
-            }
-            let key_columns = (0..nkey)
-                .map(|_| string(&mut r, "key column"))
-                .collect::<Result<Vec<_>, _>>()?;
-            let ncols = r.count("column count")?;
-            let columns = (0..ncols)
-                .map(|_| string(&mut r, "column"))
-                .collect::<Result<Vec<_>, _>>()?;
-            let nrows = r.count("row count")?;
-            let mut rows = Vec::with_capacity(nrows);
-            for _ in 0..nrows {
-                let kind = match r.byte("op kind")? {
-                    KIND_INSERT => OpKind::Insert,
-                    KIND_UPDATE => OpKind::Update,
-                    KIND_DELETE => OpKind::Delete,
-                    _ => return Err(DecodeError::Malformed("op kind")),
-                };
-                let key = (0..nkey)
-                    .map(|_| Value::decode(&mut r))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let row_preds = preds(&mut r)?;
-                let lineage = if kind == OpKind::Update {
-                    let l = preds(&mut r)?;
-                    let [change] = l[..] else {
-                        return Err(DecodeError::Malformed("lineage"));
-                    };
-                    Some(Lineage {
-                        change,
-                        hlc: r.varint("lineage hlc")?,
-                    })
-                } else {
-                    None
-                };
-                let ncells = r.count("cell count")?;
-                let mut cells: Vec<CellWrite> = Vec::with_capacity(ncells);
-                for _ in 0..ncells {
-                    let column = r.varint("cell column")? as usize;
-                    if column >= columns.len() || cells.last().is_some_and(|c| c.column >= column) {
-                        return Err(DecodeError::Malformed("cell column"));
-                    }
-                    let value = Value::decode(&mut r)?;
-                    cells.push(CellWrite {
-                        column,
-                        value,
-                        preds: preds(&mut r)?,
-                    });
-                }
-                rows.push(RowOp {
-                    kind,
-                    key,
-                    row_preds,
-                    lineage,
-                    cells,
-                });
-            }
-            tables.push(TableOps {
-                name,
-                key_columns,
-                columns,
-                rows,
-            });
+        let tables_left = r.count("table count")?;
+        Ok(Decoder {
+            r,
+            head: ChangeHead {
+                origin,
+                seq,
+                hlc,
+                schema,
+                prev,
+                deps,
+            },
+            tables_left,
+            rows_left: 0,
+            nkey: 0,
+            ncols: 0,
+        })
+    }
+
+    pub(crate) fn next(&mut self) -> Result<Step, DecodeError> {
+        if self.rows_left > 0 {
+            self.rows_left -= 1;
+            return self.row().map(Step::Row);
         }
-        if !r.is_empty() {
+        if self.tables_left > 0 {
+            self.tables_left -= 1;
+            return self.table().map(Step::Table);
+        }
+        if !self.r.is_empty() {
             return Err(DecodeError::Malformed("trailing bytes after change"));
         }
+        Ok(Step::End)
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        String::from_utf8(self.r.bytes(what)?.to_vec()).map_err(|_| DecodeError::Malformed(what))
+    }
+
+    fn table(&mut self) -> Result<TableOps, DecodeError> {
+        let name = self.string("table name")?;
+        let nkey = self.r.count("key column count")?;
+        if nkey == 0 {
+            return Err(DecodeError::Malformed("key columns"));
+        }
+        let key_columns = (0..nkey)
+            .map(|_| self.string("key column"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ncols = self.r.count("column count")?;
+        let columns = (0..ncols)
+            .map(|_| self.string("column"))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.rows_left = self.r.count("row count")?;
+        self.nkey = nkey;
+        self.ncols = ncols;
+        Ok(TableOps {
+            name,
+            key_columns,
+            columns,
+            rows: Vec::new(),
+        })
+    }
+
+    fn preds(&mut self) -> Result<Vec<ChangeId>, DecodeError> {
+        let n = self.r.count("predecessor count")?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let dep = self.r.varint("predecessor")? as usize;
+            let s = self.r.varint("predecessor seq")?;
+            let (origin, max) = *self
+                .head
+                .deps
+                .get(dep)
+                .ok_or(DecodeError::Malformed("predecessor"))?;
+            if s == 0 || s > max {
+                return Err(DecodeError::Malformed("predecessor seq"));
+            }
+            out.push(ChangeId { origin, seq: s });
+        }
+        Ok(out)
+    }
+
+    fn row(&mut self) -> Result<RowOp, DecodeError> {
+        let kind = match self.r.byte("op kind")? {
+            KIND_INSERT => OpKind::Insert,
+            KIND_UPDATE => OpKind::Update,
+            KIND_DELETE => OpKind::Delete,
+            _ => return Err(DecodeError::Malformed("op kind")),
+        };
+        let key = (0..self.nkey)
+            .map(|_| Value::decode(&mut self.r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let row_preds = self.preds()?;
+        let lineage = if kind == OpKind::Update {
+            let l = self.preds()?;
+            let [change] = l[..] else {
+                return Err(DecodeError::Malformed("lineage"));
+            };
+            Some(Lineage {
+                change,
+                hlc: self.r.varint("lineage hlc")?,
+            })
+        } else {
+            None
+        };
+        let ncells = self.r.count("cell count")?;
+        let mut cells: Vec<CellWrite> = Vec::with_capacity(ncells);
+        for _ in 0..ncells {
+            let column = self.r.varint("cell column")? as usize;
+            if column >= self.ncols || cells.last().is_some_and(|c| c.column >= column) {
+                return Err(DecodeError::Malformed("cell column"));
+            }
+            let value = Value::decode(&mut self.r)?;
+            cells.push(CellWrite {
+                column,
+                value,
+                preds: self.preds()?,
+            });
+        }
+        Ok(RowOp {
+            kind,
+            key,
+            row_preds,
+            lineage,
+            cells,
+        })
+    }
+}
+
+impl Change {
+    /// This change's id.
+    pub fn id(&self) -> ChangeId {
+        ChangeId {
+            origin: self.origin,
+            seq: self.seq,
+        }
+    }
+
+    /// Number of row ops.
+    pub fn op_count(&self) -> usize {
+        self.tables.iter().map(|t| t.rows.len()).sum()
+    }
+
+    /// The canonical body bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut enc = Encoder::new(self.head());
+        for t in &self.tables {
+            enc.table(&t.name, &t.key_columns, &t.columns);
+            for row in &t.rows {
+                enc.row(
+                    row.kind,
+                    &row.key,
+                    row.row_preds.iter().copied(),
+                    row.lineage,
+                    row.cells.len(),
+                );
+                for cell in &row.cells {
+                    enc.cell(cell.column, &cell.value, cell.preds.iter().copied());
+                }
+            }
+        }
+        enc.finish()
+    }
+
+    /// Everything but the ops.
+    pub fn head(&self) -> ChangeHead {
+        ChangeHead {
+            origin: self.origin,
+            seq: self.seq,
+            hlc: self.hlc,
+            schema: self.schema,
+            prev: self.prev,
+            deps: self.deps.clone(),
+        }
+    }
+
+    /// Decodes and validates a body. Validation covers structure only; authenticity is
+    /// [`SignedChange::verify`]'s job.
+    pub fn decode(body: &[u8]) -> Result<Change, DecodeError> {
+        let mut dec = Decoder::new(body)?;
+        let mut tables: Vec<TableOps> = Vec::new();
+        loop {
+            match dec.next()? {
+                Step::Table(t) => tables.push(t),
+                Step::Row(row) => tables
+                    .last_mut()
+                    .expect("the decoder yields a table before its rows")
+                    .rows
+                    .push(row),
+                Step::End => break,
+            }
+        }
+        let ChangeHead {
+            origin,
+            seq,
+            hlc,
+            schema,
+            prev,
+            deps,
+        } = dec.head;
         Ok(Change {
             origin,
             seq,
@@ -337,12 +538,23 @@ impl Change {
         })
     }
 
+    /// Counts the row ops of a body, checking its structure, without keeping them.
+    pub fn count_ops(body: &[u8]) -> Result<usize, DecodeError> {
+        let mut dec = Decoder::new(body)?;
+        let mut n = 0;
+        loop {
+            match dec.next()? {
+                Step::Table(_) => {}
+                Step::Row(_) => n += 1,
+                Step::End => return Ok(n),
+            }
+        }
+    }
+
     /// Encodes and signs.
     pub fn seal(&self, secret: &SecretIdentity) -> SignedChange {
         debug_assert_eq!(secret.id(), self.origin);
-        let body = self.encode();
-        let signature = secret.sign(&signing_message(&body));
-        SignedChange::from_parts(body, signature)
+        SignedChange::sign(self.encode(), secret)
     }
 }
 
@@ -370,6 +582,12 @@ impl SignedChange {
             signature,
             hash,
         }
+    }
+
+    /// Signs an encoded body (the caller's own change).
+    pub(crate) fn sign(body: Vec<u8>, secret: &SecretIdentity) -> SignedChange {
+        let signature = secret.sign(&signing_message(&body));
+        SignedChange::from_parts(body, signature)
     }
 
     /// The envelope: body length, body, signature.
@@ -414,6 +632,20 @@ impl SignedChange {
         let origin = ReplicaId(r.array("origin")?);
         let seq = r.varint("seq")?;
         Ok(ChangeId { origin, seq })
+    }
+
+    /// Checks the signature with the origin's public key and the body's structure, and
+    /// returns the head, without keeping the ops (which may be many).
+    pub fn verify_head(&self, sign_key: &[u8; 32]) -> Result<ChangeHead, VerifyError> {
+        if !verify_signature(sign_key, &signing_message(&self.body), &self.signature) {
+            return Err(VerifyError::BadSignature);
+        }
+        let mut dec = Decoder::new(&self.body).map_err(VerifyError::Decode)?;
+        while !matches!(dec.next().map_err(VerifyError::Decode)?, Step::End) {}
+        if ReplicaId::for_signing_key(sign_key) != dec.head.origin {
+            return Err(VerifyError::WrongKey);
+        }
+        Ok(dec.head)
     }
 
     /// Checks the signature with the origin's public key, then decodes.

@@ -70,7 +70,8 @@ mod value;
 
 pub use admin::{Finding, LogEntry};
 pub use change::{
-    CellWrite, Change, OpKind, RowOp, SignedChange, TableOps, VerifiedChange, VerifyError,
+    CellWrite, Change, ChangeHead, Lineage, OpKind, RowOp, SignedChange, TableOps, VerifiedChange,
+    VerifyError,
 };
 pub use conflicts::{Candidate, Conflict, Resolution};
 pub use error::{DecodeError, Error, Result};

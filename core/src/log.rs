@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::change::{Change, OpKind, SignedChange, TableOps, VerifyError};
+use crate::change::{
+    Change, ChangeHead, Decoder, OpKind, SignedChange, Step, TableOps, VerifyError,
+};
 use crate::error::{Error, Result};
 use crate::identity::SecretIdentity;
 use crate::ids::{ChangeId, ReplicaId};
@@ -14,7 +16,7 @@ use crate::merge::{Merger, RowRef, Visible};
 use crate::replica::{Replica, VersionVector, origin_idx, origins_map};
 use crate::rowmeta::{ROW, RowMeta, Version};
 use crate::schema::{self, TableInfo};
-use crate::value::encode_key;
+use crate::value::{Value, encode_key};
 
 /// Why a change sits in quarantine instead of being applied.
 pub mod reason {
@@ -211,12 +213,12 @@ impl Replica {
             let outcome = match key {
                 Some(key) => {
                     let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
-                    match signed.verify(&key) {
+                    match signed.verify_head(&key) {
                         // Keep only what storing needs, not the decoded ops: a large
                         // change would otherwise sit in memory twice (here and at apply).
-                        Ok(verified) => Verdict::Valid {
-                            prev: verified.change().prev,
-                            hlc: verified.change().hlc,
+                        Ok(head) => Verdict::Valid {
+                            prev: head.prev,
+                            hlc: head.hlc,
                         },
                         Err(reason) if !retrying => {
                             return Err(Error::Rejected {
@@ -523,19 +525,19 @@ pub(crate) fn apply_ready(
     fail_after: Option<usize>,
     mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
 ) -> Result<()> {
-    let mut stmt = conn.prepare(
-        "SELECT origin, seq, body FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
-    )?;
-    let mut pending = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    drop(stmt);
+    // Only the heads stay in memory; each body is read again when its turn comes.
+    let mut pending: Vec<(i64, u64, ChangeHead)> = Vec::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT origin, seq, body FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let body = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            let head = Decoder::new(body)?.head;
+            pending.push((r.get(0)?, r.get::<_, i64>(1)? as u64, head));
+        }
+    }
     let held: i64 = conn.query_row("SELECT count(*) FROM _tide_held", [], |r| r.get(0))?;
     if pending.is_empty() && held == 0 {
         return Ok(());
@@ -564,10 +566,9 @@ pub(crate) fn apply_ready(
     loop {
         let mut progress = false;
         let mut rest = Vec::new();
-        for (origin, seq, body) in pending {
-            let change = Change::decode(&body)?;
+        for (origin, seq, head) in pending {
             let mut ready = true;
-            for (rid, s) in &change.deps {
+            for (rid, s) in &head.deps {
                 let idx = origin_idx(conn, *rid)?;
                 if applied.get(&idx).copied().unwrap_or(0) < *s {
                     ready = false;
@@ -575,90 +576,53 @@ pub(crate) fn apply_ready(
                 }
             }
             if !ready {
-                rest.push((origin, seq, body));
+                rest.push((origin, seq, head));
                 continue;
             }
             progress = true;
-            if change
+            if head
                 .deps
                 .iter()
                 .any(|(r, _)| !merger.origins.values().any(|x| x == r))
-                || !merger.origins.values().any(|x| *x == change.origin)
+                || !merger.origins.values().any(|x| *x == head.origin)
             {
                 merger.origins = std::rc::Rc::new(origins_map(conn)?);
             }
-            let maps = change
-                .tables
-                .iter()
-                .map(|t| map_table(&tables, t))
-                .collect::<std::result::Result<Vec<_>, _>>();
-            let maps = match maps {
-                Ok(m) => m,
-                Err((code, detail)) => {
-                    let signed = load_signed(conn, origin, seq)?;
-                    quarantine(conn, change.id(), &signed, code, &detail)?;
-                    conn.execute(
-                        "UPDATE _tide_log SET applied=-1 WHERE origin=?1 AND seq=?2",
-                        params![origin, seq as i64],
-                    )?;
-                    report.quarantined.push((change.id(), code.into()));
-                    continue;
-                }
+            let id = ChangeId {
+                origin: head.origin,
+                seq: head.seq,
             };
-            let ids: HashMap<ReplicaId, i64> =
-                merger.origins.iter().map(|(i, r)| (*r, *i)).collect();
-            let to_idx = |p: &ChangeId| (ids[&p.origin], p.seq);
-            for (ops, map) in change.tables.iter().zip(&maps) {
-                for op in &ops.rows {
-                    if fail_after.is_some_and(|n| ops_done >= n) {
-                        return Err(Error::ApplyAborted("injected failure (test hook)".into()));
-                    }
-                    let v = Version {
-                        origin,
-                        seq,
-                        hlc: change.hlc,
-                        alive: op.kind != OpKind::Delete,
-                        created: op.kind == OpKind::Insert,
-                        lineage: op.lineage.map(|l| crate::rowmeta::Stamp {
-                            origin: ids[&l.change.origin],
-                            seq: l.change.seq,
-                            hlc: l.hlc,
-                        }),
-                    };
-                    let key_bytes = encode_key(&op.key);
-                    let m0 = merger.load_meta(map.t, &key_bytes)?;
-                    let mut m1 = m0
-                        .clone()
-                        .unwrap_or_else(|| RowMeta::new(map.t.columns.len()));
-                    let row_preds: Vec<_> = op.row_preds.iter().map(to_idx).collect();
-                    m1.write(ROW, v, &row_preds);
-                    let mut new_values = Vec::with_capacity(op.cells.len());
-                    for cell in &op.cells {
-                        let col = map.columns[cell.column];
-                        let preds: Vec<_> = cell.preds.iter().map(to_idx).collect();
-                        m1.write(col + 1, v, &preds);
-                        new_values.push((col, v, cell.value.clone()));
-                    }
-                    merger.transition(
-                        &RowRef {
-                            t: map.t,
-                            key: &op.key,
-                            key_bytes: &key_bytes,
-                        },
-                        m0.as_ref(),
-                        m1,
-                        &new_values,
-                        Visible::Table,
-                    )?;
-                    ops_done += 1;
-                }
+            // A change applies whole or not at all: a table that turns out not to map
+            // here rolls back the ops already applied from it, and it goes to quarantine.
+            conn.execute_batch("SAVEPOINT tide_change")?;
+            let ops_before = ops_done;
+            let outcome = apply_change(
+                conn,
+                &mut merger,
+                &tables,
+                (origin, seq),
+                &mut ops_done,
+                fail_after,
+            )?;
+            if let Err((code, detail)) = outcome {
+                conn.execute_batch("ROLLBACK TO tide_change; RELEASE tide_change")?;
+                ops_done = ops_before;
+                let signed = load_signed(conn, origin, seq)?;
+                quarantine(conn, id, &signed, code, &detail)?;
+                conn.execute(
+                    "UPDATE _tide_log SET applied=-1 WHERE origin=?1 AND seq=?2",
+                    params![origin, seq as i64],
+                )?;
+                report.quarantined.push((id, code.into()));
+                continue;
             }
+            conn.execute_batch("RELEASE tide_change")?;
             conn.prepare_cached("UPDATE _tide_log SET applied=1 WHERE origin=?1 AND seq=?2")?
                 .execute(params![origin, seq as i64])?;
             applied.insert(origin, seq);
-            max_hlc = max_hlc.max(change.hlc);
+            max_hlc = max_hlc.max(head.hlc);
             report.applied += 1;
-            report.ops_applied += change.op_count();
+            report.ops_applied += ops_done - ops_before;
             if let Some(p) = on_progress.as_deref_mut() {
                 p(Progress {
                     stage: "applying",
@@ -688,6 +652,100 @@ pub(crate) fn apply_ready(
     }
     report.conflicts_opened += conflict_ids(conn)?.difference(&conflicts_before).count();
     Ok(())
+}
+
+/// Applies one stored change, op by op, straight from its body. `Ok(Err(..))` says a
+/// table of it does not map onto this replica (the caller rolls back and quarantines).
+fn apply_change(
+    conn: &Connection,
+    merger: &mut Merger<'_>,
+    tables: &HashMap<String, TableInfo>,
+    (origin, seq): (i64, u64),
+    ops_done: &mut usize,
+    fail_after: Option<usize>,
+) -> Result<std::result::Result<(), (&'static str, String)>> {
+    let body: Vec<u8> = conn
+        .prepare_cached("SELECT body FROM _tide_log WHERE origin=?1 AND seq=?2")?
+        .query_row(params![origin, seq as i64], |r| r.get(0))?;
+    let mut dec = Decoder::new(&body)?;
+    let hlc = dec.head.hlc;
+    let ids: HashMap<ReplicaId, i64> = merger.origins.iter().map(|(i, r)| (*r, *i)).collect();
+    let to_idx = |p: &ChangeId| (ids[&p.origin], p.seq);
+    let mut map: Option<TableMap<'_>> = None;
+    loop {
+        let op = match dec.next()? {
+            Step::End => return Ok(Ok(())),
+            Step::Table(ops) => {
+                match map_table(tables, &ops) {
+                    Ok(m) => map = Some(m),
+                    Err(e) => return Ok(Err(e)),
+                }
+                continue;
+            }
+            Step::Row(op) => op,
+        };
+        let map = map
+            .as_ref()
+            .expect("the decoder yields a table before its rows");
+        if fail_after.is_some_and(|n| *ops_done >= n) {
+            return Err(Error::ApplyAborted("injected failure (test hook)".into()));
+        }
+        *ops_done += 1;
+        let v = Version {
+            origin,
+            seq,
+            hlc,
+            alive: op.kind != OpKind::Delete,
+            created: op.kind == OpKind::Insert,
+            lineage: op.lineage.map(|l| crate::rowmeta::Stamp {
+                origin: ids[&l.change.origin],
+                seq: l.change.seq,
+                hlc: l.hlc,
+            }),
+        };
+        let key_bytes = encode_key(&op.key);
+        let ncols = map.t.columns.len();
+        // The common case, a row new here written whole: claim its metadata slot and
+        // insert it, with no merge to compute. Anything else takes the full transition.
+        let whole = op.kind == OpKind::Insert
+            && op.row_preds.is_empty()
+            && op.cells.len() == ncols
+            && map.columns.len() == ncols
+            && op.cells.iter().all(|c| c.preds.is_empty());
+        let m0 = if whole && merger.claim_fresh(map.t, &key_bytes, v)? {
+            let mut values = vec![Value::Null; ncols];
+            for cell in &op.cells {
+                values[map.columns[cell.column]] = cell.value.clone();
+            }
+            if merger.insert_fresh_row(map.t, &op.key, &values)? {
+                continue;
+            }
+            None
+        } else {
+            merger.load_meta(map.t, &key_bytes)?
+        };
+        let mut m1 = m0.clone().unwrap_or_else(|| RowMeta::new(ncols));
+        let row_preds: Vec<_> = op.row_preds.iter().map(to_idx).collect();
+        m1.write(ROW, v, &row_preds);
+        let mut new_values = Vec::with_capacity(op.cells.len());
+        for cell in op.cells {
+            let col = map.columns[cell.column];
+            let preds: Vec<_> = cell.preds.iter().map(to_idx).collect();
+            m1.write(col + 1, v, &preds);
+            new_values.push((col, v, cell.value));
+        }
+        merger.transition(
+            &RowRef {
+                t: map.t,
+                key: &op.key,
+                key_bytes: &key_bytes,
+            },
+            m0.as_ref(),
+            m1,
+            &new_values,
+            Visible::Table,
+        )?;
+    }
 }
 
 fn conflict_ids(conn: &Connection) -> Result<std::collections::HashSet<Vec<u8>>> {
@@ -812,13 +870,31 @@ fn load_signed(conn: &Connection, origin: i64, seq: u64) -> Result<SignedChange>
     ))
 }
 
-/// Appends a change by this replica to the log (applied or not) and returns its id.
+/// Appends a change by this replica to the log (applied or not) and returns it.
 pub(crate) fn append_own(
     conn: &Connection,
     secret: &SecretIdentity,
     build: impl FnOnce(&mut Change),
     applied: bool,
 ) -> Result<Change> {
+    let head = next_head(conn, secret)?;
+    let mut change = Change {
+        origin: head.origin,
+        seq: head.seq,
+        hlc: head.hlc,
+        schema: head.schema,
+        prev: head.prev,
+        deps: head.deps,
+        tables: Vec::new(),
+    };
+    build(&mut change);
+    store_own(conn, secret, &change.head(), change.encode(), applied)?;
+    Ok(change)
+}
+
+/// The head of this replica's next change: the next seq, the hash chain, the version
+/// vector applied here, and a fresh HLC reading.
+pub(crate) fn next_head(conn: &Connection, secret: &SecretIdentity) -> Result<ChangeHead> {
     let self_idx: i64 =
         conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
     let (seq, prev): (u64, Option<Vec<u8>>) = conn.query_row(
@@ -833,32 +909,41 @@ pub(crate) fn append_own(
         deps.push((me, seq));
     }
     deps.sort();
-    let hlc = next_hlc(conn)?;
-    let mut change = Change {
+    Ok(ChangeHead {
         origin: me,
         seq: seq + 1,
-        hlc,
+        hlc: next_hlc(conn)?,
         schema: Replica::meta_u64(conn, "schema_epoch")?,
         prev: prev
             .map(|p| p.try_into().expect("hashes are stored as 32 bytes"))
             .unwrap_or([0; 32]),
         deps,
-        tables: Vec::new(),
-    };
-    build(&mut change);
-    let signed = change.seal(secret);
+    })
+}
+
+/// Signs `body` (made from `head`) and appends it to the log as this replica's change.
+pub(crate) fn store_own(
+    conn: &Connection,
+    secret: &SecretIdentity,
+    head: &ChangeHead,
+    body: Vec<u8>,
+    applied: bool,
+) -> Result<()> {
+    let self_idx: i64 =
+        conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
+    let signed = SignedChange::sign(body, secret);
     conn.execute(
         "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![self_idx, change.seq as i64, &signed.hash()[..], hlc as i64, signed.body(), &signed.signature()[..], i64::from(applied)],
+        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, signed.body(), &signed.signature()[..], i64::from(applied)],
     )?;
     advance_stored(conn, self_idx)?;
     if applied {
         conn.execute(
             "UPDATE _tide_origins SET applied=?2 WHERE idx=?1",
-            params![self_idx, change.seq as i64],
+            params![self_idx, head.seq as i64],
         )?;
     }
-    Ok(change)
+    Ok(())
 }
 
 /// The next hybrid logical clock reading: wall-clock milliseconds in the high 48 bits, a

@@ -85,6 +85,42 @@ impl<'c> Merger<'c> {
         })
     }
 
+    /// Records a row this replica never had, written whole by `v` (the row is already
+    /// in the table: a local insert being sealed).
+    pub(crate) fn write_fresh(&self, t: &TableInfo, key_bytes: &[u8], v: Version) -> Result<()> {
+        let meta = RowMeta::fresh(t.columns.len(), v).encode();
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, ?3)")?
+            .execute(rusqlite::params![t.tid, key_bytes, meta])?;
+        Ok(())
+    }
+
+    /// Claims the metadata of a row written whole by `v`, unless the row already has
+    /// metadata. True when claimed: the row was new here.
+    pub(crate) fn claim_fresh(&self, t: &TableInfo, key_bytes: &[u8], v: Version) -> Result<bool> {
+        let meta = RowMeta::fresh(t.columns.len(), v).encode();
+        let n = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, ?3)")?
+            .execute(rusqlite::params![t.tid, key_bytes, meta])?;
+        Ok(n == 1)
+    }
+
+    /// Inserts a new row into its table. False when a constraint refuses it (nothing
+    /// was written; the full transition then decides what is held).
+    pub(crate) fn insert_fresh_row(
+        &self,
+        t: &TableInfo,
+        key: &[Value],
+        values: &[Value],
+    ) -> Result<bool> {
+        match self.insert_row(t, key, values) {
+            Ok(()) => Ok(true),
+            Err(e) if constraint_reason(&e).is_some() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn stored_values(
         &self,
         t: &TableInfo,

@@ -97,6 +97,14 @@ impl RowMeta {
         }
     }
 
+    /// A row written whole by one version: every cell has it as its only head.
+    pub(crate) fn fresh(ncols: usize, v: Version) -> RowMeta {
+        RowMeta {
+            cells: vec![vec![v]; ncols + 1],
+            held: false,
+        }
+    }
+
     pub(crate) fn ensure_cells(&mut self, ncols: usize) {
         if self.cells.len() < ncols + 1 {
             self.cells.resize(ncols + 1, Vec::new());

@@ -8,14 +8,14 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 
-use crate::change::{CellWrite, OpKind, RowOp, TableOps};
+use crate::change::{Encoder, OpKind};
 use crate::error::Result;
 use crate::identity::SecretIdentity;
 use crate::ids::ChangeId;
 use crate::merge::{Merger, RowRef, Visible};
 use crate::replica::{Replica, origins_map};
 use crate::rowmeta::{ROW, RowMeta, VRef, Version};
-use crate::schema::{self, TableInfo};
+use crate::schema::{self, TableInfo, q};
 use crate::value::{Value, encode_key};
 
 const OP_INSERT: i64 = 1;
@@ -59,117 +59,163 @@ pub(crate) fn has_pending(conn: &Connection) -> Result<bool> {
     Ok(false)
 }
 
-/// What the capture log says about one row since the last seal.
+/// What the capture log says about one row since the last seal, with the row as the
+/// table shows it now.
 struct Pending {
     key: Vec<Value>,
     /// Columns written (bit i = column i; bit 62 = columns 62 and up).
     mask: u64,
     /// Values the row had when last deleted (from the delete trigger).
     last_delete: Option<Vec<Value>>,
+    /// The row's values now, `None` when it is not in the table.
+    current: Option<Vec<Value>>,
 }
 
-fn read_captures(conn: &Connection, t: &TableInfo) -> Result<Vec<Pending>> {
+/// Streams a table's captures, one [`Pending`] per row, joined with the row's current
+/// values in one pass. Captures are read in key order so that every capture of a row is
+/// adjacent (SQLite's sorter bounds the memory this needs); a row's captures keep their
+/// write order (rowid) among themselves.
+fn each_pending(
+    conn: &Connection,
+    t: &TableInfo,
+    mut each: impl FnMut(Pending) -> Result<()>,
+) -> Result<()> {
     let nk = t.key_columns.len();
     let nc = t.columns.len();
-    let mut cols: Vec<String> = (0..nk).map(|i| format!("k{i}")).collect();
-    cols.extend((0..nc).map(|i| format!("v{i}")));
+    let mut cols: Vec<String> = (0..nk).map(|i| format!("c.k{i}")).collect();
+    cols.extend((0..nc).map(|i| format!("c.v{i}")));
+    cols.extend(t.quoted_columns().iter().map(|c| format!("t.{c}")));
+    let on = t
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("t.{} = c.k{i}", q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // Keys SQLite calls equal but tide does not (7 and 7.0, 0.0 and -0.0 in a column
+    // without affinity) must not interleave: order those by type and exact text too.
+    let mut order = Vec::new();
+    for (i, untyped) in t.key_untyped.iter().enumerate() {
+        order.push(format!("c.k{i}"));
+        if *untyped {
+            order.push(format!("typeof(c.k{i}), CAST(c.k{i} AS BLOB)"));
+        }
+    }
+    order.push("c.rowid".into());
     let sql = format!(
-        "SELECT op, mask, {} FROM {} ORDER BY rowid",
+        "SELECT c.op, c.mask, {} FROM {} c LEFT JOIN {} t ON {on} ORDER BY {}",
         cols.join(", "),
-        t.cap_table()
+        t.cap_table(),
+        q(&t.name),
+        order.join(", ")
     );
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
-    let mut order: Vec<Pending> = Vec::new();
-    let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut at: Option<Pending> = None;
+    let values = |r: &rusqlite::Row<'_>, from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| r.get::<_, Value>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()
+    };
     while let Some(r) = rows.next()? {
         let op: i64 = r.get(0)?;
         let mask: Option<i64> = r.get(1)?;
-        let key = (0..nk)
-            .map(|i| r.get::<_, Value>(2 + i))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let kb = encode_key(&key);
-        let i = *index.entry(kb).or_insert_with(|| {
-            order.push(Pending {
-                key,
-                mask: 0,
-                last_delete: None,
-            });
-            order.len() - 1
-        });
-        let p = &mut order[i];
+        let key = values(r, 2, nk)?;
+        if at.as_ref().is_some_and(|p| p.key != key) {
+            each(at.take().expect("checked above"))?;
+        }
+        let p = match &mut at {
+            Some(p) => p,
+            None => {
+                // The row as the table shows it: found under this exact key, or absent.
+                let row_key = values(r, 2 + nk + nc, nk)?;
+                let current = if row_key == key {
+                    Some(values(r, 2 + nk + nc + nk, nc)?)
+                } else {
+                    None
+                };
+                at.insert(Pending {
+                    key,
+                    mask: 0,
+                    last_delete: None,
+                    current,
+                })
+            }
+        };
         match op {
             OP_INSERT => p.mask = u64::MAX,
-            OP_DELETE => {
-                p.last_delete = Some(
-                    (0..nc)
-                        .map(|j| r.get::<_, Value>(2 + nk + j))
-                        .collect::<rusqlite::Result<Vec<_>>>()?,
-                )
-            }
+            OP_DELETE => p.last_delete = Some(values(r, 2 + nk, nc)?),
             _ => p.mask |= mask.unwrap_or(-1) as u64,
         }
     }
-    Ok(order)
+    if let Some(p) = at {
+        each(p)?;
+    }
+    Ok(())
 }
 
 fn written(mask: u64, col: usize) -> bool {
     mask & (1 << col.min(62)) != 0 || (col >= 62 && mask & WIDE_BIT != 0)
 }
 
-type PlannedCell = (usize, Value, Vec<VRef>);
-
 /// Seals inside the caller's transaction. Returns the new change's id, if any.
+///
+/// One pass: the change's head (seq, HLC, deps) is fixed first, then each captured row
+/// is decided against its metadata, written into the change's body and into its
+/// metadata, so no part of a large change is held twice.
 pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result<Option<ChangeId>> {
     let tables = schema::tracked_tables(conn)?;
-    let mut captured = Vec::new();
-    for t in &tables {
-        let pending = read_captures(conn, t)?;
-        conn.execute_batch(&format!("DELETE FROM {}", t.cap_table()))?;
-        if !pending.is_empty() {
-            captured.push((t, pending));
-        }
-    }
-    if captured.is_empty() {
+    if !has_pending(conn)? {
         return Ok(None);
     }
     let mut merger = Merger::new(conn, origins_map(conn)?);
     let self_idx: i64 =
         conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
-
-    // First decide every op against the current metadata, then append the change (which
-    // fixes seq and HLC), then record the new heads.
-    struct Planned<'a> {
-        t: &'a TableInfo,
-        key: Vec<Value>,
-        key_bytes: Vec<u8>,
-        m0: Option<RowMeta>,
-        kind: OpKind,
-        row_preds: Vec<VRef>,
-        lineage: Option<crate::rowmeta::Stamp>,
-        /// (column, value, predecessors)
-        cells: Vec<PlannedCell>,
-        old_values: Option<Vec<Value>>,
-    }
-    let mut planned = Vec::new();
-    for (t, pending) in &captured {
-        for p in pending {
+    let head = crate::log::next_head(conn, secret)?;
+    let v_base = Version {
+        origin: self_idx,
+        seq: head.seq,
+        hlc: head.hlc,
+        alive: true,
+        created: false,
+        lineage: None,
+    };
+    let mut enc = Encoder::new(head.clone());
+    let origins = std::rc::Rc::clone(&merger.origins);
+    let to_id = |p: &VRef| ChangeId {
+        origin: origins[&p.0],
+        seq: p.1,
+    };
+    for t in &tables {
+        let mut started = false;
+        each_pending(conn, t, |p| {
             let key_bytes = encode_key(&p.key);
             let m0 = merger.load_meta(t, &key_bytes)?;
-            let current = merger.read_row(t, &p.key)?;
             let was_live = m0.as_ref().is_some_and(|m| m.materialized(&merger.origins));
-            let (kind, mask) = match (&current, was_live) {
+            let (kind, mask) = match (&p.current, was_live) {
                 (Some(_), false) => (OpKind::Insert, u64::MAX),
                 (Some(_), true) => (OpKind::Update, p.mask),
-                (None, true) => (
-                    OpKind::Delete,
-                    if p.mask == u64::MAX { u64::MAX } else { p.mask },
-                ),
+                (None, true) => (OpKind::Delete, p.mask),
                 // Created and deleted since the last seal, or never visible here: nothing to say.
-                (None, false) => continue,
+                (None, false) => return Ok(()),
             };
-            let m = m0.clone().unwrap_or_else(|| RowMeta::new(t.columns.len()));
-            let row_alive_heads: Vec<VRef> = m.cells[ROW]
+            let values = p.current.as_ref().or(p.last_delete.as_ref());
+            let Some(m0) = m0 else {
+                // A row this replica never had: every column is new, nothing overwritten.
+                let values = values.expect("the row exists: it was just inserted");
+                start_table(&mut enc, &mut started, t);
+                enc.row(kind, &p.key, std::iter::empty(), None, t.columns.len());
+                for (c, value) in values.iter().enumerate() {
+                    enc.cell(c, value, std::iter::empty());
+                }
+                let v = Version {
+                    alive: true,
+                    created: true,
+                    ..v_base
+                };
+                return merger.write_fresh(t, &key_bytes, v);
+            };
+            let row_alive_heads: Vec<VRef> = m0.cells[ROW]
                 .iter()
                 .filter(|h| h.alive)
                 .map(|h| h.vref())
@@ -180,165 +226,123 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
             let deleted_over = if was_live {
                 Vec::new()
             } else {
-                deletion_contexts(conn, &m)?
+                deletion_contexts(conn, &m0)?
             };
             // The app saw the visible state: it overwrote the heads showing it, no others.
             let row_preds = if was_live {
-                row_alive_heads.clone()
+                row_alive_heads
             } else {
-                m.cells[ROW]
+                m0.cells[ROW]
                     .iter()
                     .filter(|h| !h.alive)
                     .map(|h| h.vref())
                     .collect()
             };
-            let values = match (&current, &p.last_delete) {
-                (Some(row), _) => Some(row.clone()),
-                (None, Some(old)) => Some(old.clone()),
-                (None, None) => None,
-            };
-            let mut cells = Vec::new();
-            for c in 0..t.columns.len() {
-                if !written(mask, c) {
-                    continue;
+            let mut cells: Vec<(usize, Vec<VRef>)> = Vec::new();
+            if values.is_some() {
+                for c in 0..t.columns.len() {
+                    if !written(mask, c) {
+                        continue;
+                    }
+                    let heads = &m0.cells[c + 1];
+                    let preds: Vec<VRef> = if !was_live {
+                        heads
+                            .iter()
+                            .filter(|h| deleted_over.iter().any(|d| d.covers(h, &merger.origins)))
+                            .map(|h| h.vref())
+                            .collect()
+                    } else if heads.len() > 1 && in_conflict(conn, t, &key_bytes, c)? {
+                        // Only the value the app saw is overwritten; the other candidates stay.
+                        m0.winner(c + 1, &merger.origins)
+                            .map(|w| vec![w.vref()])
+                            .unwrap_or_default()
+                    } else {
+                        heads.iter().map(|h| h.vref()).collect()
+                    };
+                    cells.push((c, preds));
                 }
-                let Some(values) = &values else { break };
-                let heads = &m.cells[c + 1];
-                let preds: Vec<VRef> = if !was_live {
-                    heads
-                        .iter()
-                        .filter(|h| deleted_over.iter().any(|d| d.covers(h, &merger.origins)))
-                        .map(|h| h.vref())
-                        .collect()
-                } else if heads.len() > 1 && in_conflict(conn, t, &key_bytes, c)? {
-                    // Only the value the app saw is overwritten; the other candidates stay.
-                    m.winner(c + 1, &merger.origins)
-                        .map(|w| vec![w.vref()])
-                        .unwrap_or_default()
-                } else {
-                    heads.iter().map(|h| h.vref()).collect()
-                };
-                cells.push((c, values[c].clone(), preds));
             }
             if kind == OpKind::Update && cells.is_empty() {
                 // Nothing changed (an UPDATE that set columns to what they were, or a row
                 // noted as a possible REPLACE victim that survived).
-                continue;
+                return Ok(());
             }
-            let old_values = if kind == OpKind::Delete {
-                p.last_delete.clone()
-            } else {
-                None
-            };
             let lineage = if kind == OpKind::Update {
-                m.birth(&merger.origins)
+                m0.birth(&merger.origins)
             } else {
                 None
             };
-            planned.push(Planned {
-                t,
-                key: p.key.clone(),
-                key_bytes,
-                m0,
+            start_table(&mut enc, &mut started, t);
+            enc.row(
                 kind,
-                row_preds,
+                &p.key,
+                row_preds.iter().map(to_id),
+                lineage.map(|l| crate::change::Lineage {
+                    change: to_id(&(l.origin, l.seq)),
+                    hlc: l.hlc,
+                }),
+                cells.len(),
+            );
+            // Cells are only planned when there are values to write.
+            let values = values.map(Vec::as_slice).unwrap_or_default();
+            for (c, preds) in &cells {
+                enc.cell(*c, &values[*c], preds.iter().map(to_id));
+            }
+            let v = Version {
+                alive: kind != OpKind::Delete,
+                created: kind == OpKind::Insert,
                 lineage,
-                cells,
-                old_values,
-            });
-        }
+                ..v_base
+            };
+            let mut m1 = m0.clone();
+            m1.write(ROW, v, &row_preds);
+            let mut new_values = Vec::with_capacity(cells.len());
+            for (c, preds) in cells {
+                m1.write(c + 1, v, &preds);
+                new_values.push((c, v, values[c].clone()));
+            }
+            if kind != OpKind::Delete {
+                // The app wrote the row into its table: whatever held it is settled by this write.
+                m1.held = false;
+            }
+            let visible = match (kind, p.last_delete) {
+                (OpKind::Delete, Some(old)) => Visible::LocalDelete(old),
+                _ => Visible::LocalWrite,
+            };
+            merger.transition(
+                &RowRef {
+                    t,
+                    key: &p.key,
+                    key_bytes: &key_bytes,
+                },
+                Some(&m0),
+                m1,
+                &new_values,
+                visible,
+            )
+        })?;
+        conn.execute_batch(&format!("DELETE FROM {}", t.cap_table()))?;
     }
-    if planned.is_empty() {
+    if enc.ops() == 0 {
         return Ok(None);
     }
-    let origins = std::rc::Rc::clone(&merger.origins);
-    let to_id = |p: &VRef| ChangeId {
-        origin: origins[&p.0],
-        seq: p.1,
-    };
-    let change = crate::log::append_own(
-        conn,
-        secret,
-        |change| {
-            for p in &planned {
-                if change
-                    .tables
-                    .last()
-                    .is_none_or(|t: &TableOps| t.name != p.t.name)
-                {
-                    change.tables.push(TableOps {
-                        name: p.t.name.clone(),
-                        key_columns: p.t.key_columns.clone(),
-                        columns: p.t.columns.clone(),
-                        rows: Vec::new(),
-                    });
-                }
-                let ops = change.tables.last_mut().expect("pushed above");
-                ops.rows.push(RowOp {
-                    kind: p.kind,
-                    key: p.key.clone(),
-                    row_preds: p.row_preds.iter().map(to_id).collect(),
-                    lineage: p.lineage.map(|l| crate::change::Lineage {
-                        change: to_id(&(l.origin, l.seq)),
-                        hlc: l.hlc,
-                    }),
-                    cells: p
-                        .cells
-                        .iter()
-                        .map(|(c, v, preds)| CellWrite {
-                            column: *c,
-                            value: v.clone(),
-                            preds: preds.iter().map(to_id).collect(),
-                        })
-                        .collect(),
-                });
-            }
-        },
-        true,
-    )?;
-    for p in planned {
-        let v = Version {
-            origin: self_idx,
-            seq: change.seq,
-            hlc: change.hlc,
-            alive: p.kind != OpKind::Delete,
-            created: p.kind == OpKind::Insert,
-            lineage: p.lineage,
-        };
-        let mut m1 =
-            p.m0.clone()
-                .unwrap_or_else(|| RowMeta::new(p.t.columns.len()));
-        m1.write(ROW, v, &p.row_preds);
-        let mut new_values = Vec::new();
-        for (c, value, preds) in p.cells {
-            m1.write(c + 1, v, &preds);
-            new_values.push((c, v, value));
-        }
-        if p.kind != OpKind::Delete {
-            // The app wrote the row into its table: whatever held it is settled by this write.
-            m1.held = false;
-        }
-        let visible = match p.old_values {
-            Some(old) => Visible::LocalDelete(old),
-            None => Visible::LocalWrite,
-        };
-        merger.transition(
-            &RowRef {
-                t: p.t,
-                key: &p.key,
-                key_bytes: &p.key_bytes,
-            },
-            p.m0.as_ref(),
-            m1,
-            &new_values,
-            visible,
-        )?;
-    }
+    crate::log::store_own(conn, secret, &head, enc.finish(), true)?;
     // A local delete may free a slot a held row waits for, or orphan a child: settle
     // here exactly as a replica applying this change will.
     let _off = schema::TriggersOff::new(conn)?;
     crate::log::settle(&mut merger, &tables)?;
-    Ok(Some(change.id()))
+    Ok(Some(ChangeId {
+        origin: head.origin,
+        seq: head.seq,
+    }))
+}
+
+/// Writes a table's section header before its first row op.
+fn start_table(enc: &mut Encoder, started: &mut bool, t: &TableInfo) {
+    if !*started {
+        enc.table(&t.name, &t.key_columns, &t.columns);
+        *started = true;
+    }
 }
 
 /// A deleting change and the version vector it was made against.
