@@ -11,10 +11,10 @@ use crate::replica::{Replica, origins_map};
 use crate::rowmeta::RowMeta;
 use crate::schema;
 
-/// A log entry from a row of (origin id, origin name, seq, hlc, body, applied).
+/// A log entry from a row of (origin id, origin name, seq, hlc, body, applied, packing).
 fn log_entry(r: &rusqlite::Row<'_>) -> Result<LogEntry> {
     let id: Vec<u8> = r.get(0)?;
-    let body: Vec<u8> = r.get(4)?;
+    let body = crate::log::unpack(r.get(4)?, r.get(6)?)?;
     let change = Change::decode(&body)?;
     Ok(LogEntry {
         change: ChangeId {
@@ -105,7 +105,7 @@ impl Replica {
         limit: usize,
     ) -> Result<Vec<LogEntry>> {
         let mut stmt = self.conn.prepare(
-            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
+            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied, l.packing FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
              WHERE (?1 IS NULL OR o.id = ?1) ORDER BY l.hlc DESC, o.id, l.seq DESC",
         )?;
         let origin = origin.map(|o| o.0.to_vec());
@@ -128,7 +128,7 @@ impl Replica {
     /// streams. Only the new changes are read and decoded.
     pub fn applied_since(&self, since: &crate::replica::VersionVector) -> Result<Vec<LogEntry>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
+            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied, l.packing FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
              WHERE o.id = ?1 AND l.seq > ?2 AND l.applied = 1 ORDER BY l.seq",
         )?;
         let mut out = Vec::new();
@@ -213,7 +213,7 @@ impl Replica {
         let mut sigs = Vec::new();
         {
             let mut stmt = self.conn.prepare(
-                "SELECT o.id, o.sign_key, l.seq, l.hash, l.body, l.sig FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin ORDER BY l.origin, l.seq",
+                "SELECT o.id, o.sign_key, l.seq, l.hash, l.body, l.sig, l.packing FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin ORDER BY l.origin, l.seq",
             )?;
             let mut rows = stmt.query([])?;
             let mut prev: Option<(Vec<u8>, u64, Vec<u8>)> = None;
@@ -223,7 +223,7 @@ impl Replica {
                     r.get(1)?,
                     r.get(2)?,
                     r.get(3)?,
-                    r.get(4)?,
+                    crate::log::unpack(r.get(4)?, r.get(6)?)?,
                     r.get(5)?,
                 );
                 let seq = seq as u64;

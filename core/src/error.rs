@@ -36,6 +36,9 @@ pub enum Error {
     /// Stored bytes did not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A change body kept compressed in the log could not be packed or unpacked.
+    #[error("a change body in the log could not be {0}; run `tide doctor`")]
+    LogBody(String),
     /// The database has no tide identity yet.
     #[error("this database has no tide identity yet; initialise it first")]
     NotInitialized,

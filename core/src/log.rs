@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::change::{
-    Change, ChangeHead, Decoder, OpKind, SignedChange, Step, TableOps, VerifyError,
+    Change, ChangeHead, Decoder, OpKind, RowOp, SignedChange, Step, TableOps, VerifyError,
 };
 use crate::error::{Error, Result};
 use crate::identity::SecretIdentity;
 use crate::ids::{ChangeId, ReplicaId};
-use crate::merge::{Merger, RowRef, Visible};
+use crate::merge::{BATCH, Merger, RowRef, Visible};
 use crate::replica::{Replica, VersionVector, origin_idx, origins_map};
 use crate::rowmeta::{ROW, RowMeta, Version};
 use crate::schema::{self, TableInfo};
@@ -127,8 +127,9 @@ impl Replica {
                 |r| r.get::<_, i64>(0),
             )? as u64;
         }
-        let mut stmt =
-            tx.prepare("SELECT body, sig FROM _tide_log WHERE origin=?1 AND seq>?2 ORDER BY seq")?;
+        let mut stmt = tx.prepare(
+            "SELECT body, sig, packing FROM _tide_log WHERE origin=?1 AND seq>?2 ORDER BY seq",
+        )?;
         let mut done = 0u64;
         for (idx, id) in origins {
             let id = ReplicaId(id.try_into().expect("ids are stored as 16 bytes"));
@@ -137,7 +138,7 @@ impl Replica {
             while let Some(r) = rows.next()? {
                 let sig: Vec<u8> = r.get(1)?;
                 each(SignedChange::from_parts(
-                    r.get(0)?,
+                    unpack(r.get(0)?, r.get(2)?)?,
                     sig.try_into().expect("signatures are stored as 64 bytes"),
                 ))?;
                 done += 1;
@@ -250,6 +251,7 @@ impl Replica {
             ..Default::default()
         };
         let mut touched = Vec::new();
+        let mut bodies = Bodies::new();
         for (id, verdict, signed) in checked {
             let verified = match verdict {
                 Verdict::Valid { prev, hlc } => (prev, hlc),
@@ -320,10 +322,12 @@ impl Replica {
                     continue;
                 }
             }
-            tx.prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0)")?
-                .execute(params![idx, id.seq as i64, &signed.hash()[..], hlc as i64, signed.body(), &signed.signature()[..]])?;
+            let (stored, packing) = pack(signed.body())?;
+            tx.prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)")?
+                .execute(params![idx, id.seq as i64, &signed.hash()[..], hlc as i64, stored, &signed.signature()[..], packing])?;
             report.stored += 1;
             touched.push(idx);
+            bodies.insert((idx, id.seq), signed.body());
         }
         touched.sort();
         touched.dedup();
@@ -339,7 +343,13 @@ impl Replica {
             )?;
         }
         let mut progress = self.progress.take();
-        let applied = apply_ready(&tx, &mut report, fail_after, progress.as_deref_mut());
+        let applied = apply_ready(
+            &tx,
+            &bodies,
+            &mut report,
+            fail_after,
+            progress.as_deref_mut(),
+        );
         self.progress = progress;
         applied?;
         // A quarantined change now in the log has been dealt with.
@@ -453,6 +463,38 @@ fn quarantine(
     Ok(())
 }
 
+/// Bodies at hand (just received), by (origin number, seq): applied from memory instead
+/// of being read back from the log and unpacked.
+pub(crate) type Bodies<'a> = HashMap<(i64, u64), &'a [u8]>;
+
+/// Bodies up to this size are stored as they are; compressing them gains little.
+const PACK_FROM: usize = 512;
+
+/// How a body is kept in `_tide_log`: a zstd frame (packing 1) when that is smaller,
+/// else as signed (packing 0). The hash and signature always cover the body as signed.
+pub(crate) fn pack(body: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, i64)> {
+    if body.len() < PACK_FROM {
+        return Ok((body.into(), 0));
+    }
+    let packed =
+        zstd::bulk::compress(body, 1).map_err(|e| Error::LogBody(format!("compressed: {e}")))?;
+    Ok(if packed.len() < body.len() {
+        (packed.into(), 1)
+    } else {
+        (body.into(), 0)
+    })
+}
+
+/// The body as signed, from its stored form.
+pub(crate) fn unpack(stored: Vec<u8>, packing: i64) -> Result<Vec<u8>> {
+    match packing {
+        0 => Ok(stored),
+        1 => zstd::stream::decode_all(&stored[..])
+            .map_err(|e| Error::LogBody(format!("decompressed: {e}"))),
+        other => Err(Error::LogBody(format!("read: unknown packing {other}"))),
+    }
+}
+
 /// Moves `stored` up over every contiguous seq now in the log.
 pub(crate) fn advance_stored(conn: &Connection, idx: i64) -> Result<()> {
     let mut stored: i64 = conn.query_row(
@@ -521,6 +563,7 @@ fn map_table<'a>(
 /// transaction; capture triggers are off meanwhile so tide's writes are not captured.
 pub(crate) fn apply_ready(
     conn: &Connection,
+    fresh: &Bodies<'_>,
     report: &mut ImportReport,
     fail_after: Option<usize>,
     mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
@@ -529,13 +572,16 @@ pub(crate) fn apply_ready(
     let mut pending: Vec<(i64, u64, ChangeHead)> = Vec::new();
     {
         let mut stmt = conn.prepare(
-            "SELECT origin, seq, body FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
+            "SELECT origin, seq, body, packing FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let body = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
-            let head = Decoder::new(body)?.head;
-            pending.push((r.get(0)?, r.get::<_, i64>(1)? as u64, head));
+            let key = (r.get(0)?, r.get::<_, i64>(1)? as u64);
+            let head = match fresh.get(&key) {
+                Some(body) => Decoder::new(body)?.head,
+                None => Decoder::new(&unpack(r.get(2)?, r.get(3)?)?)?.head,
+            };
+            pending.push((key.0, key.1, head));
         }
     }
     let held: i64 = conn.query_row("SELECT count(*) FROM _tide_held", [], |r| r.get(0))?;
@@ -598,6 +644,7 @@ pub(crate) fn apply_ready(
             let ops_before = ops_done;
             let outcome = apply_change(
                 conn,
+                fresh,
                 &mut merger,
                 &tables,
                 (origin, seq),
@@ -658,22 +705,50 @@ pub(crate) fn apply_ready(
 /// table of it does not map onto this replica (the caller rolls back and quarantines).
 fn apply_change(
     conn: &Connection,
+    fresh: &Bodies<'_>,
     merger: &mut Merger<'_>,
     tables: &HashMap<String, TableInfo>,
     (origin, seq): (i64, u64),
     ops_done: &mut usize,
     fail_after: Option<usize>,
 ) -> Result<std::result::Result<(), (&'static str, String)>> {
-    let body: Vec<u8> = conn
-        .prepare_cached("SELECT body FROM _tide_log WHERE origin=?1 AND seq=?2")?
-        .query_row(params![origin, seq as i64], |r| r.get(0))?;
-    let mut dec = Decoder::new(&body)?;
-    let hlc = dec.head.hlc;
-    let ids: HashMap<ReplicaId, i64> = merger.origins.iter().map(|(i, r)| (*r, *i)).collect();
-    let to_idx = |p: &ChangeId| (ids[&p.origin], p.seq);
+    let stored;
+    let body: &[u8] = match fresh.get(&(origin, seq)) {
+        Some(body) => body,
+        None => {
+            let (packed, packing) = conn
+                .prepare_cached("SELECT body, packing FROM _tide_log WHERE origin=?1 AND seq=?2")?
+                .query_row(params![origin, seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            stored = unpack(packed, packing)?;
+            &stored
+        }
+    };
+    let mut dec = Decoder::new(body)?;
+    let mut applier = Applier {
+        merger,
+        ids: HashMap::new(),
+        origin,
+        seq,
+        hlc: dec.head.hlc,
+    };
+    applier.ids = applier
+        .merger
+        .origins
+        .iter()
+        .map(|(i, r)| (*r, *i))
+        .collect();
     let mut map: Option<TableMap<'_>> = None;
+    // Ops wait in a batch (of one table, distinct keys) so their metadata is read, and
+    // new rows written, many per statement.
+    let mut batch: Vec<(RowOp, Vec<u8>)> = Vec::with_capacity(BATCH);
+    let mut batch_keys: std::collections::HashSet<Vec<u8>> = Default::default();
     loop {
-        let op = match dec.next()? {
+        let step = dec.next()?;
+        if let (Some(m), Step::Table(_) | Step::End) = (&map, &step) {
+            applier.ops(m, &mut batch)?;
+            batch_keys.clear();
+        }
+        let op = match step {
             Step::End => return Ok(Ok(())),
             Step::Table(ops) => {
                 match map_table(tables, &ops) {
@@ -684,67 +759,187 @@ fn apply_change(
             }
             Step::Row(op) => op,
         };
-        let map = map
+        let m = map
             .as_ref()
             .expect("the decoder yields a table before its rows");
         if fail_after.is_some_and(|n| *ops_done >= n) {
             return Err(Error::ApplyAborted("injected failure (test hook)".into()));
         }
         *ops_done += 1;
-        let v = Version {
-            origin,
-            seq,
-            hlc,
+        let key_bytes = encode_key(&op.key);
+        if batch_keys.contains(&key_bytes) {
+            applier.ops(m, &mut batch)?;
+            batch_keys.clear();
+        }
+        batch_keys.insert(key_bytes.clone());
+        batch.push((op, key_bytes));
+        if batch.len() == BATCH {
+            applier.ops(m, &mut batch)?;
+            batch_keys.clear();
+        }
+    }
+}
+
+/// Applies the ops of one change.
+struct Applier<'m, 'c> {
+    merger: &'m mut Merger<'c>,
+    ids: HashMap<ReplicaId, i64>,
+    origin: i64,
+    seq: u64,
+    hlc: u64,
+}
+
+/// A new row written whole: its key and its values in the local table's column order.
+type FreshRow = (Vec<Value>, Vec<u8>, Vec<Value>);
+
+impl Applier<'_, '_> {
+    fn to_idx(&self, p: &ChangeId) -> (i64, u64) {
+        (self.ids[&p.origin], p.seq)
+    }
+
+    fn version(&self, op: &RowOp) -> Version {
+        Version {
+            origin: self.origin,
+            seq: self.seq,
+            hlc: self.hlc,
             alive: op.kind != OpKind::Delete,
             created: op.kind == OpKind::Insert,
             lineage: op.lineage.map(|l| crate::rowmeta::Stamp {
-                origin: ids[&l.change.origin],
+                origin: self.ids[&l.change.origin],
                 seq: l.change.seq,
                 hlc: l.hlc,
             }),
-        };
-        let key_bytes = encode_key(&op.key);
-        let ncols = map.t.columns.len();
-        // The common case, a row new here written whole: claim its metadata slot and
-        // insert it, with no merge to compute. Anything else takes the full transition.
-        let whole = op.kind == OpKind::Insert
-            && op.row_preds.is_empty()
-            && op.cells.len() == ncols
-            && map.columns.len() == ncols
-            && op.cells.iter().all(|c| c.preds.is_empty());
-        let m0 = if whole && merger.claim_fresh(map.t, &key_bytes, v)? {
-            let mut values = vec![Value::Null; ncols];
-            for cell in &op.cells {
-                values[map.columns[cell.column]] = cell.value.clone();
-            }
-            if merger.insert_fresh_row(map.t, &op.key, &values)? {
+        }
+    }
+
+    /// Applies a batch of ops of one table, in order, and empties it.
+    fn ops(&mut self, map: &TableMap<'_>, batch: &mut Vec<(RowOp, Vec<u8>)>) -> Result<()> {
+        let t = map.t;
+        let ncols = t.columns.len();
+        let keys: Vec<Vec<u8>> = batch.iter().map(|(_, k)| k.clone()).collect();
+        let metas = self.merger.load_metas(t, &keys)?;
+        let mut fresh: Vec<FreshRow> = Vec::new();
+        // A merge may change other rows (it can hold the rows blocking a UNIQUE slot):
+        // after one, metadata read ahead is read again.
+        let mut stale = false;
+        for ((op, key_bytes), m0) in batch.drain(..).zip(metas) {
+            let m0 = if stale {
+                self.merger.load_meta(t, &key_bytes)?
+            } else {
+                m0
+            };
+            // The common case: a row new here, written whole, with nothing to merge.
+            let whole = op.kind == OpKind::Insert
+                && m0.is_none()
+                && op.row_preds.is_empty()
+                && op.cells.len() == ncols
+                && map.columns.len() == ncols
+                && op.cells.iter().all(|c| c.preds.is_empty());
+            if whole {
+                let mut values = vec![Value::Null; ncols];
+                for cell in op.cells {
+                    values[map.columns[cell.column]] = cell.value;
+                }
+                fresh.push((op.key, key_bytes, values));
                 continue;
             }
-            None
-        } else {
-            merger.load_meta(map.t, &key_bytes)?
-        };
-        let mut m1 = m0.clone().unwrap_or_else(|| RowMeta::new(ncols));
-        let row_preds: Vec<_> = op.row_preds.iter().map(to_idx).collect();
-        m1.write(ROW, v, &row_preds);
-        let mut new_values = Vec::with_capacity(op.cells.len());
-        for cell in op.cells {
-            let col = map.columns[cell.column];
-            let preds: Vec<_> = cell.preds.iter().map(to_idx).collect();
-            m1.write(col + 1, v, &preds);
-            new_values.push((col, v, cell.value));
+            let m0 = if self.fresh(t, &mut fresh)? {
+                self.merger.load_meta(t, &key_bytes)?
+            } else {
+                m0
+            };
+            let v = self.version(&op);
+            let mut m1 = m0.clone().unwrap_or_else(|| RowMeta::new(ncols));
+            let row_preds: Vec<_> = op.row_preds.iter().map(|p| self.to_idx(p)).collect();
+            m1.write(ROW, v, &row_preds);
+            let mut new_values = Vec::with_capacity(op.cells.len());
+            for cell in op.cells {
+                let col = map.columns[cell.column];
+                let preds: Vec<_> = cell.preds.iter().map(|p| self.to_idx(p)).collect();
+                m1.write(col + 1, v, &preds);
+                new_values.push((col, v, cell.value));
+            }
+            self.merger.transition(
+                &RowRef {
+                    t,
+                    key: &op.key,
+                    key_bytes: &key_bytes,
+                },
+                m0.as_ref(),
+                m1,
+                &new_values,
+                Visible::Table,
+            )?;
+            stale = true;
         }
-        merger.transition(
-            &RowRef {
-                t: map.t,
-                key: &op.key,
-                key_bytes: &key_bytes,
-            },
-            m0.as_ref(),
-            m1,
-            &new_values,
-            Visible::Table,
-        )?;
+        self.fresh(t, &mut fresh)?;
+        Ok(())
+    }
+
+    /// Inserts new rows written whole, many per statement when a full batch is waiting;
+    /// a row a constraint refuses takes the full merge (which holds it). Empties `fresh`;
+    /// true when some row took the full merge.
+    fn fresh(&mut self, t: &TableInfo, fresh: &mut Vec<FreshRow>) -> Result<bool> {
+        if fresh.is_empty() {
+            return Ok(false);
+        }
+        let v = Version {
+            origin: self.origin,
+            seq: self.seq,
+            hlc: self.hlc,
+            alive: true,
+            created: true,
+            lineage: None,
+        };
+        let width = Merger::batch_rows(t);
+        let mut merged = false;
+        let mut done: Vec<Vec<u8>> = Vec::with_capacity(fresh.len());
+        for chunk in fresh.chunks(width) {
+            if chunk.len() == width {
+                let rows: Vec<(&[Value], &[Value])> = chunk
+                    .iter()
+                    .map(|(k, _, v)| (k.as_slice(), v.as_slice()))
+                    .collect();
+                match self.merger.insert_rows(t, &rows) {
+                    Ok(()) => {
+                        done.extend(chunk.iter().map(|(_, kb, _)| kb.clone()));
+                        continue;
+                    }
+                    Err(e) if crate::merge::constraint_reason(&e).is_some() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            for (key, key_bytes, values) in chunk {
+                if self.merger.insert_fresh_row(t, key, values)? {
+                    done.push(key_bytes.clone());
+                    continue;
+                }
+                // Refused by a constraint: the full merge decides what is held.
+                self.merger.write_fresh(t, &done, v)?;
+                done.clear();
+                let mut m1 = RowMeta::new(t.columns.len());
+                m1.write(ROW, v, &[]);
+                let new_values: Vec<_> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(c, value)| {
+                        m1.write(c + 1, v, &[]);
+                        (c, v, value.clone())
+                    })
+                    .collect();
+                self.merger.transition(
+                    &RowRef { t, key, key_bytes },
+                    None,
+                    m1,
+                    &new_values,
+                    Visible::Table,
+                )?;
+                merged = true;
+            }
+        }
+        self.merger.write_fresh(t, &done, v)?;
+        fresh.clear();
+        Ok(merged)
     }
 }
 
@@ -859,13 +1054,13 @@ fn hold_foreign_key_violators(merger: &mut Merger<'_>, tracked: &[TableInfo]) ->
 }
 
 fn load_signed(conn: &Connection, origin: i64, seq: u64) -> Result<SignedChange> {
-    let (body, sig): (Vec<u8>, Vec<u8>) = conn.query_row(
-        "SELECT body, sig FROM _tide_log WHERE origin=?1 AND seq=?2",
+    let (body, sig, packing): (Vec<u8>, Vec<u8>, i64) = conn.query_row(
+        "SELECT body, sig, packing FROM _tide_log WHERE origin=?1 AND seq=?2",
         params![origin, seq as i64],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     Ok(SignedChange::from_parts(
-        body,
+        unpack(body, packing)?,
         sig.try_into().expect("signatures are stored as 64 bytes"),
     ))
 }
@@ -932,9 +1127,10 @@ pub(crate) fn store_own(
     let self_idx: i64 =
         conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
     let signed = SignedChange::sign(body, secret);
+    let (stored, packing) = pack(signed.body())?;
     conn.execute(
-        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, signed.body(), &signed.signature()[..], i64::from(applied)],
+        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, stored, &signed.signature()[..], i64::from(applied), packing],
     )?;
     advance_stored(conn, self_idx)?;
     if applied {

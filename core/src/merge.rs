@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params_from_iter};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, ToSql, params_from_iter};
 
 use crate::error::Result;
 use crate::ids::{ChangeId, ReplicaId};
@@ -85,25 +85,107 @@ impl<'c> Merger<'c> {
         })
     }
 
-    /// Records a row this replica never had, written whole by `v` (the row is already
-    /// in the table: a local insert being sealed).
-    pub(crate) fn write_fresh(&self, t: &TableInfo, key_bytes: &[u8], v: Version) -> Result<()> {
+    /// Rows per multi-row statement for `t`: [`BATCH`], fewer for very wide tables so a
+    /// statement stays under SQLite's limit on parameters.
+    pub(crate) fn batch_rows(t: &TableInfo) -> usize {
+        let per_row = t.key_columns.len() + t.columns.len();
+        BATCH.min(30_000 / per_row.max(1)).max(1)
+    }
+
+    /// The metadata of many rows of one table, in `keys` order, with one statement per
+    /// [`BATCH`] keys.
+    pub(crate) fn load_metas(
+        &self,
+        t: &TableInfo,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<RowMeta>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH) {
+            if chunk.len() < BATCH / 4 {
+                for k in chunk {
+                    out.push(self.load_meta(t, k)?);
+                }
+                continue;
+            }
+            // Always BATCH placeholders (padded with the first key) so one prepared
+            // statement serves every chunk.
+            let sql = format!(
+                "SELECT key, meta FROM _tide_rows WHERE tid=?1 AND key IN ({})",
+                marks(2, BATCH)
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let params = std::iter::once(&t.tid as &dyn ToSql)
+                .chain((0..BATCH).map(|i| chunk.get(i).unwrap_or(&chunk[0]) as &dyn ToSql));
+            let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            let mut rows = stmt.query(params_from_iter(params))?;
+            while let Some(r) = rows.next()? {
+                found.insert(r.get(0)?, r.get(1)?);
+            }
+            for k in chunk {
+                out.push(match found.get(k) {
+                    Some(b) => {
+                        let mut m = RowMeta::decode(b)?;
+                        m.ensure_cells(t.columns.len());
+                        Some(m)
+                    }
+                    None => None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records rows this replica never had, each written whole by `v`.
+    pub(crate) fn write_fresh(&self, t: &TableInfo, keys: &[Vec<u8>], v: Version) -> Result<()> {
         let meta = RowMeta::fresh(t.columns.len(), v).encode();
-        self.conn
-            .prepare_cached("INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, ?3)")?
-            .execute(rusqlite::params![t.tid, key_bytes, meta])?;
+        for chunk in keys.chunks(BATCH) {
+            if chunk.len() < BATCH / 4 {
+                for k in chunk {
+                    self.conn
+                        .prepare_cached(
+                            "INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES(?1, ?3, ?2)",
+                        )?
+                        .execute(rusqlite::params![t.tid, &meta, k])?;
+                }
+                continue;
+            }
+            // Padding repeats the first key: replacing a row with itself changes nothing.
+            let rows = (0..BATCH)
+                .map(|i| format!("(?1, ?{}, ?2)", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES {rows}");
+            let params = [&t.tid as &dyn ToSql, &meta]
+                .into_iter()
+                .chain((0..BATCH).map(|i| chunk.get(i).unwrap_or(&chunk[0]) as &dyn ToSql));
+            self.conn
+                .prepare_cached(&sql)?
+                .execute(params_from_iter(params))?;
+        }
         Ok(())
     }
 
-    /// Claims the metadata of a row written whole by `v`, unless the row already has
-    /// metadata. True when claimed: the row was new here.
-    pub(crate) fn claim_fresh(&self, t: &TableInfo, key_bytes: &[u8], v: Version) -> Result<bool> {
-        let meta = RowMeta::fresh(t.columns.len(), v).encode();
-        let n = self
-            .conn
-            .prepare_cached("INSERT OR IGNORE INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, ?3)")?
-            .execute(rusqlite::params![t.tid, key_bytes, meta])?;
-        Ok(n == 1)
+    /// Inserts exactly [`Merger::batch_rows`] new rows into their table in one statement.
+    /// A constraint error means none went in.
+    pub(crate) fn insert_rows(
+        &self,
+        t: &TableInfo,
+        rows: &[(&[Value], &[Value])],
+    ) -> rusqlite::Result<()> {
+        let width = t.key_columns.len() + t.columns.len();
+        let sql = format!(
+            "INSERT OR ABORT INTO {}({}) VALUES {}",
+            q(&t.name),
+            t.quoted_columns().join(", "),
+            (0..rows.len())
+                .map(|r| format!("({})", marks(1 + r * width, width)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.conn.prepare_cached(&sql)?.execute(params_from_iter(
+            rows.iter().flat_map(|(k, v)| k.iter().chain(v.iter())),
+        ))?;
+        Ok(())
     }
 
     /// Inserts a new row into its table. False when a constraint refuses it (nothing
@@ -717,7 +799,7 @@ impl<'c> Merger<'c> {
 }
 
 /// Classifies a failed write: a constraint we hold rows for, or `None` for a real error.
-fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
+pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
     if let rusqlite::Error::SqliteFailure(f, _) = e
         && f.code == ErrorCode::ConstraintViolation
     {
@@ -753,6 +835,17 @@ fn value_of(
     }
     None
 }
+
+/// `?from, ?from+1, …` (`n` of them).
+fn marks(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows handled by one multi-row statement when sealing and applying.
+pub(crate) const BATCH: usize = 128;
 
 /// `k1 = ?1 AND k2 = ?2 …`
 pub(crate) fn key_where(t: &TableInfo) -> String {

@@ -41,6 +41,9 @@ impl Replica {
         let path = path.as_ref().to_path_buf();
         let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Sealing and applying cycle through a few dozen statements per table; the
+        // default cache of 16 would re-prepare them over and over.
+        conn.set_prepared_statement_cache_capacity(64);
         // tide's connection leaves foreign keys off (SQLite's default): an apply must not
         // cascade deletes or set NULLs the origin did not capture. Foreign keys are
         // settled explicitly after every apply and seal (`log::settle`). Said explicitly:

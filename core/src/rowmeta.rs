@@ -80,6 +80,45 @@ pub(crate) fn order(a: &Version, b: &Version, origins: &Origins) -> Ordering {
     a.stamp().cmp(&b.stamp(), origins)
 }
 
+/// Flag bit: the compact form (one version heads every cell).
+const UNIFORM: u8 = 2;
+
+fn put_version(out: &mut Vec<u8>, v: &Version) {
+    put_varint(out, v.origin as u64);
+    put_varint(out, v.seq);
+    let flags =
+        u64::from(v.alive) | (u64::from(v.created) << 1) | (u64::from(v.lineage.is_some()) << 2);
+    put_varint(out, (v.hlc << 3) | flags);
+    if let Some(l) = &v.lineage {
+        put_varint(out, l.origin as u64);
+        put_varint(out, l.seq);
+        put_varint(out, l.hlc);
+    }
+}
+
+fn get_version(r: &mut Reader<'_>) -> Result<Version, DecodeError> {
+    let origin = r.varint("row meta origin")? as i64;
+    let seq = r.varint("row meta seq")?;
+    let hlc = r.varint("row meta hlc")?;
+    let lineage = if hlc & 4 != 0 {
+        Some(Stamp {
+            origin: r.varint("row meta lineage")? as i64,
+            seq: r.varint("row meta lineage")?,
+            hlc: r.varint("row meta lineage")?,
+        })
+    } else {
+        None
+    };
+    Ok(Version {
+        origin,
+        seq,
+        hlc: hlc >> 3,
+        alive: hlc & 1 == 1,
+        created: hlc & 2 == 2,
+        lineage,
+    })
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RowMeta {
     /// `cells[0]` is the existence cell; `cells[1 + i]` column i. Heads are kept sorted
@@ -132,6 +171,15 @@ impl RowMeta {
         heads.insert(at, v);
     }
 
+    /// The version every cell has as its only head, if there is one.
+    fn uniform(&self) -> Option<Version> {
+        let v = *self.cells.first()?.first()?;
+        self.cells
+            .iter()
+            .all(|heads| heads.len() == 1 && heads[0] == v)
+            .then_some(v)
+    }
+
     /// The creation the live row descends from: the oldest lineage among its alive
     /// heads. It is the row's priority in constraint conflicts, stable across updates,
     /// and a function of the heads alone, so every replica computes the same.
@@ -143,7 +191,16 @@ impl RowMeta {
             .min_by(|a, b| a.cmp(b, origins))
     }
 
+    /// The stored form: `flags versions cells`, or, for the common row whose every cell
+    /// has one head written by the same version, `flags version ncells` (flag bit 1).
     pub(crate) fn encode(&self) -> Vec<u8> {
+        if let Some(v) = self.uniform() {
+            let mut out = Vec::with_capacity(24);
+            out.push(u8::from(self.held) | UNIFORM);
+            put_version(&mut out, &v);
+            put_varint(&mut out, self.cells.len() as u64);
+            return out;
+        }
         let mut versions: Vec<Version> = Vec::new();
         for h in self.cells.iter().flatten() {
             if !versions.contains(h) {
@@ -152,19 +209,6 @@ impl RowMeta {
         }
         let mut out = Vec::with_capacity(16 + versions.len() * 12 + self.cells.len() * 2);
         out.push(u8::from(self.held));
-        let put_version = |out: &mut Vec<u8>, v: &Version| {
-            put_varint(out, v.origin as u64);
-            put_varint(out, v.seq);
-            let flags = u64::from(v.alive)
-                | (u64::from(v.created) << 1)
-                | (u64::from(v.lineage.is_some()) << 2);
-            put_varint(out, (v.hlc << 3) | flags);
-            if let Some(l) = &v.lineage {
-                put_varint(out, l.origin as u64);
-                put_varint(out, l.seq);
-                put_varint(out, l.hlc);
-            }
-        };
         put_varint(&mut out, versions.len() as u64);
         for v in &versions {
             put_version(&mut out, v);
@@ -186,31 +230,22 @@ impl RowMeta {
     pub(crate) fn decode(bytes: &[u8]) -> Result<RowMeta, DecodeError> {
         let mut r = Reader::new(bytes);
         let flags = r.byte("row meta flags")?;
-        let version = |r: &mut Reader<'_>| -> Result<Version, DecodeError> {
-            let origin = r.varint("row meta origin")? as i64;
-            let seq = r.varint("row meta seq")?;
-            let hlc = r.varint("row meta hlc")?;
-            let lineage = if hlc & 4 != 0 {
-                Some(Stamp {
-                    origin: r.varint("row meta lineage")? as i64,
-                    seq: r.varint("row meta lineage")?,
-                    hlc: r.varint("row meta lineage")?,
-                })
-            } else {
-                None
-            };
-            Ok(Version {
-                origin,
-                seq,
-                hlc: hlc >> 3,
-                alive: hlc & 1 == 1,
-                created: hlc & 2 == 2,
-                lineage,
-            })
-        };
+        let held = flags & 1 != 0;
+        if flags & UNIFORM != 0 {
+            let v = get_version(&mut r)?;
+            // SQLite tables have at most 32767 columns.
+            let ncells = r.varint("row meta cells")? as usize;
+            if ncells > 1 << 15 || !r.is_empty() {
+                return Err(DecodeError::Malformed("row meta cells"));
+            }
+            return Ok(RowMeta {
+                cells: vec![vec![v]; ncells],
+                held,
+            });
+        }
         let n = r.count("row meta versions")?;
         let versions = (0..n)
-            .map(|_| version(&mut r))
+            .map(|_| get_version(&mut r))
             .collect::<Result<Vec<_>, _>>()?;
         let ncells = r.count("row meta cells")?;
         let mut cells = Vec::with_capacity(ncells);
@@ -227,10 +262,7 @@ impl RowMeta {
             }
             cells.push(heads);
         }
-        Ok(RowMeta {
-            cells,
-            held: flags & 1 != 0,
-        })
+        Ok(RowMeta { cells, held })
     }
 }
 
@@ -262,6 +294,22 @@ mod tests {
             hlc: 3,
         });
         assert_eq!(RowMeta::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn a_row_written_whole_by_one_version_round_trips_in_the_short_form() {
+        let mut m = RowMeta::fresh(3, v(2, 7, 99, true));
+        let short = m.encode();
+        assert_eq!(short[0] & UNIFORM, UNIFORM);
+        assert_eq!(RowMeta::decode(&short).unwrap(), m);
+        m.held = true;
+        assert_eq!(RowMeta::decode(&m.encode()).unwrap(), m);
+        // One more head anywhere: the long form, still exact.
+        m.write(2, v(3, 1, 100, true), &[]);
+        let long = m.encode();
+        assert_eq!(long[0] & UNIFORM, 0);
+        assert!(long.len() > short.len());
+        assert_eq!(RowMeta::decode(&long).unwrap(), m);
     }
 
     #[test]

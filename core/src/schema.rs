@@ -60,6 +60,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: what each peer said it holds (acknowledgements from bundles and sync messages).
     "CREATE TABLE _tide_acks(peer BLOB NOT NULL, origin BLOB NOT NULL, seq INTEGER NOT NULL,
         PRIMARY KEY(peer, origin)) WITHOUT ROWID;",
+    // 3: how a body is kept in the log: 0 as signed, 1 a zstd frame of it (`log::pack`).
+    "ALTER TABLE _tide_log ADD COLUMN packing INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Creates or upgrades tide's metadata tables. Idempotent.

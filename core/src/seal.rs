@@ -12,7 +12,7 @@ use crate::change::{Encoder, OpKind};
 use crate::error::Result;
 use crate::identity::SecretIdentity;
 use crate::ids::ChangeId;
-use crate::merge::{Merger, RowRef, Visible};
+use crate::merge::{BATCH, Merger, RowRef, Visible};
 use crate::replica::{Replica, origins_map};
 use crate::rowmeta::{ROW, RowMeta, VRef, Version};
 use crate::schema::{self, TableInfo, q};
@@ -160,169 +160,47 @@ fn written(mask: u64, col: usize) -> bool {
 
 /// Seals inside the caller's transaction. Returns the new change's id, if any.
 ///
-/// One pass: the change's head (seq, HLC, deps) is fixed first, then each captured row
-/// is decided against its metadata, written into the change's body and into its
-/// metadata, so no part of a large change is held twice.
+/// One pass: the change's head (seq, HLC, deps) is fixed first, then captured rows are
+/// decided against their metadata in batches, written into the change's body and into
+/// their metadata, so no part of a large change is held twice.
 pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result<Option<ChangeId>> {
     let tables = schema::tracked_tables(conn)?;
     if !has_pending(conn)? {
         return Ok(None);
     }
-    let mut merger = Merger::new(conn, origins_map(conn)?);
     let self_idx: i64 =
         conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
     let head = crate::log::next_head(conn, secret)?;
-    let v_base = Version {
-        origin: self_idx,
-        seq: head.seq,
-        hlc: head.hlc,
-        alive: true,
-        created: false,
-        lineage: None,
-    };
-    let mut enc = Encoder::new(head.clone());
-    let origins = std::rc::Rc::clone(&merger.origins);
-    let to_id = |p: &VRef| ChangeId {
-        origin: origins[&p.0],
-        seq: p.1,
+    let mut sealer = Sealer {
+        conn,
+        merger: Merger::new(conn, origins_map(conn)?),
+        enc: Encoder::new(head.clone()),
+        v: Version {
+            origin: self_idx,
+            seq: head.seq,
+            hlc: head.hlc,
+            alive: true,
+            created: false,
+            lineage: None,
+        },
+        started: false,
     };
     for t in &tables {
-        let mut started = false;
+        sealer.started = false;
+        let mut chunk = Vec::with_capacity(BATCH);
         each_pending(conn, t, |p| {
-            let key_bytes = encode_key(&p.key);
-            let m0 = merger.load_meta(t, &key_bytes)?;
-            let was_live = m0.as_ref().is_some_and(|m| m.materialized(&merger.origins));
-            let (kind, mask) = match (&p.current, was_live) {
-                (Some(_), false) => (OpKind::Insert, u64::MAX),
-                (Some(_), true) => (OpKind::Update, p.mask),
-                (None, true) => (OpKind::Delete, p.mask),
-                // Created and deleted since the last seal, or never visible here: nothing to say.
-                (None, false) => return Ok(()),
-            };
-            let values = p.current.as_ref().or(p.last_delete.as_ref());
-            let Some(m0) = m0 else {
-                // A row this replica never had: every column is new, nothing overwritten.
-                let values = values.expect("the row exists: it was just inserted");
-                start_table(&mut enc, &mut started, t);
-                enc.row(kind, &p.key, std::iter::empty(), None, t.columns.len());
-                for (c, value) in values.iter().enumerate() {
-                    enc.cell(c, value, std::iter::empty());
-                }
-                let v = Version {
-                    alive: true,
-                    created: true,
-                    ..v_base
-                };
-                return merger.write_fresh(t, &key_bytes, v);
-            };
-            let row_alive_heads: Vec<VRef> = m0.cells[ROW]
-                .iter()
-                .filter(|h| h.alive)
-                .map(|h| h.vref())
-                .collect();
-            // A row created where it was deleted overwrites what the deletion saw: the
-            // cell heads the deleting changes causally covered, not values written
-            // concurrently with the deletion (those stay as candidates).
-            let deleted_over = if was_live {
-                Vec::new()
-            } else {
-                deletion_contexts(conn, &m0)?
-            };
-            // The app saw the visible state: it overwrote the heads showing it, no others.
-            let row_preds = if was_live {
-                row_alive_heads
-            } else {
-                m0.cells[ROW]
-                    .iter()
-                    .filter(|h| !h.alive)
-                    .map(|h| h.vref())
-                    .collect()
-            };
-            let mut cells: Vec<(usize, Vec<VRef>)> = Vec::new();
-            if values.is_some() {
-                for c in 0..t.columns.len() {
-                    if !written(mask, c) {
-                        continue;
-                    }
-                    let heads = &m0.cells[c + 1];
-                    let preds: Vec<VRef> = if !was_live {
-                        heads
-                            .iter()
-                            .filter(|h| deleted_over.iter().any(|d| d.covers(h, &merger.origins)))
-                            .map(|h| h.vref())
-                            .collect()
-                    } else if heads.len() > 1 && in_conflict(conn, t, &key_bytes, c)? {
-                        // Only the value the app saw is overwritten; the other candidates stay.
-                        m0.winner(c + 1, &merger.origins)
-                            .map(|w| vec![w.vref()])
-                            .unwrap_or_default()
-                    } else {
-                        heads.iter().map(|h| h.vref()).collect()
-                    };
-                    cells.push((c, preds));
-                }
+            chunk.push(p);
+            if chunk.len() == BATCH {
+                sealer.rows(t, &mut chunk)?;
             }
-            if kind == OpKind::Update && cells.is_empty() {
-                // Nothing changed (an UPDATE that set columns to what they were, or a row
-                // noted as a possible REPLACE victim that survived).
-                return Ok(());
-            }
-            let lineage = if kind == OpKind::Update {
-                m0.birth(&merger.origins)
-            } else {
-                None
-            };
-            start_table(&mut enc, &mut started, t);
-            enc.row(
-                kind,
-                &p.key,
-                row_preds.iter().map(to_id),
-                lineage.map(|l| crate::change::Lineage {
-                    change: to_id(&(l.origin, l.seq)),
-                    hlc: l.hlc,
-                }),
-                cells.len(),
-            );
-            // Cells are only planned when there are values to write.
-            let values = values.map(Vec::as_slice).unwrap_or_default();
-            for (c, preds) in &cells {
-                enc.cell(*c, &values[*c], preds.iter().map(to_id));
-            }
-            let v = Version {
-                alive: kind != OpKind::Delete,
-                created: kind == OpKind::Insert,
-                lineage,
-                ..v_base
-            };
-            let mut m1 = m0.clone();
-            m1.write(ROW, v, &row_preds);
-            let mut new_values = Vec::with_capacity(cells.len());
-            for (c, preds) in cells {
-                m1.write(c + 1, v, &preds);
-                new_values.push((c, v, values[c].clone()));
-            }
-            if kind != OpKind::Delete {
-                // The app wrote the row into its table: whatever held it is settled by this write.
-                m1.held = false;
-            }
-            let visible = match (kind, p.last_delete) {
-                (OpKind::Delete, Some(old)) => Visible::LocalDelete(old),
-                _ => Visible::LocalWrite,
-            };
-            merger.transition(
-                &RowRef {
-                    t,
-                    key: &p.key,
-                    key_bytes: &key_bytes,
-                },
-                Some(&m0),
-                m1,
-                &new_values,
-                visible,
-            )
+            Ok(())
         })?;
+        sealer.rows(t, &mut chunk)?;
         conn.execute_batch(&format!("DELETE FROM {}", t.cap_table()))?;
     }
+    let Sealer {
+        mut merger, enc, ..
+    } = sealer;
     if enc.ops() == 0 {
         return Ok(None);
     }
@@ -337,11 +215,175 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
     }))
 }
 
-/// Writes a table's section header before its first row op.
-fn start_table(enc: &mut Encoder, started: &mut bool, t: &TableInfo) {
-    if !*started {
-        enc.table(&t.name, &t.key_columns, &t.columns);
-        *started = true;
+/// The change being sealed, and what writes its rows' metadata.
+struct Sealer<'c> {
+    conn: &'c Connection,
+    merger: Merger<'c>,
+    enc: Encoder,
+    /// The version every op of this change writes (kind flags set per op).
+    v: Version,
+    /// Whether the current table's section was started in the body.
+    started: bool,
+}
+
+impl Sealer<'_> {
+    fn to_id(&self, p: &VRef) -> ChangeId {
+        ChangeId {
+            origin: self.merger.origins[&p.0],
+            seq: p.1,
+        }
+    }
+
+    fn start_table(&mut self, t: &TableInfo) {
+        if !self.started {
+            self.enc.table(&t.name, &t.key_columns, &t.columns);
+            self.started = true;
+        }
+    }
+
+    /// Seals a batch of captured rows of `t` (and empties it).
+    fn rows(&mut self, t: &TableInfo, chunk: &mut Vec<Pending>) -> Result<()> {
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|p| encode_key(&p.key)).collect();
+        let metas = self.merger.load_metas(t, &keys)?;
+        let mut fresh = Vec::new();
+        for ((p, key_bytes), m0) in chunk.drain(..).zip(keys).zip(metas) {
+            if self.row(t, p, &key_bytes, m0)? {
+                fresh.push(key_bytes);
+            }
+        }
+        let v = Version {
+            alive: true,
+            created: true,
+            ..self.v
+        };
+        self.merger.write_fresh(t, &fresh, v)
+    }
+
+    /// Seals one captured row. True when the row is new here and written whole: its
+    /// metadata is then written with the batch's.
+    fn row(
+        &mut self,
+        t: &TableInfo,
+        p: Pending,
+        key_bytes: &[u8],
+        m0: Option<RowMeta>,
+    ) -> Result<bool> {
+        let origins = std::rc::Rc::clone(&self.merger.origins);
+        let was_live = m0.as_ref().is_some_and(|m| m.materialized(&origins));
+        let (kind, mask) = match (&p.current, was_live) {
+            (Some(_), false) => (OpKind::Insert, u64::MAX),
+            (Some(_), true) => (OpKind::Update, p.mask),
+            (None, true) => (OpKind::Delete, p.mask),
+            // Created and deleted since the last seal, or never visible here: nothing to say.
+            (None, false) => return Ok(false),
+        };
+        let values = p.current.as_ref().or(p.last_delete.as_ref());
+        let Some(m0) = m0 else {
+            // A row this replica never had: every column is new, nothing overwritten.
+            let values = values.expect("the row exists: it was just inserted");
+            self.start_table(t);
+            self.enc
+                .row(kind, &p.key, std::iter::empty(), None, t.columns.len());
+            for (c, value) in values.iter().enumerate() {
+                self.enc.cell(c, value, std::iter::empty());
+            }
+            return Ok(true);
+        };
+        // A row created where it was deleted overwrites what the deletion saw: the
+        // cell heads the deleting changes causally covered, not values written
+        // concurrently with the deletion (those stay as candidates).
+        let deleted_over = if was_live {
+            Vec::new()
+        } else {
+            deletion_contexts(self.conn, &m0)?
+        };
+        // The app saw the visible state: it overwrote the heads showing it, no others.
+        let row_preds: Vec<VRef> = m0.cells[ROW]
+            .iter()
+            .filter(|h| h.alive == was_live)
+            .map(|h| h.vref())
+            .collect();
+        let mut cells: Vec<(usize, Vec<VRef>)> = Vec::new();
+        if values.is_some() {
+            for c in 0..t.columns.len() {
+                if !written(mask, c) {
+                    continue;
+                }
+                let heads = &m0.cells[c + 1];
+                let preds: Vec<VRef> = if !was_live {
+                    heads
+                        .iter()
+                        .filter(|h| deleted_over.iter().any(|d| d.covers(h, &origins)))
+                        .map(|h| h.vref())
+                        .collect()
+                } else if heads.len() > 1 && in_conflict(self.conn, t, key_bytes, c)? {
+                    // Only the value the app saw is overwritten; the other candidates stay.
+                    m0.winner(c + 1, &origins)
+                        .map(|w| vec![w.vref()])
+                        .unwrap_or_default()
+                } else {
+                    heads.iter().map(|h| h.vref()).collect()
+                };
+                cells.push((c, preds));
+            }
+        }
+        if kind == OpKind::Update && cells.is_empty() {
+            // Nothing changed (an UPDATE that set columns to what they were, or a row
+            // noted as a possible REPLACE victim that survived).
+            return Ok(false);
+        }
+        let lineage = if kind == OpKind::Update {
+            m0.birth(&origins)
+        } else {
+            None
+        };
+        self.start_table(t);
+        let row_ids: Vec<ChangeId> = row_preds.iter().map(|p| self.to_id(p)).collect();
+        let lineage_id = lineage.map(|l| crate::change::Lineage {
+            change: self.to_id(&(l.origin, l.seq)),
+            hlc: l.hlc,
+        });
+        self.enc
+            .row(kind, &p.key, row_ids.into_iter(), lineage_id, cells.len());
+        // Cells are only planned when there are values to write.
+        let values = values.map(Vec::as_slice).unwrap_or_default();
+        for (c, preds) in &cells {
+            let ids: Vec<ChangeId> = preds.iter().map(|p| self.to_id(p)).collect();
+            self.enc.cell(*c, &values[*c], ids.into_iter());
+        }
+        let v = Version {
+            alive: kind != OpKind::Delete,
+            created: kind == OpKind::Insert,
+            lineage,
+            ..self.v
+        };
+        let mut m1 = m0.clone();
+        m1.write(ROW, v, &row_preds);
+        let mut new_values = Vec::with_capacity(cells.len());
+        for (c, preds) in cells {
+            m1.write(c + 1, v, &preds);
+            new_values.push((c, v, values[c].clone()));
+        }
+        if kind != OpKind::Delete {
+            // The app wrote the row into its table: whatever held it is settled by this write.
+            m1.held = false;
+        }
+        let visible = match (kind, p.last_delete) {
+            (OpKind::Delete, Some(old)) => Visible::LocalDelete(old),
+            _ => Visible::LocalWrite,
+        };
+        self.merger.transition(
+            &RowRef {
+                t,
+                key: &p.key,
+                key_bytes,
+            },
+            Some(&m0),
+            m1,
+            &new_values,
+            visible,
+        )?;
+        Ok(false)
     }
 }
 
@@ -365,15 +407,19 @@ impl DeletionContext {
 fn deletion_contexts(conn: &Connection, m: &RowMeta) -> Result<Vec<DeletionContext>> {
     let mut out = Vec::new();
     for h in m.cells[ROW].iter().filter(|h| !h.alive) {
-        let body: Vec<u8> = conn.query_row(
-            "SELECT body FROM _tide_log WHERE origin=?1 AND seq=?2",
+        let (body, packing): (Vec<u8>, i64) = conn.query_row(
+            "SELECT body, packing FROM _tide_log WHERE origin=?1 AND seq=?2",
             params![h.origin, h.seq as i64],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let change = crate::change::Change::decode(&body)?;
+        let body = crate::log::unpack(body, packing)?;
         out.push(DeletionContext {
             version: h.vref(),
-            deps: change.deps.into_iter().collect(),
+            deps: crate::change::Decoder::new(&body)?
+                .head
+                .deps
+                .into_iter()
+                .collect(),
         });
     }
     Ok(out)

@@ -145,6 +145,21 @@ enum Op {
         from: i64,
         to: i64,
     },
+    /// Many rows in one statement (ids `base ..= base + n - 1`), so a change carries
+    /// more ops than sealing and applying handle per batch. Values depend on the id
+    /// except every 64th row's `any_col`, so concurrent bulk writes overlap row by row
+    /// (every op takes the merge) with few conflicts to resolve.
+    ItemBulk {
+        base: i64,
+        n: i64,
+        seed: i64,
+        replace: bool,
+    },
+    /// Updates every bulk row with `id % 3 == k`, or deletes those with `id % 50 == k`.
+    ItemBulkTouch {
+        k: i64,
+        delete: bool,
+    },
     DocPut {
         name: u8,
         part: u8,
@@ -174,6 +189,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (id.clone(), 0usize..5, any_v()).prop_map(|(id, col, val)| Op::ItemSet { id, col, val }),
         1 => id.clone().prop_map(|id| Op::ItemDel { id }),
         1 => (id.clone(), id).prop_map(|(from, to)| Op::ItemRekey { from, to }),
+        1 => (prop_oneof![Just(100i64), Just(250)], 20i64..=400, any::<i64>(), any::<bool>())
+            .prop_map(|(base, n, seed, replace)| Op::ItemBulk { base, n, seed, replace }),
+        1 => (0i64..3, any::<bool>()).prop_map(|(k, delete)| Op::ItemBulkTouch { k, delete }),
         4 => (name.clone(), part.clone(), vals(), proptest::bool::weighted(0.25))
             .prop_map(|(name, part, vals, replace)| Op::DocPut { name, part, vals, replace }),
         3 => (name.clone(), part.clone(), 0usize..5, any_v())
@@ -329,6 +347,30 @@ fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
         Op::ItemRekey { from, to } => c.execute(
             "UPDATE OR IGNORE items SET id = ?2 WHERE id = ?1",
             [from, to],
+        ),
+        Op::ItemBulk {
+            base,
+            n,
+            seed,
+            replace,
+        } => {
+            let verb = if *replace { "REPLACE" } else { "IGNORE" };
+            c.execute(
+                &format!(
+                    "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < ?2 - 1)
+                     INSERT OR {verb} INTO items(id, label, qty, price, data, any_col)
+                     SELECT ?1 + x, 'bulk ' || (?1 + x), (?1 + x) % 5, (?1 + x) * 0.5, NULL,
+                            CASE WHEN x % 64 = 0 THEN ?3 % 3 ELSE ?1 + x END FROM s"
+                ),
+                rusqlite::params![base, n, seed],
+            )
+        }
+        Op::ItemBulkTouch { k, delete: true } => {
+            c.execute("DELETE FROM items WHERE id >= 100 AND id % 50 = ?1", [k])
+        }
+        Op::ItemBulkTouch { k, delete: false } => c.execute(
+            "UPDATE items SET qty = coalesce(qty, 0) + 1 WHERE id >= 100 AND id % 3 = ?1",
+            [k],
         ),
         Op::DocPut {
             name,

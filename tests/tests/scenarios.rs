@@ -263,6 +263,52 @@ fn same_unique_value_inserted_twice_keeps_one_winner_everywhere_and_records_the_
     }
 }
 
+/// A change far larger than one apply batch, with UNIQUE collisions in the middle of
+/// batches: rows that lose their slot are held, rows that win it evict the local row,
+/// and every replica ends alike whatever the order and batching of what it received.
+#[test]
+fn unique_collisions_inside_a_large_change_are_held_alike_everywhere() {
+    let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
+    let mut c = Cluster::new(3, schema, &["users"]);
+    let collide = |from: i64, to: i64| {
+        format!(
+            "WITH RECURSIVE s(x) AS (SELECT {from} UNION ALL SELECT x + 1 FROM s WHERE x < {to})
+             INSERT INTO users SELECT printf('v%04d', x * 37), printf('e%04d', x * 37), 'r1' FROM s;"
+        )
+    };
+    // r1's first colliding rows are older than r0's (they keep their slots), its later
+    // ones younger (r0's rows evict them where r1 applies r0's change).
+    c.write(1, &collide(0, 12));
+    c.replicas[1].seal().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    c.write(
+        0,
+        "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < 999)
+         INSERT INTO users SELECT printf('u%04d', x), printf('e%04d', x), 'r0' FROM s;",
+    );
+    c.replicas[0].seal().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    c.write(1, &collide(13, 26));
+    c.replicas[1].seal().unwrap();
+    // r2 gets r1's changes first, then r0's; r1 gets r0's on top of its own.
+    c.send(1, 2);
+    c.send(0, 2);
+    exchange(&mut c);
+    c.sync_all();
+    let h = c.hashes();
+    assert_eq!(h[0], h[1]);
+    assert_eq!(h[0], h[2]);
+    for i in 0..3 {
+        let conflicts = c.replicas[i].conflicts().unwrap();
+        assert_eq!(conflicts.len(), 27, "one held row per collision on r{i}");
+        assert!(conflicts.iter().all(|k| k.kind == "unique"));
+        let n: i64 = query_one(&c.path(i), "SELECT count(*) FROM users");
+        assert_eq!(n, 1000, "every email once; the losers are held, not lost");
+        let r1_kept: i64 = query_one(&c.path(i), "SELECT count(*) FROM users WHERE name = 'r1'");
+        assert_eq!(r1_kept, 13, "the older rows keep their slots on r{i}");
+    }
+}
+
 #[test]
 fn reapplying_the_same_changes_changes_nothing() {
     let mut c = notes(2);
