@@ -250,8 +250,7 @@ impl Replica {
                     key.and_then(|k| <[u8; 32]>::try_from(k).ok()),
                     <[u8; 64]>::try_from(sig),
                 ) {
-                    let mut msg = crate::change::SIGNING_CONTEXT.to_vec();
-                    msg.extend_from_slice(&body);
+                    let msg = crate::change::signing_message(blake3::hash(&body).as_bytes());
                     if !verify_signature(&key, &msg, &sig) {
                         sigs.push(format!("{name}: signature does not verify"));
                     }

@@ -14,7 +14,7 @@
 //! pred     = dep:varint seq:varint      an index into deps, and a seq <= that dep's seq
 //! value    = 0 | 1 zigzag:varint | 2 bits:u64be | 3 bytes | 4 bytes   (NULL INT REAL TEXT BLOB)
 //! bytes    = len:varint octets
-//! signed   = "tide change v1" 0x00 body           the Ed25519 message
+//! signed   = "tide change v1" 0x00 BLAKE3(body)   the Ed25519 message (47 bytes)
 //! envelope = len:varint body signature:64         how a change travels
 //! ```
 //!
@@ -558,10 +558,13 @@ impl Change {
     }
 }
 
-fn signing_message(body: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + body.len());
+/// The Ed25519 message of a change: the context string, then the BLAKE3 content hash of
+/// its body. Signing the hash, not the body, keeps the signature's cost independent of
+/// the change's size (SHA-512 over a large body cost more than the rest of verifying).
+pub(crate) fn signing_message(hash: &[u8; 32]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + hash.len());
     msg.extend_from_slice(SIGNING_CONTEXT);
-    msg.extend_from_slice(body);
+    msg.extend_from_slice(hash);
     msg
 }
 
@@ -586,8 +589,12 @@ impl SignedChange {
 
     /// Signs an encoded body (the caller's own change).
     pub(crate) fn sign(body: Vec<u8>, secret: &SecretIdentity) -> SignedChange {
-        let signature = secret.sign(&signing_message(&body));
-        SignedChange::from_parts(body, signature)
+        let hash = *blake3::hash(&body).as_bytes();
+        SignedChange {
+            signature: secret.sign(&signing_message(&hash)),
+            body,
+            hash,
+        }
     }
 
     /// The envelope: body length, body, signature.
@@ -637,7 +644,7 @@ impl SignedChange {
     /// Checks the signature with the origin's public key and the body's structure, and
     /// returns the head, without keeping the ops (which may be many).
     pub fn verify_head(&self, sign_key: &[u8; 32]) -> Result<ChangeHead, VerifyError> {
-        if !verify_signature(sign_key, &signing_message(&self.body), &self.signature) {
+        if !verify_signature(sign_key, &signing_message(&self.hash), &self.signature) {
             return Err(VerifyError::BadSignature);
         }
         let mut dec = Decoder::new(&self.body).map_err(VerifyError::Decode)?;
@@ -650,7 +657,7 @@ impl SignedChange {
 
     /// Checks the signature with the origin's public key, then decodes.
     pub fn verify(&self, sign_key: &[u8; 32]) -> Result<VerifiedChange, VerifyError> {
-        if !verify_signature(sign_key, &signing_message(&self.body), &self.signature) {
+        if !verify_signature(sign_key, &signing_message(&self.hash), &self.signature) {
             return Err(VerifyError::BadSignature);
         }
         let change = Change::decode(&self.body).map_err(VerifyError::Decode)?;

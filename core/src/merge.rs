@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::OnceLock;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, ToSql, params_from_iter};
 
@@ -50,6 +51,8 @@ enum SqlKind {
     Read,
     Insert,
     Delete,
+    /// [`Merger::batch_rows`] rows at once.
+    InsertMany,
 }
 
 /// A row's identity.
@@ -109,11 +112,14 @@ impl<'c> Merger<'c> {
             }
             // Always BATCH placeholders (padded with the first key) so one prepared
             // statement serves every chunk.
-            let sql = format!(
-                "SELECT key, meta FROM _tide_rows WHERE tid=?1 AND key IN ({})",
-                marks(2, BATCH)
-            );
-            let mut stmt = self.conn.prepare_cached(&sql)?;
+            static SQL: OnceLock<String> = OnceLock::new();
+            let sql = SQL.get_or_init(|| {
+                format!(
+                    "SELECT key, meta FROM _tide_rows WHERE tid=?1 AND key IN ({})",
+                    marks(2, BATCH)
+                )
+            });
+            let mut stmt = self.conn.prepare_cached(sql)?;
             let params = std::iter::once(&t.tid as &dyn ToSql)
                 .chain((0..BATCH).map(|i| chunk.get(i).unwrap_or(&chunk[0]) as &dyn ToSql));
             let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
@@ -150,16 +156,19 @@ impl<'c> Merger<'c> {
                 continue;
             }
             // Padding repeats the first key: replacing a row with itself changes nothing.
-            let rows = (0..BATCH)
-                .map(|i| format!("(?1, ?{}, ?2)", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES {rows}");
+            static SQL: OnceLock<String> = OnceLock::new();
+            let sql = SQL.get_or_init(|| {
+                let rows = (0..BATCH)
+                    .map(|i| format!("(?1, ?{}, ?2)", i + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES {rows}")
+            });
             let params = [&t.tid as &dyn ToSql, &meta]
                 .into_iter()
                 .chain((0..BATCH).map(|i| chunk.get(i).unwrap_or(&chunk[0]) as &dyn ToSql));
             self.conn
-                .prepare_cached(&sql)?
+                .prepare_cached(sql)?
                 .execute(params_from_iter(params))?;
         }
         Ok(())
@@ -172,16 +181,8 @@ impl<'c> Merger<'c> {
         t: &TableInfo,
         rows: &[(&[Value], &[Value])],
     ) -> rusqlite::Result<()> {
-        let width = t.key_columns.len() + t.columns.len();
-        let sql = format!(
-            "INSERT OR ABORT INTO {}({}) VALUES {}",
-            q(&t.name),
-            t.quoted_columns().join(", "),
-            (0..rows.len())
-                .map(|r| format!("({})", marks(1 + r * width, width)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        debug_assert_eq!(rows.len(), Self::batch_rows(t));
+        let sql = self.table_sql(t, SqlKind::InsertMany);
         self.conn.prepare_cached(&sql)?.execute(params_from_iter(
             rows.iter().flat_map(|(k, v)| k.iter().chain(v.iter())),
         ))?;
@@ -267,6 +268,18 @@ impl<'c> Merger<'c> {
                     )
                 }
                 SqlKind::Delete => format!("DELETE FROM {} WHERE {}", q(&t.name), key_where(t)),
+                SqlKind::InsertMany => {
+                    let width = cols.len();
+                    format!(
+                        "INSERT OR ABORT INTO {}({}) VALUES {}",
+                        q(&t.name),
+                        cols.join(", "),
+                        (0..Self::batch_rows(t))
+                            .map(|r| format!("({})", marks(1 + r * width, width)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
             };
             Rc::from(text)
         });
