@@ -53,6 +53,10 @@ enum SqlKind {
     Delete,
     /// [`Merger::batch_rows`] rows at once.
     InsertMany,
+    /// Values of this many heads of one row into `_tide_values`.
+    KeepValues(usize),
+    /// An update of the columns in this mask (tables of at most 64 columns).
+    Update(u64),
 }
 
 /// A row's identity.
@@ -243,11 +247,20 @@ impl<'c> Merger<'c> {
         Ok(row.filter(|r| r[..nk] == *key).map(|mut r| r.split_off(nk)))
     }
 
-    fn table_sql(&self, t: &TableInfo, kind: SqlKind) -> Rc<str> {
+    /// SQL text built once per merger: `key` names it (a table id, 0 for none).
+    fn sql_for(&self, key: i64, kind: SqlKind, build: impl FnOnce() -> String) -> Rc<str> {
         let mut cache = self.sql.borrow_mut();
-        let sql = cache.entry((t.tid, kind)).or_insert_with(|| {
+        Rc::clone(
+            cache
+                .entry((key, kind))
+                .or_insert_with(|| Rc::from(build())),
+        )
+    }
+
+    fn table_sql(&self, t: &TableInfo, kind: SqlKind) -> Rc<str> {
+        self.sql_for(t.tid, kind, || {
             let cols = t.quoted_columns();
-            let text = match kind {
+            match kind {
                 SqlKind::Read => format!(
                     "SELECT {} FROM {} WHERE {}",
                     cols.join(", "),
@@ -280,10 +293,11 @@ impl<'c> Merger<'c> {
                             .join(", ")
                     )
                 }
-            };
-            Rc::from(text)
-        });
-        Rc::clone(sql)
+                SqlKind::KeepValues(_) | SqlKind::Update(_) => {
+                    unreachable!("built where used")
+                }
+            }
+        })
     }
 
     /// Moves a row from `m0` (None: never seen) to `m1`. `new_values` are the cells the
@@ -446,6 +460,7 @@ impl<'c> Merger<'c> {
         let lookup = |c: usize, h: &Version| {
             value_of(c, h, &new_map, &stored, old_mat, &old_winners, &old_visible)
         };
+        let mut keep: Vec<(usize, Version, Value)> = Vec::new();
         for c in 1..=ncols {
             let was_stored = |h: &Version| {
                 m0.cells[c].iter().any(|x| x.vref() == h.vref())
@@ -455,10 +470,7 @@ impl<'c> Merger<'c> {
                 let needs = !(new_mat && new_winners[c].map(|w| w.vref()) == Some(h.vref()));
                 let was = was_stored(h);
                 if needs && !was {
-                    let value = lookup(c, h).unwrap_or(Value::Null);
-                    self.conn
-                        .prepare_cached("INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES(?1, ?2, ?3, ?4, ?5, ?6)")?
-                        .execute(rusqlite::params![t.tid, row.key_bytes, c as i64, h.origin, h.seq as i64, value])?;
+                    keep.push((c, *h, lookup(c, h).unwrap_or(Value::Null)));
                 } else if !needs && was {
                     self.delete_value(t, row.key_bytes, c, h)?;
                 }
@@ -469,6 +481,8 @@ impl<'c> Merger<'c> {
                 }
             }
         }
+
+        self.keep_values(t, row.key_bytes, &keep)?;
 
         // Conflicts: any cell that has or had several heads is re-examined.
         for c in 0..=ncols {
@@ -501,7 +515,9 @@ impl<'c> Merger<'c> {
                 t.columns[c - 1].as_str()
             };
             let candidates: Vec<ChangeId> = m1.cells[c].iter().map(|h| self.change_id(h)).collect();
-            self.set_conflict(row, c as i64, col, kind, &candidates)?;
+            // A cell has a conflict record only while it has several heads.
+            let may_exist = m0.cells[c].len() >= 2;
+            self.set_conflict(row, c as i64, col, kind, &candidates, may_exist)?;
         }
         // A held row is a constraint conflict between it and the row that keeps its slot.
         if m1.held || m0.held {
@@ -518,7 +534,15 @@ impl<'c> Merger<'c> {
             };
             let candidates: Vec<ChangeId> =
                 m1.cells[ROW].iter().map(|h| self.change_id(h)).collect();
-            self.set_conflict(row, CONSTRAINT_CELL, "", reason.as_deref(), &candidates)?;
+            // A row has a constraint conflict record only while it is held.
+            self.set_conflict(
+                row,
+                CONSTRAINT_CELL,
+                "",
+                reason.as_deref(),
+                &candidates,
+                m0.held,
+            )?;
         }
 
         let mut stmt = self.conn.prepare_cached(
@@ -535,6 +559,59 @@ impl<'c> Merger<'c> {
         }
     }
 
+    /// Stores the values of heads that are not visible, one statement for the row.
+    fn keep_values(
+        &self,
+        t: &TableInfo,
+        key_bytes: &[u8],
+        keep: &[(usize, Version, Value)],
+    ) -> Result<()> {
+        // 4 parameters per value: stay well under SQLite's limit on parameters.
+        for keep in keep.chunks(1024) {
+            self.keep_some_values(t, key_bytes, keep)?;
+        }
+        Ok(())
+    }
+
+    fn keep_some_values(
+        &self,
+        t: &TableInfo,
+        key_bytes: &[u8],
+        keep: &[(usize, Version, Value)],
+    ) -> Result<()> {
+        let sql = self.sql_for(0, SqlKind::KeepValues(keep.len()), || {
+            let rows = (0..keep.len())
+                .map(|i| {
+                    let at = 3 + 4 * i;
+                    format!("(?1, ?2, ?{at}, ?{}, ?{}, ?{})", at + 1, at + 2, at + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES {rows}"
+            )
+        });
+        let cols: Vec<(i64, i64, i64)> = keep
+            .iter()
+            .map(|(c, h, _)| (*c as i64, h.origin, h.seq as i64))
+            .collect();
+        let params =
+            [&t.tid as &dyn ToSql, &key_bytes]
+                .into_iter()
+                .chain(cols.iter().zip(keep).flat_map(|((c, o, s), (_, _, v))| {
+                    [
+                        c as &dyn ToSql,
+                        o as &dyn ToSql,
+                        s as &dyn ToSql,
+                        v as &dyn ToSql,
+                    ]
+                }));
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(params_from_iter(params))?;
+        Ok(())
+    }
+
     fn delete_value(&self, t: &TableInfo, key_bytes: &[u8], c: usize, h: &Version) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5")?
@@ -549,14 +626,20 @@ impl<'c> Merger<'c> {
         col_name: &str,
         kind: Option<&str>,
         candidates: &[ChangeId],
+        may_exist: bool,
     ) -> Result<()> {
-        let existing: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT id FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3")?
-            .query_row(rusqlite::params![row.t.tid, row.key_bytes, col], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let existing: Option<Vec<u8>> = if may_exist {
+            self.conn
+                .prepare_cached(
+                    "SELECT id FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3",
+                )?
+                .query_row(rusqlite::params![row.t.tid, row.key_bytes, col], |r| {
+                    r.get(0)
+                })
+                .optional()?
+        } else {
+            None
+        };
         let Some(kind) = kind else {
             if existing.is_some() {
                 self.conn
@@ -605,17 +688,25 @@ impl<'c> Merger<'c> {
             return Ok(());
         }
         let nkey = key.len();
-        let sets = changed
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| format!("{} = ?{}", q(&t.columns[i]), nkey + j + 1))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "UPDATE OR ABORT {} SET {sets} WHERE {}",
-            q(&t.name),
-            key_where(t)
-        );
+        let build = || {
+            let sets = changed
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| format!("{} = ?{}", q(&t.columns[i]), nkey + j + 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "UPDATE OR ABORT {} SET {sets} WHERE {}",
+                q(&t.name),
+                key_where(t)
+            )
+        };
+        let sql: Rc<str> = if t.columns.len() <= 64 {
+            let mask = changed.iter().fold(0u64, |m, &i| m | 1 << i);
+            self.sql_for(t.tid, SqlKind::Update(mask), build)
+        } else {
+            Rc::from(build())
+        };
         self.conn.prepare_cached(&sql)?.execute(params_from_iter(
             key.iter().chain(changed.iter().map(|&i| &values[i])),
         ))?;

@@ -74,7 +74,8 @@ struct Pending {
 /// Streams a table's captures, one [`Pending`] per row, joined with the row's current
 /// values in one pass. Captures are read in key order so that every capture of a row is
 /// adjacent (SQLite's sorter bounds the memory this needs); a row's captures keep their
-/// write order (rowid) among themselves.
+/// write order (rowid) among themselves. A key seen again after another key would mean
+/// that order was not kept: sealing then stops rather than write two ops for one row.
 fn each_pending(
     conn: &Connection,
     t: &TableInfo,
@@ -82,33 +83,7 @@ fn each_pending(
 ) -> Result<()> {
     let nk = t.key_columns.len();
     let nc = t.columns.len();
-    let mut cols: Vec<String> = (0..nk).map(|i| format!("c.k{i}")).collect();
-    cols.extend((0..nc).map(|i| format!("c.v{i}")));
-    cols.extend(t.quoted_columns().iter().map(|c| format!("t.{c}")));
-    let on = t
-        .key_columns
-        .iter()
-        .enumerate()
-        .map(|(i, k)| format!("t.{} = c.k{i}", q(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    // Keys SQLite calls equal but tide does not (7 and 7.0, 0.0 and -0.0 in a column
-    // without affinity) must not interleave: order those by type and exact text too.
-    let mut order = Vec::new();
-    for (i, untyped) in t.key_untyped.iter().enumerate() {
-        order.push(format!("c.k{i}"));
-        if *untyped {
-            order.push(format!("typeof(c.k{i}), CAST(c.k{i} AS BLOB)"));
-        }
-    }
-    order.push("c.rowid".into());
-    let sql = format!(
-        "SELECT c.op, c.mask, {} FROM {} c LEFT JOIN {} t ON {on} ORDER BY {}",
-        cols.join(", "),
-        t.cap_table(),
-        q(&t.name),
-        order.join(", ")
-    );
+    let sql = pending_sql(conn, t)?;
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
     let mut at: Option<Pending> = None;
@@ -152,6 +127,75 @@ fn each_pending(
         each(p)?;
     }
     Ok(())
+}
+
+/// The capture query of [`each_pending`].
+fn pending_sql(conn: &Connection, t: &TableInfo) -> Result<String> {
+    let nk = t.key_columns.len();
+    let nc = t.columns.len();
+    let mut cols: Vec<String> = (0..nk).map(|i| format!("c.k{i}")).collect();
+    cols.extend((0..nc).map(|i| format!("c.v{i}")));
+    cols.extend(t.quoted_columns().iter().map(|c| format!("t.{c}")));
+    let on = t
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("t.{} = c.k{i}", q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // Keys SQLite calls equal but tide does not (7 and 7.0, 0.0 and -0.0 in a column
+    // without affinity) must not interleave: order those by type and exact text too.
+    let order = |p: &str| {
+        let mut terms = Vec::new();
+        for (i, untyped) in t.key_untyped.iter().enumerate() {
+            terms.push(format!("{p}k{i}"));
+            if *untyped {
+                terms.push(format!("typeof({p}k{i}), CAST({p}k{i} AS BLOB)"));
+            }
+        }
+        terms.push(format!("{p}rowid"));
+        terms.join(", ")
+    };
+    // Only the narrow capture rows are sorted, in a subquery that LIMIT keeps from being
+    // flattened; the join then runs in that order (the left side of a LEFT JOIN is
+    // always SQLite's outer loop), instead of sorting the joined, wide rows.
+    let narrow = format!(
+        "SELECT c.op, c.mask, {} FROM (SELECT * FROM {} ORDER BY {} LIMIT -1) c
+         LEFT JOIN {} t ON {on}",
+        cols.join(", "),
+        t.cap_table(),
+        order(""),
+        q(&t.name),
+    );
+    // Checked, not assumed: should the plan not scan the sorted captures as the outer
+    // loop, sort the joined rows instead (slower, same result).
+    let sql = if sorted_outer(conn, &narrow)? {
+        narrow
+    } else {
+        format!(
+            "SELECT c.op, c.mask, {} FROM {} c LEFT JOIN {} t ON {on} ORDER BY {}",
+            cols.join(", "),
+            t.cap_table(),
+            q(&t.name),
+            order("c.")
+        )
+    };
+    Ok(sql)
+}
+
+/// True when SQLite runs `sql` with the sorted subquery `c` as a co-routine that is the
+/// outermost loop, so rows come out in the subquery's order.
+fn sorted_outer(conn: &Connection, sql: &str) -> Result<bool> {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+    // (parent, detail); top-level steps have parent 0.
+    let plan: Vec<(i64, String)> = stmt
+        .query_map([], |r| Ok((r.get(1)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let first_loop = plan
+        .iter()
+        .find(|(parent, d)| *parent == 0 && (d.starts_with("SCAN ") || d.starts_with("SEARCH ")));
+    Ok(plan.iter().any(|(_, d)| d == "CO-ROUTINE c")
+        && first_loop.is_some_and(|(_, d)| d == "SCAN c"))
 }
 
 fn written(mask: u64, col: usize) -> bool {
@@ -430,4 +474,43 @@ fn in_conflict(conn: &Connection, t: &TableInfo, key_bytes: &[u8], col: usize) -
         "SELECT EXISTS(SELECT 1 FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3)",
     )?;
     Ok(stmt.query_row(params![t.tid, key_bytes, (col + 1) as i64], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast capture query relies on SQLite running the sorted captures as the outer
+    /// loop; this bundled SQLite must plan it that way for every key shape.
+    #[test]
+    fn the_sorted_captures_are_the_outer_loop() {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&conn).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE a(id TEXT PRIMARY KEY, x);
+             CREATE TABLE b(k1 INTEGER, k2 BLOB, y, PRIMARY KEY(k1, k2)) WITHOUT ROWID;
+             CREATE TABLE c(k, z, PRIMARY KEY(k));",
+        )
+        .unwrap();
+        for (tid, name, keys, cols) in [
+            (1, "a", "id", "x"),
+            (2, "b", "k1,k2", "y"),
+            (3, "c", "k", "z"),
+        ] {
+            let t = TableInfo {
+                tid,
+                name: name.into(),
+                key_columns: keys.split(',').map(String::from).collect(),
+                columns: vec![cols.into()],
+                untyped: vec![true],
+                key_untyped: keys.split(',').map(|k| k == "k" || k == "k2").collect(),
+            };
+            crate::schema::install_capture(&conn, &t).unwrap();
+            let sql = pending_sql(&conn, &t).unwrap();
+            assert!(
+                sql.contains("LIMIT -1"),
+                "{name} falls back to the wide sort"
+            );
+        }
+    }
 }
