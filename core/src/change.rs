@@ -284,6 +284,8 @@ pub(crate) enum Step {
 /// on it), so a change of any size can be applied without holding all its ops.
 pub(crate) struct Decoder<'a> {
     r: Reader<'a>,
+    /// Build the ops (else only check them).
+    keep: bool,
     pub(crate) head: ChangeHead,
     tables_left: usize,
     rows_left: usize,
@@ -332,6 +334,7 @@ impl<'a> Decoder<'a> {
         let tables_left = r.count("table count")?;
         Ok(Decoder {
             r,
+            keep: true,
             head: ChangeHead {
                 origin,
                 seq,
@@ -345,6 +348,13 @@ impl<'a> Decoder<'a> {
             nkey: 0,
             ncols: 0,
         })
+    }
+
+    /// A decoder that checks every op as strictly but keeps none (they come back empty).
+    pub(crate) fn checking(body: &'a [u8]) -> Result<Decoder<'a>, DecodeError> {
+        let mut dec = Decoder::new(body)?;
+        dec.keep = false;
+        Ok(dec)
     }
 
     pub(crate) fn next(&mut self) -> Result<Step, DecodeError> {
@@ -409,6 +419,9 @@ impl<'a> Decoder<'a> {
         Ok(out)
     }
 
+    /// The next row op. When only checking (`keep` false) every byte is validated the
+    /// same way but nothing is kept: the op comes back empty, and nothing is allocated
+    /// for its values.
     fn row(&mut self) -> Result<RowOp, DecodeError> {
         let kind = match self.r.byte("op kind")? {
             KIND_INSERT => OpKind::Insert,
@@ -416,9 +429,10 @@ impl<'a> Decoder<'a> {
             KIND_DELETE => OpKind::Delete,
             _ => return Err(DecodeError::Malformed("op kind")),
         };
-        let key = (0..self.nkey)
-            .map(|_| Value::decode(&mut self.r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut key = Vec::with_capacity(if self.keep { self.nkey } else { 0 });
+        for _ in 0..self.nkey {
+            self.value(&mut key)?;
+        }
         let row_preds = self.preds()?;
         let lineage = if kind == OpKind::Update {
             let l = self.preds()?;
@@ -433,18 +447,24 @@ impl<'a> Decoder<'a> {
             None
         };
         let ncells = self.r.count("cell count")?;
-        let mut cells: Vec<CellWrite> = Vec::with_capacity(ncells);
+        let mut cells: Vec<CellWrite> = Vec::with_capacity(if self.keep { ncells } else { 0 });
+        let mut last: Option<usize> = None;
+        let mut value = Vec::with_capacity(usize::from(self.keep));
         for _ in 0..ncells {
             let column = self.r.varint("cell column")? as usize;
-            if column >= self.ncols || cells.last().is_some_and(|c| c.column >= column) {
+            if column >= self.ncols || last.is_some_and(|c| c >= column) {
                 return Err(DecodeError::Malformed("cell column"));
             }
-            let value = Value::decode(&mut self.r)?;
-            cells.push(CellWrite {
-                column,
-                value,
-                preds: self.preds()?,
-            });
+            last = Some(column);
+            self.value(&mut value)?;
+            let preds = self.preds()?;
+            if let Some(value) = value.pop() {
+                cells.push(CellWrite {
+                    column,
+                    value,
+                    preds,
+                });
+            }
         }
         Ok(RowOp {
             kind,
@@ -453,6 +473,16 @@ impl<'a> Decoder<'a> {
             lineage,
             cells,
         })
+    }
+
+    /// Reads one value, onto `out` when keeping ops.
+    fn value(&mut self, out: &mut Vec<Value>) -> Result<(), DecodeError> {
+        if self.keep {
+            out.push(Value::decode(&mut self.r)?);
+        } else {
+            Value::skip(&mut self.r)?;
+        }
+        Ok(())
     }
 }
 
@@ -540,7 +570,7 @@ impl Change {
 
     /// Counts the row ops of a body, checking its structure, without keeping them.
     pub fn count_ops(body: &[u8]) -> Result<usize, DecodeError> {
-        let mut dec = Decoder::new(body)?;
+        let mut dec = Decoder::checking(body)?;
         let mut n = 0;
         loop {
             match dec.next()? {
@@ -647,7 +677,7 @@ impl SignedChange {
         if !verify_signature(sign_key, &signing_message(&self.hash), &self.signature) {
             return Err(VerifyError::BadSignature);
         }
-        let mut dec = Decoder::new(&self.body).map_err(VerifyError::Decode)?;
+        let mut dec = Decoder::checking(&self.body).map_err(VerifyError::Decode)?;
         while !matches!(dec.next().map_err(VerifyError::Decode)?, Step::End) {}
         if ReplicaId::for_signing_key(sign_key) != dec.head.origin {
             return Err(VerifyError::WrongKey);
@@ -788,6 +818,27 @@ mod tests {
             body[i / 8] ^= 1 << (i % 8);
             let tampered = SignedChange::from_parts(body, *signed.signature());
             assert!(tampered.verify(&key).is_err(), "bit {i}");
+        }
+    }
+
+    #[test]
+    fn checking_a_body_accepts_and_refuses_exactly_what_decoding_does() {
+        let secret = SecretIdentity::generate();
+        let body = sample(&secret).encode();
+        assert_eq!(Change::count_ops(&body).unwrap(), 2);
+        let mut variants: Vec<Vec<u8>> = (0..body.len()).map(|n| body[..n].to_vec()).collect();
+        for i in 0..body.len() * 8 {
+            let mut b = body.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            variants.push(b);
+        }
+        for (n, b) in variants.iter().enumerate() {
+            let decoded = Change::decode(b);
+            let counted = Change::count_ops(b);
+            assert_eq!(decoded.is_ok(), counted.is_ok(), "variant {n}");
+            if let Ok(c) = decoded {
+                assert_eq!(c.op_count(), counted.unwrap(), "variant {n}");
+            }
         }
     }
 

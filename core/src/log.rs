@@ -816,7 +816,7 @@ impl Applier<'_, '_> {
     fn ops(&mut self, map: &TableMap<'_>, batch: &mut Vec<(RowOp, Vec<u8>)>) -> Result<()> {
         let t = map.t;
         let ncols = t.columns.len();
-        let keys: Vec<Vec<u8>> = batch.iter().map(|(_, k)| k.clone()).collect();
+        let keys: Vec<&[u8]> = batch.iter().map(|(_, k)| k.as_slice()).collect();
         let metas = self.merger.load_metas(t, &keys)?;
         let mut fresh: Vec<FreshRow> = Vec::new();
         // A merge may change other rows (it can hold the rows blocking a UNIQUE slot):
@@ -893,7 +893,7 @@ impl Applier<'_, '_> {
         };
         let width = Merger::batch_rows(t);
         let mut merged = false;
-        let mut done: Vec<Vec<u8>> = Vec::with_capacity(fresh.len());
+        let mut done: Vec<&[u8]> = Vec::with_capacity(fresh.len());
         for chunk in fresh.chunks(width) {
             if chunk.len() == width {
                 let rows: Vec<(&[Value], &[Value])> = chunk
@@ -902,7 +902,7 @@ impl Applier<'_, '_> {
                     .collect();
                 match self.merger.insert_rows(t, &rows) {
                     Ok(()) => {
-                        done.extend(chunk.iter().map(|(_, kb, _)| kb.clone()));
+                        done.extend(chunk.iter().map(|(_, kb, _)| kb.as_slice()));
                         continue;
                     }
                     Err(e) if crate::merge::constraint_reason(&e).is_some() => {}
@@ -911,7 +911,7 @@ impl Applier<'_, '_> {
             }
             for (key, key_bytes, values) in chunk {
                 if self.merger.insert_fresh_row(t, key, values)? {
-                    done.push(key_bytes.clone());
+                    done.push(key_bytes);
                     continue;
                 }
                 // Refused by a constraint: the full merge decides what is held.

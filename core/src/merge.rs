@@ -101,11 +101,7 @@ impl<'c> Merger<'c> {
 
     /// The metadata of many rows of one table, in `keys` order, with one statement per
     /// [`BATCH`] keys.
-    pub(crate) fn load_metas(
-        &self,
-        t: &TableInfo,
-        keys: &[Vec<u8>],
-    ) -> Result<Vec<Option<RowMeta>>> {
+    pub(crate) fn load_metas(&self, t: &TableInfo, keys: &[&[u8]]) -> Result<Vec<Option<RowMeta>>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH) {
             if chunk.len() < BATCH / 4 {
@@ -132,7 +128,7 @@ impl<'c> Merger<'c> {
                 found.insert(r.get(0)?, r.get(1)?);
             }
             for k in chunk {
-                out.push(match found.get(k) {
+                out.push(match found.get(*k) {
                     Some(b) => {
                         let mut m = RowMeta::decode(b)?;
                         m.ensure_cells(t.columns.len());
@@ -146,7 +142,7 @@ impl<'c> Merger<'c> {
     }
 
     /// Records rows this replica never had, each written whole by `v`.
-    pub(crate) fn write_fresh(&self, t: &TableInfo, keys: &[Vec<u8>], v: Version) -> Result<()> {
+    pub(crate) fn write_fresh(&self, t: &TableInfo, keys: &[&[u8]], v: Version) -> Result<()> {
         let meta = RowMeta::fresh(t.columns.len(), v).encode();
         for chunk in keys.chunks(BATCH) {
             if chunk.len() < BATCH / 4 {

@@ -288,11 +288,12 @@ impl Sealer<'_> {
     /// Seals a batch of captured rows of `t` (and empties it).
     fn rows(&mut self, t: &TableInfo, chunk: &mut Vec<Pending>) -> Result<()> {
         let keys: Vec<Vec<u8>> = chunk.iter().map(|p| encode_key(&p.key)).collect();
-        let metas = self.merger.load_metas(t, &keys)?;
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let metas = self.merger.load_metas(t, &refs)?;
         let mut fresh = Vec::new();
-        for ((p, key_bytes), m0) in chunk.drain(..).zip(keys).zip(metas) {
-            if self.row(t, p, &key_bytes, m0)? {
-                fresh.push(key_bytes);
+        for ((p, key_bytes), m0) in chunk.drain(..).zip(&refs).zip(metas) {
+            if self.row(t, p, key_bytes, m0)? {
+                fresh.push(*key_bytes);
             }
         }
         let v = Version {

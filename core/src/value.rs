@@ -85,6 +85,27 @@ impl Value {
         })
     }
 
+    /// Checks and passes over one encoded value, as [`Value::decode`] would read it.
+    pub(crate) fn skip(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        match r.byte("value tag")? {
+            TAG_NULL => {}
+            TAG_INTEGER => {
+                r.varint("integer")?;
+            }
+            TAG_REAL => {
+                r.array::<8>("real")?;
+            }
+            TAG_TEXT => {
+                r.bytes("text")?;
+            }
+            TAG_BLOB => {
+                r.bytes("blob")?;
+            }
+            _ => return Err(DecodeError::Malformed("value tag")),
+        }
+        Ok(())
+    }
+
     /// A short human rendering, for conflict listings and logs.
     pub fn display(&self) -> String {
         match self {
