@@ -103,8 +103,11 @@ fn each_pending(
             Some(p) => p,
             None => {
                 // The row as the table shows it: found under this exact key, or absent.
-                let row_key = values(r, 2 + nk + nc, nk)?;
-                let current = if row_key == key {
+                let mut same = true;
+                for (i, k) in key.iter().enumerate() {
+                    same &= k.same_as(r.get_ref(2 + nk + nc + i)?);
+                }
+                let current = if same {
                     Some(values(r, 2 + nk + nc + nk, nc)?)
                 } else {
                     None

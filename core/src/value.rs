@@ -85,6 +85,18 @@ impl Value {
         })
     }
 
+    /// True when `v` is this value, bit for bit (what `==` says of two values).
+    pub(crate) fn same_as(&self, v: ValueRef<'_>) -> bool {
+        match (self, v) {
+            (Value::Null, ValueRef::Null) => true,
+            (Value::Integer(a), ValueRef::Integer(b)) => *a == b,
+            (Value::Real(a), ValueRef::Real(b)) => *a == b.to_bits(),
+            (Value::Text(a), ValueRef::Text(b)) => a[..] == *b,
+            (Value::Blob(a), ValueRef::Blob(b)) => a[..] == *b,
+            _ => false,
+        }
+    }
+
     /// Checks and passes over one encoded value, as [`Value::decode`] would read it.
     pub(crate) fn skip(r: &mut Reader<'_>) -> Result<(), DecodeError> {
         match r.byte("value tag")? {
@@ -178,6 +190,31 @@ mod tests {
         ];
         let key = encode_key(&values);
         assert_eq!(decode_key(&key).unwrap(), values);
+    }
+
+    #[test]
+    fn same_as_agrees_with_equality_of_values_read_back() {
+        let values = [
+            Value::Null,
+            Value::Integer(7),
+            Value::real(7.0),
+            Value::real(-0.0),
+            Value::real(0.0),
+            Value::text("7"),
+            Value::Blob(b"7".to_vec()),
+        ];
+        for a in &values {
+            for b in &values {
+                let r = match b {
+                    Value::Null => ValueRef::Null,
+                    Value::Integer(i) => ValueRef::Integer(*i),
+                    Value::Real(bits) => ValueRef::Real(f64::from_bits(*bits)),
+                    Value::Text(t) => ValueRef::Text(t),
+                    Value::Blob(x) => ValueRef::Blob(x),
+                };
+                assert_eq!(a.same_as(r), a == b, "{a:?} against {b:?}");
+            }
+        }
     }
 
     #[test]
