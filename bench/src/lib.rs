@@ -39,6 +39,9 @@ pub struct Figure {
 const SCHEMA: &str =
     "CREATE TABLE items(id TEXT PRIMARY KEY, name TEXT, qty INTEGER, price REAL, note TEXT)";
 
+/// The bulk update measured: one column of every row.
+const UPDATE_SQL: &str = "UPDATE items SET qty = qty + 1";
+
 /// The same rows everywhere: one statement, so plain SQLite and tide do identical work.
 fn insert_sql(n: u64) -> String {
     format!(
@@ -93,6 +96,18 @@ fn bulk(conn: &Connection, sql: &str) -> Duration {
             .expect("bulk statement")
     })
     .1
+}
+
+/// The bulk insert, under a name a profiler can select.
+#[inline(never)]
+fn profiled_insert(conn: &Connection, n: u64) {
+    bulk(conn, &insert_sql(n));
+}
+
+/// The bulk update, under a name a profiler can select.
+#[inline(never)]
+fn profiled_update(conn: &Connection) {
+    bulk(conn, UPDATE_SQL);
 }
 
 fn file_size(conn: &Connection) -> u64 {
@@ -273,7 +288,8 @@ pub fn run(config: &Config) -> Vec<Figure> {
         Some(100_000.0),
     ));
 
-    // Size: bundle bytes per op against SQLite's own changeset, both zstd level 3.
+    // Size: bundle bytes per op against SQLite's own changeset, both at the bundle's zstd
+    // level.
     let mut plain_bundle = Vec::new();
     tide_bundle::export(
         &mut a,
@@ -320,8 +336,8 @@ pub fn run(config: &Config) -> Vec<Figure> {
 
     // Capture of updates and deletes (after sealing, so each run starts clean).
     let mut a = Replica::open(site.path("a"), KeyStore::at(site.path("a.keys"))).expect("reopen");
-    let t_plain = bulk(&plain, "UPDATE items SET qty = qty + 1");
-    let t_tide = bulk(a.connection(), "UPDATE items SET qty = qty + 1");
+    let t_plain = bulk(&plain, UPDATE_SQL);
+    let t_tide = bulk(a.connection(), UPDATE_SQL);
     out.push(ratio(
         &format!("capture: bulk update of {n} rows"),
         t_tide,
@@ -434,7 +450,7 @@ fn changeset_size(site: &Site, n: u64) -> Result<u64, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         )
     })?;
-    let z = zstd::encode_all(&raw[..], 3).map_err(|e| e.to_string())?;
+    let z = zstd::encode_all(&raw[..], WriteOptions::default().level).map_err(|e| e.to_string())?;
     Ok(z.len() as u64)
 }
 
@@ -488,6 +504,25 @@ pub fn phase(phase: &str, n: u64, dir: &Path) {
                 &mut f,
             )
             .expect("export");
+        }
+        // For instruction counts (callgrind --toggle-collect=tide_bench::profiled_insert,
+        // or ::profiled_update): the bulk insert, then the bulk update, on a plain table
+        // or a tracked one.
+        "capture-plain" | "capture-tide" => {
+            let site = Site {
+                dir: tempfile::tempdir_in(dir).expect("temporary folder"),
+            };
+            let replica;
+            let plain;
+            let conn = if phase == "capture-tide" {
+                replica = site.replica("t");
+                replica.connection()
+            } else {
+                plain = site.plain("p.db");
+                &plain
+            };
+            profiled_insert(conn, n);
+            profiled_update(conn);
         }
         _ => {
             let mut b = Replica::open(dir.join("b"), keys("b")).expect("open");

@@ -22,7 +22,9 @@ pub struct WriteOptions {
     pub passphrase: Option<Vec<u8>>,
     /// Argon2id cost for the passphrase.
     pub argon: ArgonParams,
-    /// zstd level.
+    /// zstd level. The default, 1, is zstd's fastest standard level: bundles stay well
+    /// under SQLite's own compressed changeset (BENCHMARKS.md) and export of a large
+    /// change is bound by compression time at higher levels.
     pub level: i32,
     /// Where the private temporary folder goes (default: the system's temporary folder).
     pub temp_dir: Option<std::path::PathBuf>,
@@ -35,7 +37,7 @@ impl Default for WriteOptions {
             encrypt_to: Vec::new(),
             passphrase: None,
             argon: ArgonParams::default(),
-            level: 3,
+            level: 1,
             temp_dir: None,
         }
     }

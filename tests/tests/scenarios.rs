@@ -309,6 +309,33 @@ fn unique_collisions_inside_a_large_change_are_held_alike_everywhere() {
     }
 }
 
+/// A change's first table applies, its second is not tracked here: the change goes to
+/// quarantine whole, and the first table's ops are rolled back with it.
+#[test]
+fn a_change_whose_later_table_is_unknown_applies_none_of_its_tables() {
+    let schema = "CREATE TABLE a(id TEXT PRIMARY KEY, v); CREATE TABLE b(id TEXT PRIMARY KEY, v);";
+    let mut c = Cluster::new(2, schema, &["a"]);
+    c.replicas[0].track("b").unwrap();
+    c.write(
+        0,
+        "BEGIN; INSERT INTO a VALUES ('x', 1); INSERT INTO b VALUES ('y', 2); COMMIT;",
+    );
+    let report = c.send(0, 1);
+    assert_eq!(report.applied, 0);
+    assert_eq!(report.quarantined.len(), 1);
+    assert_eq!(report.quarantined[0].1, "unknown_table");
+    assert_eq!(
+        query_one::<i64>(&c.path(1), "SELECT count(*) FROM a"),
+        0,
+        "the first table's op was rolled back with the change"
+    );
+    c.replicas[1].track("b").unwrap();
+    c.replicas[1].retry_quarantine().unwrap();
+    assert_eq!(query_one::<i64>(&c.path(1), "SELECT count(*) FROM a"), 1);
+    assert_eq!(query_one::<i64>(&c.path(1), "SELECT count(*) FROM b"), 1);
+    assert!(c.replicas[1].quarantine().unwrap().is_empty());
+}
+
 #[test]
 fn reapplying_the_same_changes_changes_nothing() {
     let mut c = notes(2);
