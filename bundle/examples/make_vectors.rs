@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tide_bundle::{ArgonParams, Header, Sender, Stanza, WriteOptions, split, write_bundle};
-use tide_core::{Change, OpKind, RowOp, SecretIdentity, TableOps, Value};
+use tide_core::{Change, ChangeHead, OpKind, RowOp, SecretIdentity, TableOps, Value};
 
 fn identity(name: &str) -> SecretIdentity {
     let seed = blake3::derive_key(
@@ -26,12 +26,14 @@ fn identity(name: &str) -> SecretIdentity {
 
 fn sample_change(alice: &SecretIdentity, rows: usize, filler: usize) -> tide_core::SignedChange {
     let change = Change {
-        origin: alice.id(),
-        seq: 1,
-        hlc: 1_763_769_600_000 << 16,
-        schema: 1,
-        prev: [0; 32],
-        deps: vec![],
+        head: ChangeHead {
+            origin: alice.id(),
+            seq: 1,
+            hlc: 1_763_769_600_000 << 16,
+            schema: 1,
+            prev: [0; 32],
+            deps: vec![],
+        },
         tables: vec![TableOps {
             name: "notes".into(),
             key_columns: vec!["id".into()],

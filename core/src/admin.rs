@@ -239,7 +239,7 @@ impl Replica {
                         if let Some((pid, pseq, phash)) = &prev
                             && *pid == id
                             && *pseq + 1 == seq
-                            && c.prev[..] != phash[..]
+                            && c.head.prev[..] != phash[..]
                         {
                             chain.push(format!("{name}: previous-change hash does not match"));
                         }

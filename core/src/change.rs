@@ -37,18 +37,8 @@ pub const CHANGE_VERSION: u64 = 1;
 /// A sealed change, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
-    /// The replica that sealed it.
-    pub origin: ReplicaId,
-    /// Its position in the origin's log (1, 2, 3 …).
-    pub seq: u64,
-    /// Hybrid logical clock: milliseconds << 16 | counter.
-    pub hlc: u64,
-    /// The origin's schema epoch for the tracked tables.
-    pub schema: u64,
-    /// Content hash of the origin's previous change (zeros for seq 1).
-    pub prev: [u8; 32],
-    /// The origin's version vector when it sealed, sorted by replica.
-    pub deps: Vec<(ReplicaId, u64)>,
+    /// Who sealed it, where in the log, when, and what it saw.
+    pub head: ChangeHead,
     /// Row ops, grouped by table.
     pub tables: Vec<TableOps>,
 }
@@ -123,13 +113,13 @@ const KIND_DELETE: u8 = 3;
 pub struct ChangeHead {
     /// The replica that sealed it.
     pub origin: ReplicaId,
-    /// Its position in the origin's log.
+    /// Its position in the origin's log (1, 2, 3 …).
     pub seq: u64,
-    /// Hybrid logical clock.
+    /// Hybrid logical clock: milliseconds << 16 | counter.
     pub hlc: u64,
-    /// Schema epoch.
+    /// The origin's schema epoch for the tracked tables.
     pub schema: u64,
-    /// Content hash of the origin's previous change.
+    /// Content hash of the origin's previous change (zeros for seq 1).
     pub prev: [u8; 32],
     /// The origin's version vector when it sealed, sorted by replica.
     pub deps: Vec<(ReplicaId, u64)>,
@@ -490,8 +480,8 @@ impl Change {
     /// This change's id.
     pub fn id(&self) -> ChangeId {
         ChangeId {
-            origin: self.origin,
-            seq: self.seq,
+            origin: self.head.origin,
+            seq: self.head.seq,
         }
     }
 
@@ -502,7 +492,7 @@ impl Change {
 
     /// The canonical body bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut enc = Encoder::new(self.head());
+        let mut enc = Encoder::new(self.head.clone());
         for t in &self.tables {
             enc.table(&t.name, &t.key_columns, &t.columns);
             for row in &t.rows {
@@ -521,18 +511,6 @@ impl Change {
         enc.finish()
     }
 
-    /// Everything but the ops.
-    pub fn head(&self) -> ChangeHead {
-        ChangeHead {
-            origin: self.origin,
-            seq: self.seq,
-            hlc: self.hlc,
-            schema: self.schema,
-            prev: self.prev,
-            deps: self.deps.clone(),
-        }
-    }
-
     /// Decodes and validates a body. Validation covers structure only; authenticity is
     /// [`SignedChange::verify`]'s job.
     pub fn decode(body: &[u8]) -> Result<Change, DecodeError> {
@@ -549,21 +527,8 @@ impl Change {
                 Step::End => break,
             }
         }
-        let ChangeHead {
-            origin,
-            seq,
-            hlc,
-            schema,
-            prev,
-            deps,
-        } = dec.head;
         Ok(Change {
-            origin,
-            seq,
-            hlc,
-            schema,
-            prev,
-            deps,
+            head: dec.head,
             tables,
         })
     }
@@ -583,7 +548,7 @@ impl Change {
 
     /// Encodes and signs.
     pub fn seal(&self, secret: &SecretIdentity) -> SignedChange {
-        debug_assert_eq!(secret.id(), self.origin);
+        debug_assert_eq!(secret.id(), self.head.origin);
         SignedChange::sign(self.encode(), secret)
     }
 }
@@ -691,7 +656,7 @@ impl SignedChange {
             return Err(VerifyError::BadSignature);
         }
         let change = Change::decode(&self.body).map_err(VerifyError::Decode)?;
-        if ReplicaId::for_signing_key(sign_key) != change.origin {
+        if ReplicaId::for_signing_key(sign_key) != change.head.origin {
             return Err(VerifyError::WrongKey);
         }
         Ok(VerifiedChange {
@@ -744,12 +709,14 @@ mod tests {
         let mut deps = vec![(other, 4), (secret.id(), 1)];
         deps.sort();
         Change {
-            origin: secret.id(),
-            seq: 2,
-            hlc: 77 << 16,
-            schema: 1,
-            prev: [9; 32],
-            deps,
+            head: ChangeHead {
+                origin: secret.id(),
+                seq: 2,
+                hlc: 77 << 16,
+                schema: 1,
+                prev: [9; 32],
+                deps,
+            },
             tables: vec![TableOps {
                 name: "t".into(),
                 key_columns: vec!["id".into()],

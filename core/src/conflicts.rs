@@ -493,8 +493,8 @@ impl Replica {
         let mut report = crate::log::ImportReport::default();
         crate::log::apply_ready(&tx, &Default::default(), &mut report, None, None)?;
         tx.commit()?;
-        debug_assert!(sealed.is_none_or(|s| s.seq < change.seq));
-        self.record_sealed(change.seq)?;
+        debug_assert!(sealed.is_none_or(|s| s.seq < change.head.seq));
+        self.record_sealed(change.head.seq)?;
         Ok(change.id())
     }
 }

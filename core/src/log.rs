@@ -1072,18 +1072,12 @@ pub(crate) fn append_own(
     build: impl FnOnce(&mut Change),
     applied: bool,
 ) -> Result<Change> {
-    let head = next_head(conn, secret)?;
     let mut change = Change {
-        origin: head.origin,
-        seq: head.seq,
-        hlc: head.hlc,
-        schema: head.schema,
-        prev: head.prev,
-        deps: head.deps,
+        head: next_head(conn, secret)?,
         tables: Vec::new(),
     };
     build(&mut change);
-    store_own(conn, secret, &change.head(), change.encode(), applied)?;
+    store_own(conn, secret, &change.head, change.encode(), applied)?;
     Ok(change)
 }
 

@@ -6,7 +6,7 @@
 use std::io::{BufReader, BufWriter, Write};
 
 use tide_bundle::{ReadOptions, Sender, WriteOptions, read_bundle, write_bundle};
-use tide_core::{CellWrite, Change, OpKind, RowOp, SecretIdentity, TableOps, Value};
+use tide_core::{CellWrite, Change, ChangeHead, OpKind, RowOp, SecretIdentity, TableOps, Value};
 
 /// Peak resident set size of this process so far, from /proc (Linux).
 fn peak_rss_mib() -> f64 {
@@ -54,15 +54,17 @@ fn a_200_mb_bundle_streams_in_bounded_memory() {
                         .finalize_xof()
                         .fill(&mut data);
                     let change = Change {
-                        origin: alice.id(),
-                        seq,
-                        hlc: seq << 16,
-                        schema: 1,
-                        prev,
-                        deps: if seq > 1 {
-                            vec![(alice.id(), seq - 1)]
-                        } else {
-                            vec![]
+                        head: ChangeHead {
+                            origin: alice.id(),
+                            seq,
+                            hlc: seq << 16,
+                            schema: 1,
+                            prev,
+                            deps: if seq > 1 {
+                                vec![(alice.id(), seq - 1)]
+                            } else {
+                                vec![]
+                            },
                         },
                         tables: vec![TableOps {
                             name: "blobs".into(),
@@ -116,6 +118,7 @@ fn a_200_mb_bundle_streams_in_bounded_memory() {
                 c.verify(&alice.card("alice").sign_key)
                     .unwrap()
                     .change()
+                    .head
                     .seq,
                 n + 1
             );
