@@ -33,8 +33,8 @@ fn log_entry(r: &rusqlite::Row<'_>) -> Result<LogEntry> {
     })
 }
 
-/// A log row as the doctor reads it: origin id, its key, seq, hash, body, signature.
-type LogRow = (Vec<u8>, Option<Vec<u8>>, i64, Vec<u8>, Vec<u8>, Vec<u8>);
+/// A log row as the doctor reads it: origin id, its key, seq, hash, signature.
+type LogRow = (Vec<u8>, Option<Vec<u8>>, i64, Vec<u8>, Vec<u8>);
 
 /// One entry of the change log, for `log`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,19 +218,20 @@ impl Replica {
             let mut rows = stmt.query([])?;
             let mut prev: Option<(Vec<u8>, u64, Vec<u8>)> = None;
             while let Some(r) = rows.next()? {
-                let (id, key, seq, hash, body, sig): LogRow = (
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    crate::log::unpack(r.get(4)?, r.get(6)?)?,
-                    r.get(5)?,
-                );
+                let (id, key, seq, hash, sig): LogRow =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(5)?);
                 let seq = seq as u64;
                 let name = format!(
                     "{}:{seq}",
                     ReplicaId(id.clone().try_into().unwrap_or([0; 16])).short()
                 );
+                let body = match crate::log::unpack(r.get(4)?, r.get(6)?) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        chain.push(format!("{name}: {e}"));
+                        continue;
+                    }
+                };
                 if blake3::hash(&body).as_bytes()[..] != hash[..] {
                     chain.push(format!("{name}: content hash differs"));
                 }

@@ -3,7 +3,7 @@
 //! The encoding is written by hand (STYLE habit 4) and specified here, byte by byte:
 //!
 //! ```text
-//! body     = version:varint(=1) origin:16 seq:varint hlc:varint schema:varint prev:32
+//! body     = version:varint(=2) origin:16 seq:varint hlc:varint schema:varint prev:32
 //!            ndeps:varint { replica:16 seq:varint }*        sorted by replica, seq > 0
 //!            ntables:varint table*
 //! table    = name:bytes nkey:varint { keycol:bytes }* ncols:varint { col:bytes }*
@@ -14,7 +14,7 @@
 //! pred     = dep:varint seq:varint      an index into deps, and a seq <= that dep's seq
 //! value    = 0 | 1 zigzag:varint | 2 bits:u64be | 3 bytes | 4 bytes   (NULL INT REAL TEXT BLOB)
 //! bytes    = len:varint octets
-//! signed   = "tide change v1" 0x00 BLAKE3(body)   the Ed25519 message (47 bytes)
+//! signed   = "tide change v2" 0x00 BLAKE3(body)   the Ed25519 message (47 bytes)
 //! envelope = len:varint body signature:64         how a change travels
 //! ```
 //!
@@ -22,6 +22,11 @@
 //! origin's change `seq - 1` (all zeros for seq 1), so each origin's log is a hash chain.
 //! Deps are the origin's version vector when it sealed, its own `seq - 1` included, so a
 //! predecessor always names a dep. Decoding is strict: one byte string per change.
+//!
+//! Version 1 (until 2026-11-22) had the same body but was signed over the whole body
+//! (`"tide change v1" 0x00 body`); version 2 signs the content hash, so the signature
+//! costs the same for any size of change. A version 1 change is refused as an unknown
+//! version, which is what it is to this build.
 
 use crate::codec::{Reader, put_bytes, put_varint};
 use crate::error::DecodeError;
@@ -30,9 +35,9 @@ use crate::ids::{ChangeId, ReplicaId};
 use crate::value::Value;
 
 /// The context string every change signature starts with.
-pub const SIGNING_CONTEXT: &[u8] = b"tide change v1\0";
+pub const SIGNING_CONTEXT: &[u8] = b"tide change v2\0";
 /// The only body version this build writes and reads.
-pub const CHANGE_VERSION: u64 = 1;
+pub const CHANGE_VERSION: u64 = 2;
 
 /// A sealed change, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]

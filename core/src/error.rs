@@ -37,7 +37,7 @@ pub enum Error {
     #[error(transparent)]
     Decode(#[from] DecodeError),
     /// A change body kept compressed in the log could not be packed or unpacked.
-    #[error("a change body in the log could not be {0}; run `tide doctor`")]
+    #[error("a change body in the log could not be {0}; `tide doctor` lists the damaged changes")]
     LogBody(String),
     /// The database has no tide identity yet.
     #[error("this database has no tide identity yet; initialise it first")]
@@ -126,6 +126,10 @@ pub enum Error {
     /// A change could not be applied; the whole apply was rolled back.
     #[error("apply failed and was rolled back, nothing changed: {0}")]
     ApplyAborted(String),
+    /// Sealing found the capture log in a state it cannot turn into a valid change; the
+    /// seal was rolled back and the captures are kept.
+    #[error("sealing stopped, nothing was sealed and the captured writes are kept: {0}")]
+    SealAborted(String),
 }
 
 /// Result with the core's error type.

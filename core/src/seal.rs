@@ -72,10 +72,11 @@ struct Pending {
 }
 
 /// Streams a table's captures, one [`Pending`] per row, joined with the row's current
-/// values in one pass. Captures are read in key order so that every capture of a row is
-/// adjacent (SQLite's sorter bounds the memory this needs); a row's captures keep their
-/// write order (rowid) among themselves. A key seen again after another key would mean
-/// that order was not kept: sealing then stops rather than write two ops for one row.
+/// values in one pass. Captures are read sorted by key (SQLite's sorter bounds the
+/// memory this needs), so captures whose keys SQLite calls equal are adjacent; among
+/// them, keys tide tells apart (7 and 7.0, 0.0 and -0.0) can interleave, so a short run
+/// of such keys is gathered and each exact key merged within it. A row's captures keep
+/// their write order (rowid).
 fn each_pending(
     conn: &Connection,
     t: &TableInfo,
@@ -86,7 +87,8 @@ fn each_pending(
     let sql = pending_sql(conn, t)?;
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
-    let mut at: Option<Pending> = None;
+    // Rows whose keys SQLite calls equal to the first one's, each exact key once.
+    let mut run: Vec<Pending> = Vec::new();
     let values = |r: &rusqlite::Row<'_>, from: usize, n: usize| {
         (from..from + n)
             .map(|i| r.get::<_, Value>(i))
@@ -96,11 +98,13 @@ fn each_pending(
         let op: i64 = r.get(0)?;
         let mask: Option<i64> = r.get(1)?;
         let key = values(r, 2, nk)?;
-        if at.as_ref().is_some_and(|p| p.key != key) {
-            each(at.take().expect("checked above"))?;
+        if run.first().is_some_and(|p| !sql_equal_keys(&p.key, &key)) {
+            for p in run.drain(..) {
+                each(p)?;
+            }
         }
-        let p = match &mut at {
-            Some(p) => p,
+        let at = match run.iter().position(|p| p.key == key) {
+            Some(i) => i,
             None => {
                 // The row as the table shows it: found under this exact key, or absent.
                 let mut same = true;
@@ -112,24 +116,52 @@ fn each_pending(
                 } else {
                     None
                 };
-                at.insert(Pending {
+                run.push(Pending {
                     key,
                     mask: 0,
                     last_delete: None,
                     current,
-                })
+                });
+                run.len() - 1
             }
         };
+        let p = &mut run[at];
         match op {
             OP_INSERT => p.mask = u64::MAX,
             OP_DELETE => p.last_delete = Some(values(r, 2 + nk, nc)?),
             _ => p.mask |= mask.unwrap_or(-1) as u64,
         }
     }
-    if let Some(p) = at {
+    for p in run {
         each(p)?;
     }
     Ok(())
+}
+
+/// Whether SQLite's BINARY comparison calls two keys equal: integers and reals by exact
+/// numeric value (so 7 = 7.0 and 0.0 = -0.0), text and blobs byte for byte.
+fn sql_equal_keys(a: &[Value], b: &[Value]) -> bool {
+    a.iter().zip(b).all(|(x, y)| sql_equal(x, y))
+}
+
+fn sql_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Integer(i), Value::Real(r)) | (Value::Real(r), Value::Integer(i)) => {
+            int_equals_real(*i, f64::from_bits(*r))
+        }
+        (Value::Real(x), Value::Real(y)) => f64::from_bits(*x) == f64::from_bits(*y),
+        _ => a == b,
+    }
+}
+
+/// Exact comparison, as SQLite makes it: no rounding of large integers to reals.
+fn int_equals_real(i: i64, r: f64) -> bool {
+    // -2^63 is exactly representable; 2^63 is past every i64.
+    if r.fract() != 0.0 || !(-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&r)
+    {
+        return false;
+    }
+    r as i64 == i
 }
 
 /// The capture query of [`each_pending`].
@@ -146,16 +178,10 @@ fn pending_sql(conn: &Connection, t: &TableInfo) -> Result<String> {
         .map(|(i, k)| format!("t.{} = c.k{i}", q(k)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    // Keys SQLite calls equal but tide does not (7 and 7.0, 0.0 and -0.0 in a column
-    // without affinity) must not interleave: order those by type and exact text too.
+    // Sorting by every key column makes keys SQLite calls equal adjacent
+    // (`each_pending` tells them apart), then keeps each row's captures in write order.
     let order = |p: &str| {
-        let mut terms = Vec::new();
-        for (i, untyped) in t.key_untyped.iter().enumerate() {
-            terms.push(format!("{p}k{i}"));
-            if *untyped {
-                terms.push(format!("typeof({p}k{i}), CAST({p}k{i} AS BLOB)"));
-            }
-        }
+        let mut terms: Vec<String> = (0..nk).map(|i| format!("{p}k{i}")).collect();
         terms.push(format!("{p}rowid"));
         terms.join(", ")
     };
@@ -326,6 +352,17 @@ impl Sealer<'_> {
             (None, false) => return Ok(false),
         };
         let values = p.current.as_ref().or(p.last_delete.as_ref());
+        // A row already written by this very change would name the change as its own
+        // predecessor: a change no replica could accept. Never seal that.
+        let own = self.v.vref();
+        if let Some(m) = &m0
+            && m.cells.iter().flatten().any(|h| h.vref() == own)
+        {
+            return Err(crate::error::Error::SealAborted(format!(
+                "the capture log names the row {:?} of {} twice",
+                p.key, t.name
+            )));
+        }
         let Some(m0) = m0 else {
             // A row this replica never had: every column is new, nothing overwritten.
             let values = values.expect("the row exists: it was just inserted");
@@ -483,6 +520,34 @@ fn in_conflict(conn: &Connection, t: &TableInfo, key_bytes: &[u8], col: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sql_equal` must say what SQLite's own `=` says of key values.
+    #[test]
+    fn key_equality_agrees_with_sqlite() {
+        let conn = Connection::open_in_memory().unwrap();
+        let values = [
+            Value::Integer(0),
+            Value::real(0.0),
+            Value::real(-0.0),
+            Value::Integer(7),
+            Value::real(7.0),
+            Value::real(7.5),
+            Value::Integer(i64::MIN),
+            Value::real(-9_223_372_036_854_775_808.0),
+            Value::Integer(i64::MAX),
+            Value::real(9_223_372_036_854_775_807.0),
+            Value::text("7"),
+            Value::Blob(b"7".to_vec()),
+        ];
+        for a in &values {
+            for b in &values {
+                let sqlite: bool = conn
+                    .query_row("SELECT ?1 = ?2", params![a, b], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(sql_equal(a, b), sqlite, "{a:?} = {b:?}");
+            }
+        }
+    }
 
     /// The fast capture query relies on SQLite running the sorted captures as the outer
     /// loop; this bundled SQLite must plan it that way for every key shape.

@@ -336,6 +336,85 @@ fn a_change_whose_later_table_is_unknown_applies_none_of_its_tables() {
     assert!(c.replicas[1].quarantine().unwrap().is_empty());
 }
 
+/// Regression (found in review): 0.0 and -0.0 tie in the capture sort, so the captures
+/// of key 0.0 came out in two groups around those of -0.0. Split across a batch
+/// boundary, the second group read the metadata the first had just written and named
+/// the change itself as a predecessor: a change no replica could decode.
+#[test]
+fn zero_and_negative_zero_keys_across_a_batch_boundary_seal_a_valid_change() {
+    let mut c = Cluster::new(2, "CREATE TABLE t(k PRIMARY KEY, v);", &["t"]);
+    c.write(0, "INSERT INTO t VALUES('first', 1)");
+    c.send(0, 1);
+    let app = c.app(0);
+    app.execute_batch("BEGIN").unwrap();
+    for i in 1..=127 {
+        app.execute("INSERT INTO t VALUES(?1, 'x')", [-(i as i64)])
+            .unwrap();
+    }
+    app.execute("INSERT INTO t VALUES(?1, 'a')", [0.0f64])
+        .unwrap();
+    app.execute("UPDATE t SET k = ?1 WHERE k = 0", [-0.0f64])
+        .unwrap();
+    app.execute("UPDATE t SET k = ?1 WHERE k = 0", [0.0f64])
+        .unwrap();
+    app.execute_batch("COMMIT").unwrap();
+    drop(app);
+    c.replicas[0].seal().unwrap();
+    let vv = c.replicas[1].version_vector().unwrap();
+    let changes = c.replicas[0].changes_for(&vv).unwrap();
+    let r = c.replicas[1].import(&changes);
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(c.hashes()[0], c.hashes()[1]);
+}
+
+/// Regression (found in review): the same split inside one batch sealed two ops for
+/// key 0.0.
+#[test]
+fn zero_and_negative_zero_keys_in_one_batch_give_one_op() {
+    let mut c = Cluster::new(2, "CREATE TABLE t(k PRIMARY KEY, v);", &["t"]);
+    let app = c.app(0);
+    app.execute_batch("BEGIN").unwrap();
+    app.execute("INSERT INTO t VALUES(?1, 'a')", [0.0f64])
+        .unwrap();
+    app.execute("UPDATE t SET k = ?1 WHERE k = 0", [-0.0f64])
+        .unwrap();
+    app.execute("UPDATE t SET k = ?1 WHERE k = 0", [0.0f64])
+        .unwrap();
+    app.execute_batch("COMMIT").unwrap();
+    drop(app);
+    let rep = c.send(0, 1);
+    assert_eq!(c.hashes()[0], c.hashes()[1]);
+    assert_eq!(rep.ops_applied, 1, "{rep:?}");
+}
+
+/// Large change bodies are kept compressed in the log; one that no longer unpacks is a
+/// finding of the doctor, not an error that stops it.
+#[test]
+fn the_doctor_lists_a_log_body_that_does_not_unpack() {
+    let mut c = notes(1);
+    c.write(
+        0,
+        "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 200)
+         INSERT INTO notes SELECT 'n' || x, 'title', 'body', x FROM s;",
+    );
+    c.replicas[0].seal().unwrap();
+    assert_eq!(
+        query_one::<i64>(&c.path(0), "SELECT packing FROM _tide_log"),
+        1,
+        "a 200-op body is stored compressed"
+    );
+    assert!(c.replicas[0].doctor(false).unwrap().iter().all(|f| f.ok));
+    c.write(0, "UPDATE _tide_log SET body = x'28b52ffd00'");
+    let findings = c.replicas[0].doctor(false).unwrap();
+    let chain = findings.iter().find(|f| f.check == "hash chains").unwrap();
+    assert!(!chain.ok);
+    assert!(
+        chain.detail.contains("could not be decompressed"),
+        "{}",
+        chain.detail
+    );
+}
+
 #[test]
 fn reapplying_the_same_changes_changes_nothing() {
     let mut c = notes(2);
