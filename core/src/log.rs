@@ -563,7 +563,7 @@ fn map_table<'a>(
 /// transaction; capture triggers are off meanwhile so tide's writes are not captured.
 pub(crate) fn apply_ready(
     conn: &Connection,
-    fresh: &Bodies<'_>,
+    bodies: &Bodies<'_>,
     report: &mut ImportReport,
     fail_after: Option<usize>,
     mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
@@ -577,7 +577,7 @@ pub(crate) fn apply_ready(
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let key = (r.get(0)?, r.get::<_, i64>(1)? as u64);
-            let head = match fresh.get(&key) {
+            let head = match bodies.get(&key) {
                 Some(body) => Decoder::new(body)?.head,
                 None => Decoder::new(&unpack(r.get(2)?, r.get(3)?)?)?.head,
             };
@@ -644,7 +644,7 @@ pub(crate) fn apply_ready(
             let ops_before = ops_done;
             let outcome = apply_change(
                 conn,
-                fresh,
+                bodies,
                 &mut merger,
                 &tables,
                 (origin, seq),
@@ -705,7 +705,7 @@ pub(crate) fn apply_ready(
 /// table of it does not map onto this replica (the caller rolls back and quarantines).
 fn apply_change(
     conn: &Connection,
-    fresh: &Bodies<'_>,
+    bodies: &Bodies<'_>,
     merger: &mut Merger<'_>,
     tables: &HashMap<String, TableInfo>,
     (origin, seq): (i64, u64),
@@ -713,7 +713,7 @@ fn apply_change(
     fail_after: Option<usize>,
 ) -> Result<std::result::Result<(), (&'static str, String)>> {
     let stored;
-    let body: &[u8] = match fresh.get(&(origin, seq)) {
+    let body: &[u8] = match bodies.get(&(origin, seq)) {
         Some(body) => body,
         None => {
             let (packed, packing) = conn
@@ -891,11 +891,11 @@ impl Applier<'_, '_> {
             created: true,
             lineage: None,
         };
-        let width = Merger::batch_rows(t);
+        let per_statement = Merger::batch_rows(t);
         let mut merged = false;
         let mut done: Vec<&[u8]> = Vec::with_capacity(fresh.len());
-        for chunk in fresh.chunks(width) {
-            if chunk.len() == width {
+        for chunk in fresh.chunks(per_statement) {
+            if chunk.len() == per_statement {
                 let rows: Vec<(&[Value], &[Value])> = chunk
                     .iter()
                     .map(|(k, _, v)| (k.as_slice(), v.as_slice()))

@@ -562,56 +562,46 @@ impl<'c> Merger<'c> {
         }
     }
 
-    /// Stores the values of heads that are not visible, one statement for the row.
+    /// Stores the values of heads that are not visible, one statement for the row (more
+    /// for a row with over 1024 such values: 4 parameters each stay well under SQLite's
+    /// limit).
     fn keep_values(
         &self,
         t: &TableInfo,
         key_bytes: &[u8],
         keep: &[(usize, Version, Value)],
     ) -> Result<()> {
-        // 4 parameters per value: stay well under SQLite's limit on parameters.
         for keep in keep.chunks(1024) {
-            self.keep_some_values(t, key_bytes, keep)?;
-        }
-        Ok(())
-    }
-
-    fn keep_some_values(
-        &self,
-        t: &TableInfo,
-        key_bytes: &[u8],
-        keep: &[(usize, Version, Value)],
-    ) -> Result<()> {
-        let sql = self.sql_for(0, SqlKind::KeepValues(keep.len()), || {
-            let rows = (0..keep.len())
-                .map(|i| {
-                    let at = 3 + 4 * i;
-                    format!("(?1, ?2, ?{at}, ?{}, ?{}, ?{})", at + 1, at + 2, at + 3)
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!(
-                "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES {rows}"
-            )
-        });
-        let cols: Vec<(i64, i64, i64)> = keep
-            .iter()
-            .map(|(c, h, _)| (*c as i64, h.origin, h.seq as i64))
-            .collect();
-        let params =
-            [&t.tid as &dyn ToSql, &key_bytes]
-                .into_iter()
-                .chain(cols.iter().zip(keep).flat_map(|((c, o, s), (_, _, v))| {
+            let sql = self.sql_for(0, SqlKind::KeepValues(keep.len()), || {
+                let rows = (0..keep.len())
+                    .map(|i| {
+                        let at = 3 + 4 * i;
+                        format!("(?1, ?2, ?{at}, ?{}, ?{}, ?{})", at + 1, at + 2, at + 3)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES {rows}"
+                )
+            });
+            let cols: Vec<(i64, i64, i64)> = keep
+                .iter()
+                .map(|(c, h, _)| (*c as i64, h.origin, h.seq as i64))
+                .collect();
+            let params = [&t.tid as &dyn ToSql, &key_bytes].into_iter().chain(
+                cols.iter().zip(keep).flat_map(|((c, o, s), (_, _, v))| {
                     [
                         c as &dyn ToSql,
                         o as &dyn ToSql,
                         s as &dyn ToSql,
                         v as &dyn ToSql,
                     ]
-                }));
-        self.conn
-            .prepare_cached(&sql)?
-            .execute(params_from_iter(params))?;
+                }),
+            );
+            self.conn
+                .prepare_cached(&sql)?
+                .execute(params_from_iter(params))?;
+        }
         Ok(())
     }
 
