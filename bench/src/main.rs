@@ -3,13 +3,44 @@
 //! Prints a Markdown table; every figure is a ratio or rate against plain SQLite in the
 //! same run.
 
+const HELP: &str = "\
+tide-bench: tide's costs against plain SQLite, measured in the same run.
+
+Usage: cargo run --release -p tide-bench -- [--rows N] [--commits M] [--no-memory]
+
+  --rows N       rows per bulk measurement (default 100000; BENCHMARKS.md uses 1000000)
+  --commits M    single-row commits for the per-commit capture figure (default 2000)
+  --no-memory    skip the peak-memory phases (they run as child processes)
+
+Prints a Markdown table: every figure is a ratio or a rate against plain SQLite on
+this machine. The size comparison needs the sqlite3 shell. For instruction counts
+under callgrind, see BENCHMARKS.md (--phase export|import|capture-plain|capture-tide).
+";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{HELP}");
+        return;
+    }
+    let known = ["--rows", "--commits", "--no-memory", "--phase", "--dir"];
+    if let Some(bad) = args
+        .iter()
+        .skip(1)
+        .find(|a| a.starts_with('-') && !known.contains(&a.as_str()))
+    {
+        eprintln!("tide-bench: unknown option {bad}\n\n{HELP}");
+        std::process::exit(2);
+    }
     let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
+        let i = args.iter().position(|a| a == flag)?;
+        match args.get(i + 1).and_then(|v| v.parse::<u64>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                eprintln!("tide-bench: {flag} needs a whole number, as in {flag} 100000");
+                std::process::exit(2);
+            }
+        }
     };
     let rows = value("--rows").unwrap_or(100_000);
     if let Some(i) = args.iter().position(|a| a == "--phase") {
