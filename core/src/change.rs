@@ -426,7 +426,7 @@ impl<'a> Decoder<'a> {
         };
         let mut key = Vec::with_capacity(if self.keep { self.nkey } else { 0 });
         for _ in 0..self.nkey {
-            self.value(&mut key)?;
+            key.extend(self.value()?);
         }
         let row_preds = self.preds()?;
         let lineage = if kind == OpKind::Update {
@@ -444,16 +444,15 @@ impl<'a> Decoder<'a> {
         let ncells = self.r.count("cell count")?;
         let mut cells: Vec<CellWrite> = Vec::with_capacity(if self.keep { ncells } else { 0 });
         let mut last: Option<usize> = None;
-        let mut value = Vec::with_capacity(usize::from(self.keep));
         for _ in 0..ncells {
             let column = self.r.varint("cell column")? as usize;
             if column >= self.ncols || last.is_some_and(|c| c >= column) {
                 return Err(DecodeError::Malformed("cell column"));
             }
             last = Some(column);
-            self.value(&mut value)?;
+            let value = self.value()?;
             let preds = self.preds()?;
-            if let Some(value) = value.pop() {
+            if let Some(value) = value {
                 cells.push(CellWrite {
                     column,
                     value,
@@ -470,14 +469,13 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    /// Reads one value, onto `out` when keeping ops.
-    fn value(&mut self, out: &mut Vec<Value>) -> Result<(), DecodeError> {
+    /// Reads one value: `Some` when keeping ops, else only checked.
+    fn value(&mut self) -> Result<Option<Value>, DecodeError> {
         if self.keep {
-            out.push(Value::decode(&mut self.r)?);
-        } else {
-            Value::skip(&mut self.r)?;
+            return Value::decode(&mut self.r).map(Some);
         }
-        Ok(())
+        Value::skip(&mut self.r)?;
+        Ok(None)
     }
 }
 
