@@ -87,7 +87,13 @@ fn write(
         sample_change(alice, 20, 40)
     };
     let mut out = Vec::new();
-    write_bundle(sender, |each| each(change), options, &mut out).expect("write bundle");
+    write_bundle(
+        sender,
+        |each| each(change.head(), &mut &change),
+        options,
+        &mut out,
+    )
+    .expect("write bundle");
     std::fs::write(dir.join(name), &out).expect("write file");
     out
 }

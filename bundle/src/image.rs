@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
-use tide_core::{ReplicaId, SignedChange, VersionVector};
+use tide_core::{ChunkRef, Chunks, DecodeError, ReplicaId, SignedHead, VersionVector};
 
 use crate::error::{BundleError, Result};
 
 const SCHEMA_META: &str = "CREATE TABLE tide_bundle(k TEXT PRIMARY KEY, v) WITHOUT ROWID";
 const SCHEMA_CHANGES: &str =
-    "CREATE TABLE changes(n INTEGER PRIMARY KEY, body BLOB NOT NULL, sig BLOB NOT NULL)";
+    "CREATE TABLE changes(n INTEGER PRIMARY KEY, head BLOB NOT NULL, sig BLOB NOT NULL)";
+const SCHEMA_CHUNKS: &str = "CREATE TABLE chunks(hash BLOB PRIMARY KEY, data BLOB NOT NULL)";
+/// The image version this build writes and reads.
+const IMAGE_VERSION: i64 = 2;
 
 /// Collects changes into a new image file.
 pub(crate) struct ImageBuilder {
@@ -36,7 +39,8 @@ impl ImageBuilder {
         // A scratch file: no journal, no fsync; it is compressed and discarded.
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; {SCHEMA_META}; {SCHEMA_CHANGES};
-             INSERT INTO tide_bundle VALUES ('format', 'tide-bundle-image'), ('version', 1);
+             {SCHEMA_CHUNKS};
+             INSERT INTO tide_bundle VALUES ('format', 'tide-bundle-image'), ('version', {IMAGE_VERSION});
              BEGIN;"
         ))?;
         Ok(ImageBuilder {
@@ -48,25 +52,38 @@ impl ImageBuilder {
         })
     }
 
-    pub(crate) fn add(&mut self, change: &SignedChange) -> Result<()> {
-        let id = change
-            .peek_id()
+    /// Adds a change: its head, and each chunk it names that the image lacks, read from
+    /// `chunks` one at a time.
+    pub(crate) fn add(&mut self, head: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
+        let manifest = head
+            .manifest()
             .map_err(|e| BundleError::BadImage(e.to_string()))?;
-        let ops = tide_core::Change::count_ops(change.body())
-            .map_err(|e| BundleError::BadImage(e.to_string()))?;
+        let id = manifest.id();
         self.n += 1;
-        self.ops += ops as u64;
+        self.ops += manifest.ops;
         let first = self.first.entry(id.origin).or_insert(id.seq);
         *first = (*first).min(id.seq);
         let last = self.last.entry(id.origin).or_insert(id.seq);
         *last = (*last).max(id.seq);
         self.conn
-            .prepare_cached("INSERT INTO changes(n, body, sig) VALUES (?1, ?2, ?3)")?
+            .prepare_cached("INSERT INTO changes(n, head, sig) VALUES (?1, ?2, ?3)")?
             .execute(rusqlite::params![
                 self.n as i64,
-                change.body(),
-                &change.signature()[..]
+                head.bytes(),
+                &head.signature()[..]
             ])?;
+        for (i, want) in manifest.chunks.iter().enumerate() {
+            let held: bool = self
+                .conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM chunks WHERE hash = ?1)")?
+                .query_row([&want.hash[..]], |r| r.get(0))?;
+            if !held {
+                let data = chunks.chunk(i, want)?;
+                self.conn
+                    .prepare_cached("INSERT INTO chunks(hash, data) VALUES (?1, ?2)")?
+                    .execute(rusqlite::params![&want.hash[..], data])?;
+            }
+        }
         Ok(())
     }
 
@@ -113,6 +130,16 @@ pub(crate) fn open_image(path: &Path, expected_changes: u64) -> Result<Connectio
         ),
         (
             "table".to_string(),
+            "chunks".to_string(),
+            Some(SCHEMA_CHUNKS.to_string()),
+        ),
+        (
+            "index".to_string(),
+            "sqlite_autoindex_chunks_1".to_string(),
+            None,
+        ),
+        (
+            "table".to_string(),
             "tide_bundle".to_string(),
             Some(SCHEMA_META.to_string()),
         ),
@@ -137,8 +164,10 @@ pub(crate) fn open_image(path: &Path, expected_changes: u64) -> Result<Connectio
             r.get(0)
         })
         .ok();
-    if format.as_deref() != Some("tide-bundle-image") || version != Some(1) {
-        return Err(bad("not a version 1 bundle image"));
+    if format.as_deref() != Some("tide-bundle-image") || version != Some(IMAGE_VERSION) {
+        return Err(bad(&format!(
+            "not a version {IMAGE_VERSION} bundle image (a bundle made by another build of tide)"
+        )));
     }
     let n: i64 = conn.query_row("SELECT count(*) FROM changes", [], |r| r.get(0))?;
     if n as u64 != expected_changes {
@@ -178,22 +207,44 @@ fn check_file_header(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Calls `each` for every change of an opened image, in order.
+/// Calls `each` for every change of an opened image, in order, with a reader of its
+/// chunks (each read only when asked for, and checked by the caller against the head).
 pub(crate) fn each_change(
     conn: &Connection,
-    mut each: impl FnMut(SignedChange) -> Result<()>,
+    mut each: impl FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>,
 ) -> Result<()> {
-    let mut stmt = conn.prepare("SELECT body, sig FROM changes ORDER BY n")?;
+    let mut stmt = conn.prepare("SELECT head, sig FROM changes ORDER BY n")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let body: Vec<u8> = r.get(0)?;
+        let head: Vec<u8> = r.get(0)?;
         let sig: Vec<u8> = r.get(1)?;
         let sig: [u8; 64] = sig
             .try_into()
             .map_err(|_| BundleError::BadImage("a signature is not 64 bytes".into()))?;
-        each(SignedChange::from_parts(body, sig))?;
+        each(
+            &SignedHead::from_parts(head, sig),
+            &mut ImageChunks { conn },
+        )?;
     }
     Ok(())
+}
+
+/// An image's chunk table, read as a change's chunks.
+struct ImageChunks<'c> {
+    conn: &'c Connection,
+}
+
+impl Chunks for ImageChunks<'_> {
+    fn chunk(&mut self, _index: usize, want: &ChunkRef) -> tide_core::Result<Vec<u8>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .prepare_cached("SELECT data FROM chunks WHERE hash = ?1")?
+            .query_row([&want.hash[..]], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            .ok_or(tide_core::Error::Decode(DecodeError::Malformed(
+                "bundle (a chunk a change names is not in it)",
+            )))
+    }
 }
 
 #[cfg(test)]

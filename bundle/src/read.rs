@@ -6,7 +6,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use rusqlite::Connection;
-use tide_core::{Card, SignedChange};
+use tide_core::{Card, Chunks, SignedChange, SignedHead};
 
 use crate::crypto::{ChunkReader, unwrap};
 use crate::error::{BundleError, Result};
@@ -64,16 +64,29 @@ impl VerifiedBundle {
         &self.header
     }
 
-    /// Calls `each` with every change, in the order written.
-    pub fn for_each_change(&self, each: impl FnMut(SignedChange) -> Result<()>) -> Result<()> {
+    /// Calls `each` with every change's signed head, in the order written, and a reader
+    /// of its chunks: a change of any size passes a chunk at a time.
+    pub fn for_each_change(
+        &self,
+        each: impl FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>,
+    ) -> Result<()> {
         crate::image::each_change(&self.image, each)
     }
 
-    /// Every change, collected.
+    /// Every change, collected whole in memory (for small bundles and tests).
     pub fn changes(&self) -> Result<Vec<SignedChange>> {
         let mut out = Vec::new();
-        self.for_each_change(|c| {
-            out.push(c);
+        self.for_each_change(|head, chunks| {
+            let manifest = head
+                .manifest()
+                .map_err(|e| BundleError::BadImage(e.to_string()))?;
+            let data = manifest
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| chunks.chunk(i, c))
+                .collect::<tide_core::Result<Vec<_>>>()?;
+            out.push(SignedChange::new(head.clone(), data));
             Ok(())
         })?;
         Ok(out)
@@ -279,7 +292,7 @@ pub(crate) fn open_plain_body(body: &[u8], image_size: u64, changes: u64) -> Res
     }
     let image = crate::image::open_image(&image_path, changes)?;
     let mut n = 0;
-    crate::image::each_change(&image, |_| {
+    crate::image::each_change(&image, |_, _| {
         n += 1;
         Ok(())
     })?;

@@ -37,8 +37,8 @@ pub fn export(
         &sender,
         |each| {
             let mut failure = None;
-            let listed = replica.each_change_for(since, |c| {
-                each(c).map_err(|e| {
+            let listed = replica.each_change_for(since, |head, chunks| {
+                each(head, chunks).map_err(|e| {
                     failure = Some(e);
                     tide_core::Error::Stopped
                 })
@@ -86,8 +86,24 @@ pub fn import(
     {
         return Err(BundleError::NotForThisReplica { recipient, this });
     }
-    let changes = bundle.changes()?;
-    let report = replica.import(&changes)?;
+    // Changes pass one at a time, a chunk at a time: memory does not grow with the
+    // bundle (invariant 12).
+    let mut failure = None;
+    let imported = replica.import_each(|offer| {
+        bundle
+            .for_each_change(|head, chunks| Ok(offer(head, chunks)?))
+            .map_err(|e| match e {
+                BundleError::Core(c) => c,
+                other => {
+                    failure = Some(other);
+                    tide_core::Error::Stopped
+                }
+            })
+    });
+    let report = match (imported, failure) {
+        (_, Some(e)) => return Err(e),
+        (r, None) => r?,
+    };
     replica.record_peer_ack(header.sender, &header.ack)?;
     Ok(Imported { header, report })
 }

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 
-use tide_core::{ReplicaId, SecretIdentity, SignedChange, VersionVector};
+use tide_core::{Chunks, ReplicaId, SecretIdentity, SignedHead, VersionVector};
 
 use crate::crypto::{ArgonParams, ChunkWriter, FileKey, random, wrap_passphrase, wrap_x25519};
 use crate::error::Result;
@@ -57,14 +57,14 @@ pub struct Sender<'a> {
 /// header and total size.
 pub fn write_bundle(
     sender: &Sender<'_>,
-    source: impl FnOnce(&mut dyn FnMut(SignedChange) -> Result<()>) -> Result<()>,
+    source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
     options: &WriteOptions,
     out: &mut dyn Write,
 ) -> Result<(Header, u64)> {
     let dir = crate::read::private_dir(options.temp_dir.as_deref())?;
     let image_path = dir.path().join("image.db");
     let mut builder = ImageBuilder::create(&image_path)?;
-    source(&mut |c| builder.add(&c))?;
+    source(&mut |head, chunks| builder.add(head, chunks))?;
     let summary = builder.finish()?;
     let image_size = std::fs::metadata(&image_path)?.len();
 

@@ -3,19 +3,41 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use crate::change::Change;
+use crate::change::{ChunkDecoder, Chunks, Manifest, Step};
 use crate::error::{Error, Result};
 use crate::identity::{Card, verify_signature};
 use crate::ids::{ChangeId, ReplicaId};
+use crate::log::LogChunks;
 use crate::replica::{Replica, origins_map};
 use crate::rowmeta::RowMeta;
 use crate::schema;
 
-/// A log entry from a row of (origin id, origin name, seq, hlc, body, applied, packing).
-fn log_entry(r: &rusqlite::Row<'_>) -> Result<LogEntry> {
+/// The tables a change writes, in order, read a chunk at a time.
+fn change_tables(conn: &rusqlite::Connection, manifest: &Manifest) -> Result<Vec<String>> {
+    let mut tables: Vec<String> = Vec::new();
+    let mut chunks = LogChunks { conn };
+    for (i, want) in manifest.chunks.iter().enumerate() {
+        let chunk = chunks.chunk(i, want)?;
+        let mut dec = ChunkDecoder::checking(&manifest.head.deps, &chunk)?;
+        loop {
+            match dec.next()? {
+                Step::Table(t) => {
+                    if !tables.contains(&t.name) {
+                        tables.push(t.name);
+                    }
+                }
+                Step::Row(_) => {}
+                Step::End => break,
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// A log entry from a row of (origin id, origin name, seq, hlc, head, applied, packing).
+fn log_entry(conn: &rusqlite::Connection, r: &rusqlite::Row<'_>) -> Result<LogEntry> {
     let id: Vec<u8> = r.get(0)?;
-    let body = crate::log::unpack(r.get(4)?, r.get(6)?)?;
-    let change = Change::decode(&body)?;
+    let manifest = Manifest::decode(&crate::log::unpack(r.get(4)?, r.get(6)?)?)?;
     Ok(LogEntry {
         change: ChangeId {
             origin: ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
@@ -23,8 +45,8 @@ fn log_entry(r: &rusqlite::Row<'_>) -> Result<LogEntry> {
         },
         origin_name: r.get(1)?,
         hlc: r.get::<_, i64>(3)? as u64,
-        ops: change.op_count(),
-        tables: change.tables.iter().map(|t| t.name.clone()).collect(),
+        ops: manifest.ops as usize,
+        tables: change_tables(conn, &manifest)?,
         state: match r.get::<_, i64>(5)? {
             1 => "applied",
             0 => "waiting",
@@ -115,7 +137,7 @@ impl Replica {
             if out.len() >= limit {
                 break;
             }
-            let entry = log_entry(r)?;
+            let entry = log_entry(&self.conn, r)?;
             if table.is_some_and(|t| !entry.tables.iter().any(|x| x == t)) {
                 continue;
             }
@@ -139,7 +161,7 @@ impl Replica {
             }
             let mut rows = stmt.query(params![&origin.0[..], after as i64])?;
             while let Some(r) = rows.next()? {
-                out.push(log_entry(r)?);
+                out.push(log_entry(&self.conn, r)?);
             }
         }
         Ok(out)
@@ -173,6 +195,7 @@ impl Replica {
             "DELETE FROM _tide_log WHERE hash = ?1 AND applied = -1",
             [&hash],
         )?;
+        crate::log::sweep_chunks(&tx)?;
         tx.commit()?;
         Ok(())
     }
@@ -235,14 +258,24 @@ impl Replica {
                 if blake3::hash(&body).as_bytes()[..] != hash[..] {
                     chain.push(format!("{name}: content hash differs"));
                 }
-                match Change::decode(&body) {
-                    Ok(c) => {
+                match Manifest::decode(&body) {
+                    Ok(m) => {
                         if let Some((pid, pseq, phash)) = &prev
                             && *pid == id
                             && *pseq + 1 == seq
-                            && c.head.prev[..] != phash[..]
+                            && m.head.prev[..] != phash[..]
                         {
                             chain.push(format!("{name}: previous-change hash does not match"));
+                        }
+                        // Every chunk the head names is in the log, whole.
+                        let mut chunks = LogChunks { conn: &self.conn };
+                        for (i, want) in m.chunks.iter().enumerate() {
+                            let checked = chunks
+                                .chunk(i, want)
+                                .and_then(|c| m.check_chunk(i, &c).map_err(Error::from));
+                            if let Err(e) = checked {
+                                chain.push(format!("{name}: chunk {}: {e}", i + 1));
+                            }
                         }
                     }
                     Err(e) => chain.push(format!("{name}: {e}")),

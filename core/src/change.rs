@@ -1,11 +1,16 @@
 //! Changes: the unit of the log and of exchange, and their canonical, signed encoding.
 //!
-//! The encoding is written by hand (STYLE habit 4) and specified here, byte by byte:
+//! The encoding is written by hand (STYLE habit 4) and specified here, byte by byte. A
+//! change is a small signed **head** and one or more **chunks** of row ops, each chunk
+//! named in the head by its length and BLAKE3 hash. So a change of any size is sealed,
+//! stored, exported, verified and applied a chunk at a time, in bounded memory
+//! (invariant 12), and every chunk is checked against the signed head before use.
 //!
 //! ```text
-//! body     = version:varint(=2) origin:16 seq:varint hlc:varint schema:varint prev:32
+//! head     = version:varint(=3) origin:16 seq:varint hlc:varint schema:varint prev:32
 //!            ndeps:varint { replica:16 seq:varint }*        sorted by replica, seq > 0
-//!            ntables:varint table*
+//!            nops:varint nchunks:varint { len:varint hash:32 }*
+//! chunk    = ntables:varint table*
 //! table    = name:bytes nkey:varint { keycol:bytes }* ncols:varint { col:bytes }*
 //!            nrows:varint row*
 //! row      = kind:u8 (1 insert, 2 update, 3 delete) key:value{nkey} nrowpreds:varint pred*
@@ -14,19 +19,23 @@
 //! pred     = dep:varint seq:varint      an index into deps, and a seq <= that dep's seq
 //! value    = 0 | 1 zigzag:varint | 2 bits:u64be | 3 bytes | 4 bytes   (NULL INT REAL TEXT BLOB)
 //! bytes    = len:varint octets
-//! signed   = "tide change v2" 0x00 BLAKE3(body)   the Ed25519 message (47 bytes)
-//! envelope = len:varint body signature:64         how a change travels
+//! signed   = "tide change v3" 0x00 BLAKE3(head)   the Ed25519 message (47 bytes)
+//! envelope = head:bytes signature:64 { chunk:bytes }{nchunks}   a whole change as one string
 //! ```
 //!
-//! A change's content hash is BLAKE3 of its body; `prev` is the content hash of the
-//! origin's change `seq - 1` (all zeros for seq 1), so each origin's log is a hash chain.
-//! Deps are the origin's version vector when it sealed, its own `seq - 1` included, so a
-//! predecessor always names a dep. Decoding is strict: one byte string per change.
+//! A change's content hash is BLAKE3 of its head, which commits to every chunk through
+//! the chunk hashes; `prev` is the content hash of the origin's change `seq - 1` (all
+//! zeros for seq 1), so each origin's log is a hash chain. Deps are the origin's version
+//! vector when it sealed, its own `seq - 1` included, so a predecessor always names a
+//! dep. `nops` is the number of rows over all chunks. Writers start a new chunk at a row
+//! boundary once the current one reaches [`CHUNK_TARGET`] bytes; a table whose rows go
+//! on in the next chunk is named again at its start. Decoding is strict: one byte string
+//! per head and per chunk, and a chunk must have the length and hash its head gives.
 //!
-//! Version 1 (until 2026-11-22) had the same body but was signed over the whole body
-//! (`"tide change v1" 0x00 body`); version 2 signs the content hash, so the signature
-//! costs the same for any size of change. A version 1 change is refused as an unknown
-//! version, which is what it is to this build.
+//! Version 1 (until 2026-11-22) was signed over its whole body, version 2 over the
+//! body's hash, both with every op in one body. Version 3 (2026-11-22) moved the ops
+//! into chunks so that no reader or writer has to hold a whole change. Earlier versions
+//! are refused as unknown versions, which is what they are to this build.
 
 use crate::codec::{Reader, put_bytes, put_varint};
 use crate::error::DecodeError;
@@ -35,9 +44,11 @@ use crate::ids::{ChangeId, ReplicaId};
 use crate::value::Value;
 
 /// The context string every change signature starts with.
-pub const SIGNING_CONTEXT: &[u8] = b"tide change v2\0";
-/// The only body version this build writes and reads.
-pub const CHANGE_VERSION: u64 = 2;
+pub const SIGNING_CONTEXT: &[u8] = b"tide change v3\0";
+/// The only head version this build writes and reads.
+pub const CHANGE_VERSION: u64 = 3;
+/// Writers close a chunk at the first row boundary past this many bytes.
+pub const CHUNK_TARGET: usize = 1 << 20;
 
 /// A sealed change, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,167 +141,63 @@ pub struct ChangeHead {
     pub deps: Vec<(ReplicaId, u64)>,
 }
 
-/// Writes a body op by op, so a change of any size is encoded without first being built
-/// as a [`Change`]. Tables come one after another; a table's rows follow it.
-pub(crate) struct Encoder {
-    out: Vec<u8>,
-    /// Where the head ends in `out` (the table count goes there).
-    head_len: usize,
-    deps: Vec<(ReplicaId, u64)>,
-    ntables: u64,
-    /// The table being written: its header and its rows so far.
-    table: Vec<u8>,
-    rows: Vec<u8>,
-    nrows: u64,
-    ops: usize,
+/// One chunk as its head names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// Its length in bytes.
+    pub len: usize,
+    /// BLAKE3 of its bytes.
+    pub hash: [u8; 32],
 }
 
-impl Encoder {
-    pub(crate) fn new(head: ChangeHead) -> Encoder {
-        let mut out = Vec::with_capacity(256);
+/// A decoded head: the change's context, how many row ops it carries, and its chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Who, where in the log, when, and what it saw.
+    pub head: ChangeHead,
+    /// Row ops over all chunks.
+    pub ops: u64,
+    /// The chunks, in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Manifest {
+    /// The change's id.
+    pub fn id(&self) -> ChangeId {
+        ChangeId {
+            origin: self.head.origin,
+            seq: self.head.seq,
+        }
+    }
+
+    /// The canonical head bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let h = &self.head;
+        let mut out = Vec::with_capacity(128 + 34 * self.chunks.len());
         put_varint(&mut out, CHANGE_VERSION);
-        out.extend_from_slice(&head.origin.0);
-        put_varint(&mut out, head.seq);
-        put_varint(&mut out, head.hlc);
-        put_varint(&mut out, head.schema);
-        out.extend_from_slice(&head.prev);
-        put_varint(&mut out, head.deps.len() as u64);
-        for (r, s) in &head.deps {
+        out.extend_from_slice(&h.origin.0);
+        put_varint(&mut out, h.seq);
+        put_varint(&mut out, h.hlc);
+        put_varint(&mut out, h.schema);
+        out.extend_from_slice(&h.prev);
+        put_varint(&mut out, h.deps.len() as u64);
+        for (r, s) in &h.deps {
             out.extend_from_slice(&r.0);
             put_varint(&mut out, *s);
         }
-        Encoder {
-            head_len: out.len(),
-            out,
-            deps: head.deps,
-            ntables: 0,
-            table: Vec::new(),
-            rows: Vec::new(),
-            nrows: 0,
-            ops: 0,
+        put_varint(&mut out, self.ops);
+        put_varint(&mut out, self.chunks.len() as u64);
+        for c in &self.chunks {
+            put_varint(&mut out, c.len as u64);
+            out.extend_from_slice(&c.hash);
         }
+        out
     }
 
-    /// Row ops written so far.
-    pub(crate) fn ops(&self) -> usize {
-        self.ops
-    }
-
-    /// Starts the next table's section.
-    pub(crate) fn table(&mut self, name: &str, key_columns: &[String], columns: &[String]) {
-        self.end_table();
-        self.ntables += 1;
-        put_bytes(&mut self.table, name.as_bytes());
-        put_varint(&mut self.table, key_columns.len() as u64);
-        for c in key_columns {
-            put_bytes(&mut self.table, c.as_bytes());
-        }
-        put_varint(&mut self.table, columns.len() as u64);
-        for c in columns {
-            put_bytes(&mut self.table, c.as_bytes());
-        }
-    }
-
-    /// Starts a row op; exactly `ncells` calls to [`Encoder::cell`] follow, in column
-    /// order.
-    pub(crate) fn row(
-        &mut self,
-        kind: OpKind,
-        key: &[Value],
-        row_preds: impl ExactSizeIterator<Item = ChangeId>,
-        lineage: Option<Lineage>,
-        ncells: usize,
-    ) {
-        self.nrows += 1;
-        self.ops += 1;
-        self.rows.push(match kind {
-            OpKind::Insert => KIND_INSERT,
-            OpKind::Update => KIND_UPDATE,
-            OpKind::Delete => KIND_DELETE,
-        });
-        for v in key {
-            v.encode(&mut self.rows);
-        }
-        self.preds(row_preds);
-        if kind == OpKind::Update {
-            let l = lineage.expect("updates carry their lineage (set when sealing)");
-            self.preds(std::iter::once(l.change));
-            put_varint(&mut self.rows, l.hlc);
-        }
-        put_varint(&mut self.rows, ncells as u64);
-    }
-
-    /// One written cell of the current row.
-    pub(crate) fn cell(
-        &mut self,
-        column: usize,
-        value: &Value,
-        preds: impl ExactSizeIterator<Item = ChangeId>,
-    ) {
-        put_varint(&mut self.rows, column as u64);
-        value.encode(&mut self.rows);
-        self.preds(preds);
-    }
-
-    fn preds(&mut self, preds: impl ExactSizeIterator<Item = ChangeId>) {
-        put_varint(&mut self.rows, preds.len() as u64);
-        for p in preds {
-            let dep = self
-                .deps
-                .binary_search_by(|(r, _)| r.cmp(&p.origin))
-                .expect("a predecessor's origin is always among the deps (checked when sealing)");
-            put_varint(&mut self.rows, dep as u64);
-            put_varint(&mut self.rows, p.seq);
-        }
-    }
-
-    fn end_table(&mut self) {
-        if self.table.is_empty() {
-            return;
-        }
-        self.out.append(&mut self.table);
-        put_varint(&mut self.out, self.nrows);
-        self.out.append(&mut self.rows);
-        self.nrows = 0;
-    }
-
-    /// The finished body.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        self.end_table();
-        // The table count goes between the head and the tables.
-        let mut count = Vec::new();
-        put_varint(&mut count, self.ntables);
-        self.out.splice(self.head_len..self.head_len, count);
-        self.out
-    }
-}
-
-/// One item of a body, in order.
-pub(crate) enum Step {
-    /// A table's section starts (its `rows` are empty; they follow as [`Step::Row`]).
-    Table(TableOps),
-    /// The next row op of the current table.
-    Row(RowOp),
-    /// Every byte was read and was valid.
-    End,
-}
-
-/// Reads a body op by op, validating as strictly as [`Change::decode`] (which is built
-/// on it), so a change of any size can be applied without holding all its ops.
-pub(crate) struct Decoder<'a> {
-    r: Reader<'a>,
-    /// Build the ops (else only check them).
-    keep: bool,
-    pub(crate) head: ChangeHead,
-    tables_left: usize,
-    rows_left: usize,
-    nkey: usize,
-    ncols: usize,
-}
-
-impl<'a> Decoder<'a> {
-    pub(crate) fn new(body: &'a [u8]) -> Result<Decoder<'a>, DecodeError> {
-        let mut r = Reader::new(body);
+    /// Decodes and validates head bytes (structure only; the signature is
+    /// [`SignedHead::verify`]'s job).
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, DecodeError> {
+        let mut r = Reader::new(bytes);
         let version = r.varint("change version")?;
         if version != CHANGE_VERSION {
             return Err(DecodeError::UnknownVersion(version));
@@ -326,10 +233,23 @@ impl<'a> Decoder<'a> {
                 "dependencies (must include the origin's seq - 1)",
             ));
         }
-        let tables_left = r.count("table count")?;
-        Ok(Decoder {
-            r,
-            keep: true,
+        let ops = r.varint("op count")?;
+        let nchunks = r.count("chunk count")?;
+        let mut chunks = Vec::with_capacity(nchunks);
+        for _ in 0..nchunks {
+            let len = r.varint("chunk length")?;
+            if len == 0 || len > u64::from(u32::MAX) {
+                return Err(DecodeError::Malformed("chunk length"));
+            }
+            chunks.push(ChunkRef {
+                len: len as usize,
+                hash: r.array("chunk hash")?,
+            });
+        }
+        if !r.is_empty() {
+            return Err(DecodeError::Malformed("trailing bytes after change head"));
+        }
+        Ok(Manifest {
             head: ChangeHead {
                 origin,
                 seq,
@@ -338,6 +258,225 @@ impl<'a> Decoder<'a> {
                 prev,
                 deps,
             },
+            ops,
+            chunks,
+        })
+    }
+
+    /// Checks chunk `index` against this head: its length, its hash and every op in it.
+    /// Returns how many row ops it holds.
+    pub fn check_chunk(&self, index: usize, chunk: &[u8]) -> Result<u64, DecodeError> {
+        let want = self
+            .chunks
+            .get(index)
+            .ok_or(DecodeError::Malformed("chunk index"))?;
+        if chunk.len() != want.len || blake3::hash(chunk).as_bytes() != &want.hash {
+            return Err(DecodeError::Malformed(
+                "chunk (its length or hash is not the one its head gives)",
+            ));
+        }
+        let mut dec = ChunkDecoder::checking(&self.head.deps, chunk)?;
+        let mut n = 0;
+        loop {
+            match dec.next()? {
+                Step::Table(_) => {}
+                Step::Row(_) => n += 1,
+                Step::End => return Ok(n),
+            }
+        }
+    }
+}
+
+/// Writes a change op by op into chunks, handing each finished chunk to a sink, so a
+/// change of any size is encoded in bounded memory. Tables come one after another; a
+/// table's rows follow it. A table with no rows is left out.
+pub(crate) struct Encoder<S> {
+    head: ChangeHead,
+    target: usize,
+    sink: S,
+    chunks: Vec<ChunkRef>,
+    ops: u64,
+    /// The current chunk's finished table sections, and how many.
+    out: Vec<u8>,
+    ntables: u64,
+    /// The current table's header (named again when its rows go on in the next chunk)
+    /// and its rows in this chunk.
+    table: Vec<u8>,
+    rows: Vec<u8>,
+    nrows: u64,
+}
+
+impl<S: FnMut(&[u8; 32], &[u8]) -> crate::error::Result<()>> Encoder<S> {
+    /// An encoder closing chunks past `target` bytes (see [`CHUNK_TARGET`]).
+    pub(crate) fn new(head: ChangeHead, target: usize, sink: S) -> Encoder<S> {
+        Encoder {
+            head,
+            target: target.max(1),
+            sink,
+            chunks: Vec::new(),
+            ops: 0,
+            out: Vec::new(),
+            ntables: 0,
+            table: Vec::new(),
+            rows: Vec::new(),
+            nrows: 0,
+        }
+    }
+
+    /// Row ops written so far.
+    pub(crate) fn ops(&self) -> u64 {
+        self.ops
+    }
+
+    /// Starts the next table's section.
+    pub(crate) fn table(&mut self, name: &str, key_columns: &[String], columns: &[String]) {
+        self.end_table();
+        self.table.clear();
+        put_bytes(&mut self.table, name.as_bytes());
+        put_varint(&mut self.table, key_columns.len() as u64);
+        for c in key_columns {
+            put_bytes(&mut self.table, c.as_bytes());
+        }
+        put_varint(&mut self.table, columns.len() as u64);
+        for c in columns {
+            put_bytes(&mut self.table, c.as_bytes());
+        }
+    }
+
+    /// Starts a row op; exactly `ncells` calls to [`Encoder::cell`] follow, in column
+    /// order. Closes the current chunk first when it has reached the target size.
+    pub(crate) fn row(
+        &mut self,
+        kind: OpKind,
+        key: &[Value],
+        row_preds: impl ExactSizeIterator<Item = ChangeId>,
+        lineage: Option<Lineage>,
+        ncells: usize,
+    ) -> crate::error::Result<()> {
+        if self.out.len() + self.rows.len() >= self.target {
+            self.flush()?;
+        }
+        self.nrows += 1;
+        self.ops += 1;
+        self.rows.push(match kind {
+            OpKind::Insert => KIND_INSERT,
+            OpKind::Update => KIND_UPDATE,
+            OpKind::Delete => KIND_DELETE,
+        });
+        for v in key {
+            v.encode(&mut self.rows);
+        }
+        self.preds(row_preds);
+        if kind == OpKind::Update {
+            let l = lineage.expect("updates carry their lineage (set when sealing)");
+            self.preds(std::iter::once(l.change));
+            put_varint(&mut self.rows, l.hlc);
+        }
+        put_varint(&mut self.rows, ncells as u64);
+        Ok(())
+    }
+
+    /// One written cell of the current row.
+    pub(crate) fn cell(
+        &mut self,
+        column: usize,
+        value: &Value,
+        preds: impl ExactSizeIterator<Item = ChangeId>,
+    ) {
+        put_varint(&mut self.rows, column as u64);
+        value.encode(&mut self.rows);
+        self.preds(preds);
+    }
+
+    fn preds(&mut self, preds: impl ExactSizeIterator<Item = ChangeId>) {
+        put_varint(&mut self.rows, preds.len() as u64);
+        for p in preds {
+            let dep = self
+                .head
+                .deps
+                .binary_search_by(|(r, _)| r.cmp(&p.origin))
+                .expect("a predecessor's origin is always among the deps (checked when sealing)");
+            put_varint(&mut self.rows, dep as u64);
+            put_varint(&mut self.rows, p.seq);
+        }
+    }
+
+    /// Moves the current table's rows into the chunk (its header stays current).
+    fn end_table(&mut self) {
+        if self.nrows == 0 {
+            return;
+        }
+        self.out.extend_from_slice(&self.table);
+        put_varint(&mut self.out, self.nrows);
+        self.out.append(&mut self.rows);
+        self.nrows = 0;
+        self.ntables += 1;
+    }
+
+    /// Closes the current chunk and hands it to the sink.
+    fn flush(&mut self) -> crate::error::Result<()> {
+        self.end_table();
+        if self.ntables == 0 {
+            return Ok(());
+        }
+        let mut chunk = Vec::with_capacity(self.out.len() + 10);
+        put_varint(&mut chunk, self.ntables);
+        chunk.extend_from_slice(&self.out);
+        self.out.clear();
+        self.ntables = 0;
+        self.chunks.push(ChunkRef {
+            len: chunk.len(),
+            hash: *blake3::hash(&chunk).as_bytes(),
+        });
+        let hash = self.chunks.last().expect("just pushed").hash;
+        (self.sink)(&hash, &chunk)
+    }
+
+    /// Closes the last chunk; returns the head that names every chunk.
+    pub(crate) fn finish(mut self) -> crate::error::Result<Manifest> {
+        self.flush()?;
+        Ok(Manifest {
+            head: self.head,
+            ops: self.ops,
+            chunks: self.chunks,
+        })
+    }
+}
+
+/// One item of a chunk, in order.
+pub(crate) enum Step {
+    /// A table's section starts (its `rows` are empty; they follow as [`Step::Row`]).
+    Table(TableOps),
+    /// The next row op of the current table.
+    Row(RowOp),
+    /// Every byte of the chunk was read and was valid.
+    End,
+}
+
+/// Reads a chunk op by op, validating strictly, so a change of any size can be applied
+/// without holding all its ops.
+pub(crate) struct ChunkDecoder<'a> {
+    r: Reader<'a>,
+    /// Build the ops (else only check them).
+    keep: bool,
+    deps: &'a [(ReplicaId, u64)],
+    tables_left: usize,
+    rows_left: usize,
+    nkey: usize,
+    ncols: usize,
+}
+
+impl<'a> ChunkDecoder<'a> {
+    pub(crate) fn new(
+        deps: &'a [(ReplicaId, u64)],
+        chunk: &'a [u8],
+    ) -> Result<ChunkDecoder<'a>, DecodeError> {
+        let mut r = Reader::new(chunk);
+        let tables_left = r.count("table count")?;
+        Ok(ChunkDecoder {
+            r,
+            keep: true,
+            deps,
             tables_left,
             rows_left: 0,
             nkey: 0,
@@ -346,8 +485,11 @@ impl<'a> Decoder<'a> {
     }
 
     /// A decoder that checks every op as strictly but keeps none (they come back empty).
-    pub(crate) fn checking(body: &'a [u8]) -> Result<Decoder<'a>, DecodeError> {
-        let mut dec = Decoder::new(body)?;
+    pub(crate) fn checking(
+        deps: &'a [(ReplicaId, u64)],
+        chunk: &'a [u8],
+    ) -> Result<ChunkDecoder<'a>, DecodeError> {
+        let mut dec = ChunkDecoder::new(deps, chunk)?;
         dec.keep = false;
         Ok(dec)
     }
@@ -362,7 +504,7 @@ impl<'a> Decoder<'a> {
             return self.table().map(Step::Table);
         }
         if !self.r.is_empty() {
-            return Err(DecodeError::Malformed("trailing bytes after change"));
+            return Err(DecodeError::Malformed("trailing bytes after chunk"));
         }
         Ok(Step::End)
     }
@@ -402,7 +544,6 @@ impl<'a> Decoder<'a> {
             let dep = self.r.varint("predecessor")? as usize;
             let s = self.r.varint("predecessor seq")?;
             let (origin, max) = *self
-                .head
                 .deps
                 .get(dep)
                 .ok_or(DecodeError::Malformed("predecessor"))?;
@@ -493,9 +634,13 @@ impl Change {
         self.tables.iter().map(|t| t.rows.len()).sum()
     }
 
-    /// The canonical body bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut enc = Encoder::new(self.head.clone());
+    /// The canonical head and chunks, closing chunks past `target` bytes.
+    pub fn encode_with(&self, target: usize) -> (Manifest, Vec<Vec<u8>>) {
+        let mut chunks = Vec::new();
+        let mut enc = Encoder::new(self.head.clone(), target, |_: &[u8; 32], c: &[u8]| {
+            chunks.push(c.to_vec());
+            Ok(())
+        });
         for t in &self.tables {
             enc.table(&t.name, &t.key_columns, &t.columns);
             for row in &t.rows {
@@ -505,60 +650,85 @@ impl Change {
                     row.row_preds.iter().copied(),
                     row.lineage,
                     row.cells.len(),
-                );
+                )
+                .expect("an in-memory sink does not fail");
                 for cell in &row.cells {
                     enc.cell(cell.column, &cell.value, cell.preds.iter().copied());
                 }
             }
         }
-        enc.finish()
+        let manifest = enc.finish().expect("an in-memory sink does not fail");
+        (manifest, chunks)
     }
 
-    /// Decodes and validates a body. Validation covers structure only; authenticity is
-    /// [`SignedChange::verify`]'s job.
-    pub fn decode(body: &[u8]) -> Result<Change, DecodeError> {
-        let mut dec = Decoder::new(body)?;
+    /// Decodes and validates a head and its chunks. Validation covers structure and the
+    /// chunk hashes; authenticity is [`SignedChange::verify`]'s job.
+    pub fn decode(head: &[u8], chunks: &[Vec<u8>]) -> Result<Change, DecodeError> {
+        let manifest = Manifest::decode(head)?;
+        if chunks.len() != manifest.chunks.len() {
+            return Err(DecodeError::Malformed("chunk count"));
+        }
         let mut tables: Vec<TableOps> = Vec::new();
-        loop {
-            match dec.next()? {
-                Step::Table(t) => tables.push(t),
-                Step::Row(row) => tables
-                    .last_mut()
-                    .expect("the decoder yields a table before its rows")
-                    .rows
-                    .push(row),
-                Step::End => break,
+        let mut ops = 0u64;
+        for (i, chunk) in chunks.iter().enumerate() {
+            manifest.check_chunk(i, chunk)?;
+            let mut dec = ChunkDecoder::new(&manifest.head.deps, chunk)?;
+            let mut first = true;
+            loop {
+                match dec.next()? {
+                    // A table named again at a chunk's start goes on where it was.
+                    Step::Table(t) => {
+                        let goes_on = first
+                            && tables.last().is_some_and(|l| {
+                                l.name == t.name
+                                    && l.key_columns == t.key_columns
+                                    && l.columns == t.columns
+                            });
+                        if !goes_on {
+                            tables.push(t);
+                        }
+                    }
+                    Step::Row(row) => {
+                        ops += 1;
+                        tables
+                            .last_mut()
+                            .expect("the decoder yields a table before its rows")
+                            .rows
+                            .push(row);
+                    }
+                    Step::End => break,
+                }
+                first = false;
             }
         }
+        if ops != manifest.ops {
+            return Err(DecodeError::Malformed("op count"));
+        }
         Ok(Change {
-            head: dec.head,
+            head: manifest.head,
             tables,
         })
     }
 
-    /// Counts the row ops of a body, checking its structure, without keeping them.
-    pub fn count_ops(body: &[u8]) -> Result<usize, DecodeError> {
-        let mut dec = Decoder::checking(body)?;
-        let mut n = 0;
-        loop {
-            match dec.next()? {
-                Step::Table(_) => {}
-                Step::Row(_) => n += 1,
-                Step::End => return Ok(n),
-            }
-        }
-    }
-
     /// Encodes and signs.
     pub fn seal(&self, secret: &SecretIdentity) -> SignedChange {
+        self.seal_with(secret, CHUNK_TARGET)
+    }
+
+    /// Encodes with chunks closed past `target` bytes, and signs.
+    pub fn seal_with(&self, secret: &SecretIdentity, target: usize) -> SignedChange {
         debug_assert_eq!(secret.id(), self.head.origin);
-        SignedChange::sign(self.encode(), secret)
+        let (manifest, chunks) = self.encode_with(target);
+        SignedChange {
+            head: SignedHead::sign(manifest.encode(), secret),
+            chunks,
+        }
     }
 }
 
 /// The Ed25519 message of a change: the context string, then the BLAKE3 content hash of
-/// its body. Signing the hash, not the body, keeps the signature's cost independent of
-/// the change's size (SHA-512 over a large body cost more than the rest of verifying).
+/// its head (which names every chunk by its hash), so the signature costs the same for
+/// any size of change.
 pub(crate) fn signing_message(hash: &[u8; 32]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(SIGNING_CONTEXT.len() + hash.len());
     msg.extend_from_slice(SIGNING_CONTEXT);
@@ -566,55 +736,39 @@ pub(crate) fn signing_message(hash: &[u8; 32]) -> Vec<u8> {
     msg
 }
 
-/// A change as bytes with its signature, not yet checked against any key.
+/// A change's head as bytes with its signature, not yet checked against any key. Its
+/// chunks travel beside it (see [`Chunks`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignedChange {
-    body: Vec<u8>,
+pub struct SignedHead {
+    bytes: Vec<u8>,
     signature: [u8; 64],
     hash: [u8; 32],
 }
 
-impl SignedChange {
-    /// Wraps a body and signature (nothing is verified yet).
-    pub fn from_parts(body: Vec<u8>, signature: [u8; 64]) -> SignedChange {
-        let hash = *blake3::hash(&body).as_bytes();
-        SignedChange {
-            body,
+impl SignedHead {
+    /// Wraps head bytes and a signature (nothing is verified yet).
+    pub fn from_parts(bytes: Vec<u8>, signature: [u8; 64]) -> SignedHead {
+        let hash = *blake3::hash(&bytes).as_bytes();
+        SignedHead {
+            bytes,
             signature,
             hash,
         }
     }
 
-    /// Signs an encoded body (the caller's own change).
-    pub(crate) fn sign(body: Vec<u8>, secret: &SecretIdentity) -> SignedChange {
-        let hash = *blake3::hash(&body).as_bytes();
-        SignedChange {
+    /// Signs encoded head bytes (the caller's own change).
+    pub(crate) fn sign(bytes: Vec<u8>, secret: &SecretIdentity) -> SignedHead {
+        let hash = *blake3::hash(&bytes).as_bytes();
+        SignedHead {
             signature: secret.sign(&signing_message(&hash)),
-            body,
+            bytes,
             hash,
         }
     }
 
-    /// The envelope: body length, body, signature.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + 70);
-        put_bytes(&mut out, &self.body);
-        out.extend_from_slice(&self.signature);
-        out
-    }
-
-    /// Parses one envelope from the front of `bytes`, returning it and the bytes used.
-    pub fn from_bytes(bytes: &[u8]) -> Result<(SignedChange, usize), DecodeError> {
-        let mut r = Reader::new(bytes);
-        let body = r.bytes("change body")?.to_vec();
-        let signature = r.array("change signature")?;
-        let used = bytes.len() - r.remaining();
-        Ok((SignedChange::from_parts(body, signature), used))
-    }
-
-    /// The canonical body.
-    pub fn body(&self) -> &[u8] {
-        &self.body
+    /// The canonical head bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// The Ed25519 signature.
@@ -622,14 +776,14 @@ impl SignedChange {
         &self.signature
     }
 
-    /// BLAKE3 of the body: the content hash used for dedup, forks and the hash chain.
+    /// BLAKE3 of the head: the content hash used for dedup, forks and the hash chain.
     pub fn hash(&self) -> &[u8; 32] {
         &self.hash
     }
 
     /// Reads the origin and seq without full decoding (for routing and dedup).
     pub fn peek_id(&self) -> Result<ChangeId, DecodeError> {
-        let mut r = Reader::new(&self.body);
+        let mut r = Reader::new(&self.bytes);
         let version = r.varint("change version")?;
         if version != CHANGE_VERSION {
             return Err(DecodeError::UnknownVersion(version));
@@ -639,29 +793,112 @@ impl SignedChange {
         Ok(ChangeId { origin, seq })
     }
 
-    /// Checks the signature with the origin's public key and the body's structure, and
-    /// returns the head, without keeping the ops (which may be many).
-    pub fn verify_head(&self, sign_key: &[u8; 32]) -> Result<ChangeHead, VerifyError> {
-        if !verify_signature(sign_key, &signing_message(&self.hash), &self.signature) {
-            return Err(VerifyError::BadSignature);
-        }
-        let mut dec = Decoder::checking(&self.body).map_err(VerifyError::Decode)?;
-        while !matches!(dec.next().map_err(VerifyError::Decode)?, Step::End) {}
-        if ReplicaId::for_signing_key(sign_key) != dec.head.origin {
-            return Err(VerifyError::WrongKey);
-        }
-        Ok(dec.head)
+    /// The head, decoded without checking the signature (for what is already trusted,
+    /// like this replica's own log).
+    pub fn manifest(&self) -> Result<Manifest, DecodeError> {
+        Manifest::decode(&self.bytes)
     }
 
-    /// Checks the signature with the origin's public key, then decodes.
-    pub fn verify(&self, sign_key: &[u8; 32]) -> Result<VerifiedChange, VerifyError> {
+    /// Checks the signature with the origin's public key and the head's structure. The
+    /// chunks are checked against the returned head as they are read
+    /// ([`Manifest::check_chunk`]).
+    pub fn verify(&self, sign_key: &[u8; 32]) -> Result<Manifest, VerifyError> {
         if !verify_signature(sign_key, &signing_message(&self.hash), &self.signature) {
             return Err(VerifyError::BadSignature);
         }
-        let change = Change::decode(&self.body).map_err(VerifyError::Decode)?;
-        if ReplicaId::for_signing_key(sign_key) != change.head.origin {
+        let manifest = Manifest::decode(&self.bytes).map_err(VerifyError::Decode)?;
+        if ReplicaId::for_signing_key(sign_key) != manifest.head.origin {
             return Err(VerifyError::WrongKey);
         }
+        Ok(manifest)
+    }
+}
+
+/// Where a change's chunks come from while it is read: a bundle image, the log, memory.
+pub trait Chunks {
+    /// The bytes of chunk `index`, which the change's head names as `want`. The caller
+    /// checks them against the head.
+    fn chunk(&mut self, index: usize, want: &ChunkRef) -> crate::error::Result<Vec<u8>>;
+}
+
+/// A whole change in memory: its signed head and its chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedChange {
+    head: SignedHead,
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Chunks for &SignedChange {
+    fn chunk(&mut self, index: usize, _want: &ChunkRef) -> crate::error::Result<Vec<u8>> {
+        self.chunks
+            .get(index)
+            .cloned()
+            .ok_or(crate::error::Error::Decode(DecodeError::Malformed(
+                "chunk count",
+            )))
+    }
+}
+
+impl SignedChange {
+    /// A signed head and its chunks (nothing is verified yet).
+    pub fn new(head: SignedHead, chunks: Vec<Vec<u8>>) -> SignedChange {
+        SignedChange { head, chunks }
+    }
+
+    /// The signed head.
+    pub fn head(&self) -> &SignedHead {
+        &self.head
+    }
+
+    /// The chunks, in order.
+    pub fn chunks(&self) -> &[Vec<u8>] {
+        &self.chunks
+    }
+
+    /// The content hash (of the head).
+    pub fn hash(&self) -> &[u8; 32] {
+        self.head.hash()
+    }
+
+    /// The origin and seq, read from the head without full decoding.
+    pub fn peek_id(&self) -> Result<ChangeId, DecodeError> {
+        self.head.peek_id()
+    }
+
+    /// The envelope: head, signature, chunks.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.head.bytes.len() + 70 + self.chunks.iter().map(|c| c.len() + 5).sum::<usize>(),
+        );
+        put_bytes(&mut out, &self.head.bytes);
+        out.extend_from_slice(&self.head.signature);
+        for c in &self.chunks {
+            put_bytes(&mut out, c);
+        }
+        out
+    }
+
+    /// Parses one envelope from the front of `bytes`, returning it and the bytes used.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(SignedChange, usize), DecodeError> {
+        let mut r = Reader::new(bytes);
+        let head = r.bytes("change head")?.to_vec();
+        let signature = r.array("change signature")?;
+        let n = Manifest::decode(&head)?.chunks.len();
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            chunks.push(r.bytes("change chunk")?.to_vec());
+        }
+        let used = bytes.len() - r.remaining();
+        Ok((
+            SignedChange::new(SignedHead::from_parts(head, signature), chunks),
+            used,
+        ))
+    }
+
+    /// Checks the signature with the origin's public key, then decodes every chunk.
+    pub fn verify(&self, sign_key: &[u8; 32]) -> Result<VerifiedChange, VerifyError> {
+        self.head.verify(sign_key)?;
+        let change = Change::decode(&self.head.bytes, &self.chunks).map_err(VerifyError::Decode)?;
         Ok(VerifiedChange {
             change,
             signed: self.clone(),
@@ -672,13 +909,13 @@ impl SignedChange {
 /// Why a change failed verification.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
-    /// The signature does not match the body under the origin's key.
+    /// The signature does not match the head under the origin's key.
     #[error("signature does not verify")]
     BadSignature,
     /// The key given is not the origin's.
     #[error("signed by a key that is not the origin's")]
     WrongKey,
-    /// Signed, but not a valid change.
+    /// Signed, but not a valid change (a chunk that does not match its head included).
     #[error("signed but malformed: {0}")]
     Decode(DecodeError),
 }
@@ -779,36 +1016,123 @@ mod tests {
     }
 
     #[test]
-    fn any_flipped_body_bit_fails_verification() {
+    fn any_flipped_bit_of_head_or_chunk_fails_verification() {
         let secret = SecretIdentity::generate();
         let signed = sample(&secret).seal(&secret);
         let key = secret.card("a").sign_key;
-        for i in 0..signed.body().len() * 8 {
-            let mut body = signed.body().to_vec();
-            body[i / 8] ^= 1 << (i % 8);
-            let tampered = SignedChange::from_parts(body, *signed.signature());
-            assert!(tampered.verify(&key).is_err(), "bit {i}");
+        for i in 0..signed.head().bytes().len() * 8 {
+            let mut head = signed.head().bytes().to_vec();
+            head[i / 8] ^= 1 << (i % 8);
+            let tampered = SignedChange::new(
+                SignedHead::from_parts(head, *signed.head().signature()),
+                signed.chunks().to_vec(),
+            );
+            assert!(tampered.verify(&key).is_err(), "head bit {i}");
+        }
+        for i in 0..signed.chunks()[0].len() * 8 {
+            let mut chunk = signed.chunks()[0].clone();
+            chunk[i / 8] ^= 1 << (i % 8);
+            let tampered = SignedChange::new(signed.head().clone(), vec![chunk]);
+            assert!(tampered.verify(&key).is_err(), "chunk bit {i}");
+        }
+    }
+
+    /// Walks a chunk to its end; the number of rows.
+    fn walk(mut dec: ChunkDecoder<'_>) -> Result<usize, DecodeError> {
+        let mut n = 0;
+        loop {
+            match dec.next()? {
+                Step::Table(_) => {}
+                Step::Row(_) => n += 1,
+                Step::End => return Ok(n),
+            }
         }
     }
 
     #[test]
-    fn checking_a_body_accepts_and_refuses_exactly_what_decoding_does() {
+    fn checking_a_chunk_accepts_and_refuses_exactly_what_decoding_does() {
         let secret = SecretIdentity::generate();
-        let body = sample(&secret).encode();
-        assert_eq!(Change::count_ops(&body).unwrap(), 2);
-        let mut variants: Vec<Vec<u8>> = (0..body.len()).map(|n| body[..n].to_vec()).collect();
-        for i in 0..body.len() * 8 {
-            let mut b = body.clone();
+        let change = sample(&secret);
+        let (manifest, chunks) = change.encode_with(CHUNK_TARGET);
+        let deps = &manifest.head.deps;
+        let chunk = &chunks[0];
+        assert_eq!(manifest.check_chunk(0, chunk).unwrap(), 2);
+        let mut variants: Vec<Vec<u8>> = (0..chunk.len()).map(|n| chunk[..n].to_vec()).collect();
+        for i in 0..chunk.len() * 8 {
+            let mut b = chunk.clone();
             b[i / 8] ^= 1 << (i % 8);
             variants.push(b);
         }
         for (n, b) in variants.iter().enumerate() {
-            let decoded = Change::decode(b);
-            let counted = Change::count_ops(b);
-            assert_eq!(decoded.is_ok(), counted.is_ok(), "variant {n}");
-            if let Ok(c) = decoded {
-                assert_eq!(c.op_count(), counted.unwrap(), "variant {n}");
-            }
+            let decoded = ChunkDecoder::new(deps, b).and_then(walk);
+            let checked = ChunkDecoder::checking(deps, b).and_then(walk);
+            assert_eq!(decoded, checked, "variant {n}");
+        }
+    }
+
+    /// A change of many rows over two tables, in chunks of about `target` bytes.
+    fn large(secret: &SecretIdentity, rows: i64) -> Change {
+        let mut change = sample(secret);
+        let other = change.tables[0].clone();
+        change.tables[0].rows = (0..rows)
+            .map(|i| RowOp {
+                kind: OpKind::Insert,
+                key: vec![Value::Integer(i)],
+                row_preds: vec![],
+                lineage: None,
+                cells: vec![CellWrite {
+                    column: 1,
+                    value: Value::text(format!("row {i}")),
+                    preds: vec![],
+                }],
+            })
+            .collect();
+        change.tables.push(TableOps {
+            name: "u".into(),
+            ..other
+        });
+        change
+    }
+
+    #[test]
+    fn a_large_change_goes_in_chunks_that_decode_to_the_same_change() {
+        let secret = SecretIdentity::generate();
+        let change = large(&secret, 500);
+        let signed = change.seal_with(&secret, 256);
+        assert!(signed.chunks().len() > 10, "{}", signed.chunks().len());
+        assert!(signed.chunks().iter().all(|c| c.len() < 256 + 64));
+        let manifest = signed.head().manifest().unwrap();
+        assert_eq!(manifest.ops, 502);
+        let total: u64 = (0..signed.chunks().len())
+            .map(|i| manifest.check_chunk(i, &signed.chunks()[i]).unwrap())
+            .sum();
+        assert_eq!(total, 502);
+        let verified = signed.verify(&secret.card("a").sign_key).unwrap();
+        assert_eq!(verified.change(), &change);
+        let (parsed, used) = SignedChange::from_bytes(&signed.to_bytes()).unwrap();
+        assert_eq!((used, &parsed), (signed.to_bytes().len(), &signed));
+    }
+
+    #[test]
+    fn chunks_missing_reordered_or_from_another_change_are_refused() {
+        let secret = SecretIdentity::generate();
+        let key = secret.card("a").sign_key;
+        let signed = large(&secret, 200).seal_with(&secret, 256);
+        let chunks = signed.chunks().to_vec();
+        let head = signed.head().clone();
+        let mut fewer = chunks.clone();
+        fewer.pop();
+        let mut swapped = chunks.clone();
+        swapped.swap(1, 2);
+        let mut foreign = chunks.clone();
+        let mut other = large(&secret, 200);
+        for row in &mut other.tables[0].rows {
+            row.cells[0].value = Value::text("other");
+        }
+        foreign[1] = other.seal_with(&secret, 256).chunks()[1].clone();
+        for (what, chunks) in [("fewer", fewer), ("swapped", swapped), ("foreign", foreign)] {
+            let tampered = SignedChange::new(head.clone(), chunks);
+            assert!(tampered.verify(&key).is_err(), "{what}");
         }
     }
 

@@ -491,7 +491,7 @@ impl Replica {
             false,
         )?;
         let mut report = crate::log::ImportReport::default();
-        crate::log::apply_ready(&tx, &Default::default(), &mut report, None, None)?;
+        crate::log::apply_ready(&tx, Default::default(), &mut report, None, None)?;
         tx.commit()?;
         debug_assert!(sealed.is_none_or(|s| s.seq < change.head.seq));
         self.record_sealed(change.head.seq)?;

@@ -36,9 +36,17 @@ pub enum Error {
     /// Stored bytes did not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// A change body kept compressed in the log could not be packed or unpacked.
-    #[error("a change body in the log could not be {0}; `tide doctor` lists the damaged changes")]
+    /// A change's chunk kept in the log could not be packed, unpacked or found.
+    #[error("a change chunk in the log could not be {0}; `tide doctor` lists the damaged changes")]
     LogBody(String),
+    /// The log holds changes of a format this build no longer reads.
+    #[error(
+        "this database's change log was written by an earlier development build of tide \
+         (change format 2); this build reads format 3 only. Nothing was changed. Keep the \
+         file, make a new replica with this build (`tide init` on a copy of your tables \
+         without the _tide_ tables) and sync it from a peer"
+    )]
+    OldLogFormat,
     /// The database has no tide identity yet.
     #[error("this database has no tide identity yet; initialise it first")]
     NotInitialized,

@@ -70,8 +70,8 @@ mod value;
 
 pub use admin::{Finding, LogEntry};
 pub use change::{
-    CellWrite, Change, ChangeHead, Lineage, OpKind, RowOp, SignedChange, TableOps, VerifiedChange,
-    VerifyError,
+    CellWrite, Change, ChangeHead, ChunkRef, Chunks, Lineage, Manifest, OpKind, RowOp,
+    SignedChange, SignedHead, TableOps, VerifiedChange, VerifyError,
 };
 pub use conflicts::{Candidate, Conflict, Resolution};
 pub use error::{DecodeError, Error, Result};

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::change::{
-    Change, ChangeHead, Decoder, OpKind, RowOp, SignedChange, Step, TableOps, VerifyError,
+    Change, ChangeHead, ChunkDecoder, ChunkRef, Chunks, Manifest, OpKind, RowOp, SignedChange,
+    SignedHead, Step, TableOps, VerifyError,
 };
 use crate::error::{Error, Result};
 use crate::identity::SecretIdentity;
@@ -94,22 +95,31 @@ impl Replica {
 
     /// Every stored change a replica with vector `theirs` lacks, from every origin (so
     /// replicas relay for each other), in (origin, seq) order. Seals pending writes first.
+    /// Whole changes in memory: for small exchanges and tests.
     pub fn changes_for(&mut self, theirs: &VersionVector) -> Result<Vec<SignedChange>> {
         let mut out = Vec::new();
-        self.each_change_for(theirs, |c| {
-            out.push(c);
+        self.each_change_for(theirs, |head, chunks| {
+            let manifest = head.manifest()?;
+            let data = manifest
+                .chunks
+                .iter()
+                .enumerate()
+                .map(|(i, c)| chunks.chunk(i, c))
+                .collect::<Result<Vec<_>>>()?;
+            out.push(SignedChange::new(head.clone(), data));
             Ok(())
         })?;
         Ok(out)
     }
 
-    /// Like [`Replica::changes_for`], one change at a time, so a caller can stream any
-    /// number of them in bounded memory. Seals pending writes first; the whole listing
-    /// reads one snapshot of the log.
+    /// Like [`Replica::changes_for`], one change at a time, its chunks read from the log
+    /// only when asked for, so a caller can stream changes of any number and size in
+    /// bounded memory. Seals pending writes first; the whole listing reads one snapshot
+    /// of the log.
     pub fn each_change_for(
         &mut self,
         theirs: &VersionVector,
-        mut each: impl FnMut(SignedChange) -> Result<()>,
+        mut each: impl FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>,
     ) -> Result<()> {
         self.seal()?;
         let tx = self.conn.unchecked_transaction()?;
@@ -137,10 +147,11 @@ impl Replica {
             let mut rows = stmt.query(params![idx, since as i64])?;
             while let Some(r) = rows.next()? {
                 let sig: Vec<u8> = r.get(1)?;
-                each(SignedChange::from_parts(
+                let head = SignedHead::from_parts(
                     unpack(r.get(0)?, r.get(2)?)?,
                     sig.try_into().expect("signatures are stored as 64 bytes"),
-                ))?;
+                );
+                each(&head, &mut LogChunks { conn: &tx })?;
                 done += 1;
                 if let Some(p) = self.progress.as_mut() {
                     p(Progress {
@@ -180,60 +191,33 @@ impl Replica {
     }
 
     /// Verifies, stores and applies `changes` in one transaction: all of it or nothing
-    /// (invariant 6). Pending local writes are sealed first, in the same transaction, so
-    /// they keep their place in causal order. A change with a bad signature rejects the
-    /// whole import before any write; one from an unknown origin, a fork, or one that
-    /// cannot be applied goes to quarantine; one whose dependencies are missing waits.
+    /// (invariant 6). See [`Replica::import_each`].
     pub fn import(&mut self, changes: &[SignedChange]) -> Result<ImportReport> {
-        self.import_with(changes, false)
+        self.import_each(|offer| {
+            for c in changes {
+                offer(c.head(), &mut &*c)?;
+            }
+            Ok(())
+        })
     }
 
-    fn import_with(&mut self, changes: &[SignedChange], retrying: bool) -> Result<ImportReport> {
-        // Verification first: nothing is written for input that fails it.
-        let mut checked = Vec::with_capacity(changes.len());
-        for signed in changes {
-            let id = match signed.peek_id() {
-                Ok(id) => id,
-                Err(e) if !retrying => {
-                    return Err(Error::Rejected {
-                        change: None,
-                        reason: VerifyError::Decode(e),
-                    });
-                }
-                Err(_) => continue,
-            };
-            let key: Option<Vec<u8>> = self
-                .conn
-                .query_row(
-                    "SELECT sign_key FROM _tide_origins WHERE id=?1",
-                    [&id.origin.0[..]],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten();
-            let outcome = match key {
-                Some(key) => {
-                    let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
-                    match signed.verify_head(&key) {
-                        // Keep only what storing needs, not the decoded ops: a large
-                        // change would otherwise sit in memory twice (here and at apply).
-                        Ok(head) => Verdict::Valid {
-                            prev: head.prev,
-                            hlc: head.hlc,
-                        },
-                        Err(reason) if !retrying => {
-                            return Err(Error::Rejected {
-                                change: Some(id),
-                                reason,
-                            });
-                        }
-                        Err(_) => Verdict::Invalid,
-                    }
-                }
-                None => Verdict::UnknownOrigin,
-            };
-            checked.push((id, outcome, signed));
-        }
+    /// Verifies, stores and applies the changes `source` offers, one at a time with its
+    /// chunks, in one transaction: all of it or nothing (invariant 6). Pending local
+    /// writes are sealed first, in the same transaction, so they keep their place in
+    /// causal order. A change with a bad signature, or a chunk that is not the one its
+    /// signed head names, rejects the whole import and nothing is kept; one from an
+    /// unknown origin, a fork, or one that cannot be applied goes to quarantine; one
+    /// whose dependencies are missing waits. Memory stays bounded whatever the number
+    /// and size of the changes: a chunk at a time is held.
+    pub fn import_each(
+        &mut self,
+        source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
+    ) -> Result<ImportReport> {
+        self.import_with(Source::Offered(Box::new(source)))
+    }
+
+    fn import_with(&mut self, source: Source<'_>) -> Result<ImportReport> {
+        let retrying = matches!(source, Source::Quarantine(_));
         let fail_after = self.fail_after_ops.take();
         // IMMEDIATE: no app write can slip in between sealing and applying.
         let tx = rusqlite::Transaction::new_unchecked(
@@ -246,89 +230,27 @@ impl Replica {
         } else {
             None
         };
-        let mut report = ImportReport {
-            received: changes.len(),
-            ..Default::default()
+        let mut ingest = Ingest {
+            conn: &tx,
+            retrying,
+            report: ImportReport::default(),
+            touched: Vec::new(),
+            cache: ChunkCache::default(),
         };
-        let mut touched = Vec::new();
-        let mut bodies = Bodies::new();
-        for (id, verdict, signed) in checked {
-            let verified = match verdict {
-                Verdict::Valid { prev, hlc } => (prev, hlc),
-                Verdict::UnknownOrigin => {
-                    quarantine(
-                        &tx,
-                        id,
-                        signed,
-                        reason::UNKNOWN_ORIGIN,
-                        "signed by a replica this one does not know",
-                    )?;
-                    report.quarantined.push((id, reason::UNKNOWN_ORIGIN.into()));
-                    continue;
-                }
-                Verdict::Invalid => {
-                    quarantine(
-                        &tx,
-                        id,
-                        signed,
-                        reason::BAD_SIGNATURE,
-                        "the signature does not verify with its origin's key",
-                    )?;
-                    report.quarantined.push((id, reason::BAD_SIGNATURE.into()));
-                    continue;
-                }
-            };
-            let idx = origin_idx(&tx, id.origin)?;
-            let existing: Option<Vec<u8>> = tx
-                .query_row(
-                    "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
-                    params![idx, id.seq as i64],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(hash) = existing {
-                if hash == signed.hash() {
-                    report.duplicates += 1;
-                } else {
-                    quarantine(
-                        &tx,
-                        id,
-                        signed,
-                        reason::FORK,
-                        "another change with this origin and seq is already stored",
-                    )?;
-                    report.quarantined.push((id, reason::FORK.into()));
-                }
-                continue;
-            }
-            let (prev_hash, hlc) = verified;
-            if id.seq > 1 {
-                let prev: Option<Vec<u8>> = tx
-                    .query_row(
-                        "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
-                        params![idx, (id.seq - 1) as i64],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if prev.is_some_and(|p| p != prev_hash) {
-                    quarantine(
-                        &tx,
-                        id,
-                        signed,
-                        reason::BROKEN_CHAIN,
-                        "its previous-change hash does not match the stored log",
-                    )?;
-                    report.quarantined.push((id, reason::BROKEN_CHAIN.into()));
-                    continue;
+        match source {
+            Source::Offered(source) => source(&mut |head, chunks| ingest.offer(head, chunks))?,
+            Source::Quarantine(heads) => {
+                for head in &heads {
+                    ingest.offer(head, &mut LogChunks { conn: &tx })?;
                 }
             }
-            let (stored, packing) = pack(signed.body())?;
-            tx.prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, ?7)")?
-                .execute(params![idx, id.seq as i64, &signed.hash()[..], hlc as i64, stored, &signed.signature()[..], packing])?;
-            report.stored += 1;
-            touched.push(idx);
-            bodies.insert((idx, id.seq), signed.body());
         }
+        let Ingest {
+            mut report,
+            mut touched,
+            cache,
+            ..
+        } = ingest;
         touched.sort();
         touched.dedup();
         for idx in touched {
@@ -343,13 +265,7 @@ impl Replica {
             )?;
         }
         let mut progress = self.progress.take();
-        let applied = apply_ready(
-            &tx,
-            &bodies,
-            &mut report,
-            fail_after,
-            progress.as_deref_mut(),
-        );
+        let applied = apply_ready(&tx, cache, &mut report, fail_after, progress.as_deref_mut());
         self.progress = progress;
         applied?;
         // A quarantined change now in the log has been dealt with.
@@ -390,34 +306,207 @@ impl Replica {
         let mut stmt = self
             .conn
             .prepare("SELECT body, sig FROM _tide_quarantine WHERE reason NOT IN ('fork', 'broken_chain') ORDER BY qid")?;
-        let changes = stmt
+        let heads = stmt
             .query_map([], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?
             .into_iter()
             .map(|(b, s)| {
-                SignedChange::from_parts(
-                    b,
-                    s.try_into().expect("signatures are stored as 64 bytes"),
-                )
+                SignedHead::from_parts(b, s.try_into().expect("signatures are stored as 64 bytes"))
             })
             .collect::<Vec<_>>();
         drop(stmt);
-        self.import_with(&changes, true)
+        self.import_with(Source::Quarantine(heads))
     }
 }
 
-/// What verification said about one offered change.
-enum Verdict {
-    /// The signature checked out; what storing it needs.
-    Valid {
-        prev: [u8; 32],
-        hlc: u64,
-    },
-    UnknownOrigin,
-    /// Only when retrying the quarantine: it stays there.
-    Invalid,
+/// Where an import's changes come from.
+enum Source<'s> {
+    /// A caller offers them with their chunks.
+    Offered(OfferFn<'s>),
+    /// The quarantine, retried: heads from it, chunks from the log's chunk store.
+    Quarantine(Vec<SignedHead>),
+}
+
+type OfferFn<'s> =
+    Box<dyn FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()> + 's>;
+
+/// One import's state while changes are offered: each is verified, checked against
+/// the log, and stored (or quarantined) before the next is read.
+struct Ingest<'c> {
+    conn: &'c Connection,
+    /// Retrying the quarantine: what fails stays there instead of rejecting the import.
+    retrying: bool,
+    report: ImportReport,
+    /// Origins whose stored seq may move.
+    touched: Vec<i64>,
+    cache: ChunkCache,
+}
+
+impl Ingest<'_> {
+    fn offer(&mut self, signed: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
+        self.report.received += 1;
+        let id = match signed.peek_id() {
+            Ok(id) => id,
+            Err(e) if !self.retrying => {
+                return Err(Error::Rejected {
+                    change: None,
+                    reason: VerifyError::Decode(e),
+                });
+            }
+            Err(_) => return Ok(()),
+        };
+        let key: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT sign_key FROM _tide_origins WHERE id=?1",
+                [&id.origin.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(key) = key else {
+            self.keep_chunks(signed, chunks)?;
+            return self.quarantine(
+                id,
+                signed,
+                reason::UNKNOWN_ORIGIN,
+                "signed by a replica this one does not know",
+            );
+        };
+        let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
+        let manifest = match signed.verify(&key) {
+            Ok(m) => m,
+            Err(reason) if !self.retrying => {
+                return Err(Error::Rejected {
+                    change: Some(id),
+                    reason,
+                });
+            }
+            Err(_) => return self.bad_signature(id, signed),
+        };
+        let idx = origin_idx(self.conn, id.origin)?;
+        let existing: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
+                params![idx, id.seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(hash) = existing {
+            if hash == signed.hash() {
+                self.report.duplicates += 1;
+                return Ok(());
+            }
+            self.keep_chunks(signed, chunks)?;
+            return self.quarantine(
+                id,
+                signed,
+                reason::FORK,
+                "another change with this origin and seq is already stored",
+            );
+        }
+        if id.seq > 1 {
+            let prev: Option<Vec<u8>> = self
+                .conn
+                .query_row(
+                    "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
+                    params![idx, (id.seq - 1) as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if prev.is_some_and(|p| p != manifest.head.prev) {
+                self.keep_chunks(signed, chunks)?;
+                return self.quarantine(
+                    id,
+                    signed,
+                    reason::BROKEN_CHAIN,
+                    "its previous-change hash does not match the stored log",
+                );
+            }
+        }
+        // Every chunk is checked against the signed head before it is stored.
+        let mut ops = 0;
+        for (i, want) in manifest.chunks.iter().enumerate() {
+            let checked = chunks
+                .chunk(i, want)
+                .and_then(|c| Ok(manifest.check_chunk(i, &c).map(|n| (n, c))?));
+            let (n, chunk) = match checked {
+                Ok(x) => x,
+                Err(e) if !self.retrying => {
+                    return Err(match e {
+                        Error::Decode(d) => Error::Rejected {
+                            change: Some(id),
+                            reason: VerifyError::Decode(d),
+                        },
+                        other => other,
+                    });
+                }
+                Err(_) => return self.bad_signature(id, signed),
+            };
+            ops += n;
+            store_chunk(self.conn, &want.hash, &chunk)?;
+            self.cache.offer(want.hash, chunk);
+        }
+        if ops != manifest.ops {
+            if !self.retrying {
+                return Err(Error::Rejected {
+                    change: Some(id),
+                    reason: VerifyError::Decode(crate::error::DecodeError::Malformed("op count")),
+                });
+            }
+            return self.bad_signature(id, signed);
+        }
+        self.conn
+            .prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0)")?
+            .execute(params![idx, id.seq as i64, &signed.hash()[..], manifest.head.hlc as i64, signed.bytes(), &signed.signature()[..]])?;
+        self.report.stored += 1;
+        self.touched.push(idx);
+        Ok(())
+    }
+
+    /// Keeps the chunks of a change that goes to quarantine, so that retrying it later
+    /// needs nothing more from the sender. A chunk that does not match the head is not
+    /// kept (retrying then leaves the change where it is).
+    fn keep_chunks(&mut self, signed: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
+        let Ok(manifest) = signed.manifest() else {
+            return Ok(());
+        };
+        for (i, want) in manifest.chunks.iter().enumerate() {
+            let chunk = match chunks.chunk(i, want) {
+                Ok(c) => c,
+                Err(Error::Decode(_) | Error::LogBody(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if manifest.check_chunk(i, &chunk).is_ok() {
+                store_chunk(self.conn, &want.hash, &chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bad_signature(&mut self, id: ChangeId, signed: &SignedHead) -> Result<()> {
+        self.quarantine(
+            id,
+            signed,
+            reason::BAD_SIGNATURE,
+            "the signature or a chunk does not verify with its origin's key",
+        )
+    }
+
+    fn quarantine(
+        &mut self,
+        id: ChangeId,
+        signed: &SignedHead,
+        code: &'static str,
+        detail: &str,
+    ) -> Result<()> {
+        quarantine(self.conn, id, signed, code, detail)?;
+        self.report.quarantined.push((id, code.into()));
+        Ok(())
+    }
 }
 
 fn vector(conn: &Connection, column: &str) -> Result<VersionVector> {
@@ -452,26 +541,112 @@ fn read_vector(
 fn quarantine(
     conn: &Connection,
     id: ChangeId,
-    signed: &SignedChange,
+    signed: &SignedHead,
     reason: &str,
     detail: &str,
 ) -> Result<()> {
     conn.execute(
         "INSERT OR IGNORE INTO _tide_quarantine(origin, seq, hash, body, sig, reason, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![&id.origin.0[..], id.seq as i64, &signed.hash()[..], signed.body(), &signed.signature()[..], reason, detail],
+        params![&id.origin.0[..], id.seq as i64, &signed.hash()[..], signed.bytes(), &signed.signature()[..], reason, detail],
     )?;
     Ok(())
 }
 
-/// Bodies at hand (just received), by (origin number, seq): applied from memory instead
-/// of being read back from the log and unpacked.
-pub(crate) type Bodies<'a> = HashMap<(i64, u64), &'a [u8]>;
+/// Chunks just received, by hash, kept up to a memory budget so that applying them
+/// right after storing need not read them back from the log and unpack them.
+#[derive(Default)]
+pub(crate) struct ChunkCache {
+    chunks: HashMap<[u8; 32], Vec<u8>>,
+    bytes: usize,
+}
 
-/// Bodies up to this size are stored as they are; compressing them gains little.
+impl ChunkCache {
+    /// What the cache may hold: applying a large change reads the rest from the log.
+    const BUDGET: usize = 16 << 20;
+
+    fn offer(&mut self, hash: [u8; 32], chunk: Vec<u8>) {
+        if self.bytes + chunk.len() <= Self::BUDGET {
+            self.bytes += chunk.len();
+            self.chunks.insert(hash, chunk);
+        }
+    }
+
+    /// Chunk `want`, from the cache when it is there (and then dropped from it, as each
+    /// chunk is applied once), else from the log.
+    fn take(&mut self, conn: &Connection, index: usize, want: &ChunkRef) -> Result<Vec<u8>> {
+        match self.chunks.remove(&want.hash) {
+            Some(c) => {
+                self.bytes -= c.len();
+                Ok(c)
+            }
+            None => LogChunks { conn }.chunk(index, want),
+        }
+    }
+}
+
+/// The log's chunk store, read as a change's chunks.
+pub(crate) struct LogChunks<'c> {
+    pub(crate) conn: &'c Connection,
+}
+
+impl Chunks for LogChunks<'_> {
+    fn chunk(&mut self, _index: usize, want: &ChunkRef) -> Result<Vec<u8>> {
+        let (data, packing): (Vec<u8>, i64) = self
+            .conn
+            .prepare_cached("SELECT data, packing FROM _tide_chunks WHERE hash=?1")?
+            .query_row([&want.hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .ok_or_else(|| Error::LogBody("found (it is missing from the log)".into()))?;
+        unpack(data, packing)
+    }
+}
+
+/// Deletes the chunks no head in the log or the quarantine names any more.
+pub(crate) fn sweep_chunks(conn: &Connection) -> Result<()> {
+    let mut named = std::collections::HashSet::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT body, packing FROM _tide_log UNION ALL SELECT body, 0 FROM _tide_quarantine",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            // A head that does not decode names nothing this build can read.
+            if let Ok(m) = Manifest::decode(&unpack(r.get(0)?, r.get(1)?)?) {
+                named.extend(m.chunks.iter().map(|c| c.hash));
+            }
+        }
+    }
+    let unnamed: Vec<i64> =
+        conn.prepare("SELECT rowid, hash FROM _tide_chunks")?
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?
+            .filter_map(|row| match row {
+                Ok((id, hash)) => (!<[u8; 32]>::try_from(hash).is_ok_and(|h| named.contains(&h)))
+                    .then_some(Ok(id)),
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<rusqlite::Result<_>>()?;
+    let mut delete = conn.prepare("DELETE FROM _tide_chunks WHERE rowid = ?1")?;
+    for id in unnamed {
+        delete.execute([id])?;
+    }
+    Ok(())
+}
+
+/// Stores a chunk in the log's chunk store (once, whichever changes name it).
+pub(crate) fn store_chunk(conn: &Connection, hash: &[u8; 32], chunk: &[u8]) -> Result<()> {
+    let (stored, packing) = pack(chunk)?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO _tide_chunks(hash, data, packing) VALUES(?1, ?2, ?3)",
+    )?
+    .execute(params![&hash[..], stored, packing])?;
+    Ok(())
+}
+
+/// Chunks up to this size are stored as they are; compressing them gains little.
 const PACK_FROM: usize = 512;
 
-/// How a body is kept in `_tide_log`: a zstd frame (packing 1) when that is smaller,
-/// else as signed (packing 0). The hash and signature always cover the body as signed.
+/// How a chunk is kept in `_tide_chunks`: a zstd frame (packing 1) when that is
+/// smaller, else as signed (packing 0). Hashes always cover the chunk as signed.
 pub(crate) fn pack(body: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, i64)> {
     if body.len() < PACK_FROM {
         return Ok((body.into(), 0));
@@ -485,7 +660,7 @@ pub(crate) fn pack(body: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, i64)> {
     })
 }
 
-/// The body as signed, from its stored form.
+/// The bytes as signed, from their stored form.
 pub(crate) fn unpack(stored: Vec<u8>, packing: i64) -> Result<Vec<u8>> {
     match packing {
         0 => Ok(stored),
@@ -563,13 +738,13 @@ fn map_table<'a>(
 /// transaction; capture triggers are off meanwhile so tide's writes are not captured.
 pub(crate) fn apply_ready(
     conn: &Connection,
-    bodies: &Bodies<'_>,
+    mut cache: ChunkCache,
     report: &mut ImportReport,
     fail_after: Option<usize>,
     mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
 ) -> Result<()> {
-    // Only the heads stay in memory; each body is read again when its turn comes.
-    let mut pending: Vec<(i64, u64, ChangeHead)> = Vec::new();
+    // Only the heads stay in memory; each chunk is read when its turn comes.
+    let mut pending: Vec<(i64, u64, Manifest)> = Vec::new();
     {
         let mut stmt = conn.prepare(
             "SELECT origin, seq, body, packing FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
@@ -577,11 +752,8 @@ pub(crate) fn apply_ready(
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let key = (r.get(0)?, r.get::<_, i64>(1)? as u64);
-            let head = match bodies.get(&key) {
-                Some(body) => Decoder::new(body)?.head,
-                None => Decoder::new(&unpack(r.get(2)?, r.get(3)?)?)?.head,
-            };
-            pending.push((key.0, key.1, head));
+            let manifest = Manifest::decode(&unpack(r.get(2)?, r.get(3)?)?)?;
+            pending.push((key.0, key.1, manifest));
         }
     }
     let held: i64 = conn.query_row("SELECT count(*) FROM _tide_held", [], |r| r.get(0))?;
@@ -612,7 +784,8 @@ pub(crate) fn apply_ready(
     loop {
         let mut progress = false;
         let mut rest = Vec::new();
-        for (origin, seq, head) in pending {
+        for (origin, seq, manifest) in pending {
+            let head = &manifest.head;
             let mut ready = true;
             for (rid, s) in &head.deps {
                 let idx = origin_idx(conn, *rid)?;
@@ -622,7 +795,7 @@ pub(crate) fn apply_ready(
                 }
             }
             if !ready {
-                rest.push((origin, seq, head));
+                rest.push((origin, seq, manifest));
                 continue;
             }
             progress = true;
@@ -644,17 +817,17 @@ pub(crate) fn apply_ready(
             let ops_before = ops_done;
             let outcome = apply_change(
                 conn,
-                bodies,
+                &mut cache,
                 &mut merger,
                 &tables,
-                (origin, seq),
+                (origin, seq, &manifest),
                 &mut ops_done,
                 fail_after,
             )?;
             if let Err((code, detail)) = outcome {
                 conn.execute_batch("ROLLBACK TO tide_change; RELEASE tide_change")?;
                 ops_done = ops_before;
-                let signed = load_signed(conn, origin, seq)?;
+                let signed = load_head(conn, origin, seq)?;
                 quarantine(conn, id, &signed, code, &detail)?;
                 conn.execute(
                     "UPDATE _tide_log SET applied=-1 WHERE origin=?1 AND seq=?2",
@@ -701,35 +874,24 @@ pub(crate) fn apply_ready(
     Ok(())
 }
 
-/// Applies one stored change, op by op, straight from its body. `Ok(Err(..))` says a
-/// table of it does not map onto this replica (the caller rolls back and quarantines).
+/// Applies one stored change, op by op, straight from its chunks, one chunk in memory
+/// at a time. `Ok(Err(..))` says a table of it does not map onto this replica (the
+/// caller rolls back and quarantines).
 fn apply_change(
     conn: &Connection,
-    bodies: &Bodies<'_>,
+    cache: &mut ChunkCache,
     merger: &mut Merger<'_>,
     tables: &HashMap<String, TableInfo>,
-    (origin, seq): (i64, u64),
+    (origin, seq, manifest): (i64, u64, &Manifest),
     ops_done: &mut usize,
     fail_after: Option<usize>,
 ) -> Result<std::result::Result<(), (&'static str, String)>> {
-    let stored;
-    let body: &[u8] = match bodies.get(&(origin, seq)) {
-        Some(body) => body,
-        None => {
-            let (packed, packing) = conn
-                .prepare_cached("SELECT body, packing FROM _tide_log WHERE origin=?1 AND seq=?2")?
-                .query_row(params![origin, seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            stored = unpack(packed, packing)?;
-            &stored
-        }
-    };
-    let mut dec = Decoder::new(body)?;
     let mut applier = Applier {
         merger,
         ids: HashMap::new(),
         origin,
         seq,
-        hlc: dec.head.hlc,
+        hlc: manifest.head.hlc,
     };
     applier.ids = applier
         .merger
@@ -742,42 +904,47 @@ fn apply_change(
     // new rows written, many per statement.
     let mut batch: Vec<(RowOp, Vec<u8>)> = Vec::with_capacity(BATCH);
     let mut batch_keys: std::collections::HashSet<Vec<u8>> = Default::default();
-    loop {
-        let step = dec.next()?;
-        if let (Some(m), Step::Table(_) | Step::End) = (&map, &step) {
-            applier.ops(m, &mut batch)?;
-            batch_keys.clear();
-        }
-        let op = match step {
-            Step::End => return Ok(Ok(())),
-            Step::Table(ops) => {
-                match map_table(tables, &ops) {
-                    Ok(m) => map = Some(m),
-                    Err(e) => return Ok(Err(e)),
-                }
-                continue;
+    for (i, want) in manifest.chunks.iter().enumerate() {
+        let chunk = cache.take(conn, i, want)?;
+        let mut dec = ChunkDecoder::new(&manifest.head.deps, &chunk)?;
+        loop {
+            let step = dec.next()?;
+            if let (Some(m), Step::Table(_) | Step::End) = (&map, &step) {
+                applier.ops(m, &mut batch)?;
+                batch_keys.clear();
             }
-            Step::Row(op) => op,
-        };
-        let m = map
-            .as_ref()
-            .expect("the decoder yields a table before its rows");
-        if fail_after.is_some_and(|n| *ops_done >= n) {
-            return Err(Error::ApplyAborted("injected failure (test hook)".into()));
-        }
-        *ops_done += 1;
-        let key_bytes = encode_key(&op.key);
-        if batch_keys.contains(&key_bytes) {
-            applier.ops(m, &mut batch)?;
-            batch_keys.clear();
-        }
-        batch_keys.insert(key_bytes.clone());
-        batch.push((op, key_bytes));
-        if batch.len() == BATCH {
-            applier.ops(m, &mut batch)?;
-            batch_keys.clear();
+            let op = match step {
+                Step::End => break,
+                Step::Table(ops) => {
+                    match map_table(tables, &ops) {
+                        Ok(m) => map = Some(m),
+                        Err(e) => return Ok(Err(e)),
+                    }
+                    continue;
+                }
+                Step::Row(op) => op,
+            };
+            let m = map
+                .as_ref()
+                .expect("the decoder yields a table before its rows");
+            if fail_after.is_some_and(|n| *ops_done >= n) {
+                return Err(Error::ApplyAborted("injected failure (test hook)".into()));
+            }
+            *ops_done += 1;
+            let key_bytes = encode_key(&op.key);
+            if batch_keys.contains(&key_bytes) {
+                applier.ops(m, &mut batch)?;
+                batch_keys.clear();
+            }
+            batch_keys.insert(key_bytes.clone());
+            batch.push((op, key_bytes));
+            if batch.len() == BATCH {
+                applier.ops(m, &mut batch)?;
+                batch_keys.clear();
+            }
         }
     }
+    Ok(Ok(()))
 }
 
 /// Applies the ops of one change.
@@ -1053,13 +1220,13 @@ fn hold_foreign_key_violators(merger: &mut Merger<'_>, tracked: &[TableInfo]) ->
     Ok(())
 }
 
-fn load_signed(conn: &Connection, origin: i64, seq: u64) -> Result<SignedChange> {
+fn load_head(conn: &Connection, origin: i64, seq: u64) -> Result<SignedHead> {
     let (body, sig, packing): (Vec<u8>, Vec<u8>, i64) = conn.query_row(
         "SELECT body, sig, packing FROM _tide_log WHERE origin=?1 AND seq=?2",
         params![origin, seq as i64],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    Ok(SignedChange::from_parts(
+    Ok(SignedHead::from_parts(
         unpack(body, packing)?,
         sig.try_into().expect("signatures are stored as 64 bytes"),
     ))
@@ -1077,7 +1244,11 @@ pub(crate) fn append_own(
         tables: Vec::new(),
     };
     build(&mut change);
-    store_own(conn, secret, &change.head, change.encode(), applied)?;
+    let (manifest, chunks) = change.encode_with(chunk_target(conn)?);
+    for (c, data) in manifest.chunks.iter().zip(&chunks) {
+        store_chunk(conn, &c.hash, data)?;
+    }
+    store_own(conn, secret, &manifest, applied)?;
     Ok(change)
 }
 
@@ -1110,21 +1281,32 @@ pub(crate) fn next_head(conn: &Connection, secret: &SecretIdentity) -> Result<Ch
     })
 }
 
-/// Signs `body` (made from `head`) and appends it to the log as this replica's change.
+/// The size past which this replica's writers close a chunk: [`CHUNK_TARGET`] unless a
+/// test set another (`Replica::set_chunk_target`).
+///
+/// [`CHUNK_TARGET`]: crate::change::CHUNK_TARGET
+pub(crate) fn chunk_target(conn: &Connection) -> Result<usize> {
+    Ok(match Replica::meta_u64(conn, "chunk_target")? {
+        0 => crate::change::CHUNK_TARGET,
+        n => n as usize,
+    })
+}
+
+/// Signs the head of this replica's change (its chunks already stored) and appends it to
+/// the log.
 pub(crate) fn store_own(
     conn: &Connection,
     secret: &SecretIdentity,
-    head: &ChangeHead,
-    body: Vec<u8>,
+    manifest: &Manifest,
     applied: bool,
 ) -> Result<()> {
     let self_idx: i64 =
         conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
-    let signed = SignedChange::sign(body, secret);
-    let (stored, packing) = pack(signed.body())?;
+    let head = &manifest.head;
+    let signed = SignedHead::sign(manifest.encode(), secret);
     conn.execute(
-        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, stored, &signed.signature()[..], i64::from(applied), packing],
+        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, signed.bytes(), &signed.signature()[..], i64::from(applied)],
     )?;
     advance_stored(conn, self_idx)?;
     if applied {

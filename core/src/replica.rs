@@ -392,6 +392,14 @@ impl Replica {
         self.fail_after_ops = ops;
     }
 
+    /// Test hook: this replica's changes close a chunk past `bytes` bytes instead of
+    /// [`crate::change::CHUNK_TARGET`], so small tests make changes of many chunks.
+    /// Kept in the database, so the `tide` binary honours it too.
+    #[doc(hidden)]
+    pub fn set_chunk_target(&mut self, bytes: usize) -> Result<()> {
+        Replica::set_meta_u64(&self.conn, "chunk_target", bytes as u64)
+    }
+
     pub(crate) fn meta_u64(conn: &Connection, key: &str) -> Result<u64> {
         Ok(conn
             .query_row("SELECT v FROM _tide_meta WHERE k=?1", [key], |r| {

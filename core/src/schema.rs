@@ -62,7 +62,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY(peer, origin)) WITHOUT ROWID;",
     // 3: how a body is kept in the log: 0 as signed, 1 a zstd frame of it (`log::pack`).
     "ALTER TABLE _tide_log ADD COLUMN packing INTEGER NOT NULL DEFAULT 0;",
+    // 4: change format 3. `_tide_log.body` and `_tide_quarantine.body` hold a change's
+    // signed head; its chunks live here once, by BLAKE3 hash, packed like bodies were.
+    "CREATE TABLE _tide_chunks(hash BLOB PRIMARY KEY, data BLOB NOT NULL,
+        packing INTEGER NOT NULL);",
 ];
+
+/// The first migration after which the log holds change format 3.
+const FORMAT_3: usize = 4;
 
 /// Creates or upgrades tide's metadata tables. Idempotent.
 pub(crate) fn migrate(conn: &Connection) -> Result<()> {
@@ -80,6 +87,16 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
     } else {
         0
     };
+    if exists && done < FORMAT_3 {
+        let changes: i64 = conn.query_row(
+            "SELECT (SELECT count(*) FROM _tide_log) + (SELECT count(*) FROM _tide_quarantine)",
+            [],
+            |r| r.get(0),
+        )?;
+        if changes > 0 {
+            return Err(Error::OldLogFormat);
+        }
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         conn.execute_batch(sql)?;
         conn.execute(

@@ -244,10 +244,13 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
     let self_idx: i64 =
         conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
     let head = crate::log::next_head(conn, secret)?;
+    // Chunks go to the log's chunk store as they fill, so a change of any size is
+    // sealed in bounded memory.
+    let sink = |hash: &[u8; 32], chunk: &[u8]| crate::log::store_chunk(conn, hash, chunk);
     let mut sealer = Sealer {
         conn,
         merger: Merger::new(conn, origins_map(conn)?),
-        enc: Encoder::new(head.clone()),
+        enc: Encoder::new(head.clone(), crate::log::chunk_target(conn)?, sink),
         v: Version {
             origin: self_idx,
             seq: head.seq,
@@ -277,7 +280,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
     if enc.ops() == 0 {
         return Ok(None);
     }
-    crate::log::store_own(conn, secret, &head, enc.finish(), true)?;
+    crate::log::store_own(conn, secret, &enc.finish()?, true)?;
     // A local delete may free a slot a held row waits for, or orphan a child: settle
     // here exactly as a replica applying this change will.
     let _off = schema::TriggersOff::new(conn)?;
@@ -289,17 +292,17 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
 }
 
 /// The change being sealed, and what writes its rows' metadata.
-struct Sealer<'c> {
+struct Sealer<'c, S> {
     conn: &'c Connection,
     merger: Merger<'c>,
-    enc: Encoder,
+    enc: Encoder<S>,
     /// The version every op of this change writes (kind flags set per op).
     v: Version,
     /// Whether the current table's section was started in the body.
     started: bool,
 }
 
-impl Sealer<'_> {
+impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
     fn to_id(&self, p: &VRef) -> ChangeId {
         ChangeId {
             origin: self.merger.origins[&p.0],
@@ -368,7 +371,7 @@ impl Sealer<'_> {
             let values = values.expect("the row exists: it was just inserted");
             self.start_table(t);
             self.enc
-                .row(kind, &p.key, std::iter::empty(), None, t.columns.len());
+                .row(kind, &p.key, std::iter::empty(), None, t.columns.len())?;
             for (c, value) in values.iter().enumerate() {
                 self.enc.cell(c, value, std::iter::empty());
             }
@@ -429,7 +432,7 @@ impl Sealer<'_> {
             hlc: l.hlc,
         });
         self.enc
-            .row(kind, &p.key, row_ids.into_iter(), lineage_id, cells.len());
+            .row(kind, &p.key, row_ids.into_iter(), lineage_id, cells.len())?;
         // Cells are only planned when there are values to write.
         let values = values.map(Vec::as_slice).unwrap_or_default();
         for (c, preds) in &cells {
@@ -497,10 +500,10 @@ fn deletion_contexts(conn: &Connection, m: &RowMeta) -> Result<Vec<DeletionConte
             params![h.origin, h.seq as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let body = crate::log::unpack(body, packing)?;
+        let head = crate::log::unpack(body, packing)?;
         out.push(DeletionContext {
             version: h.vref(),
-            deps: crate::change::Decoder::new(&body)?
+            deps: crate::change::Manifest::decode(&head)?
                 .head
                 .deps
                 .into_iter()

@@ -85,7 +85,7 @@ fn a_200_mb_bundle_streams_in_bounded_memory() {
                     };
                     let signed = change.seal(&alice);
                     prev = *signed.hash();
-                    each(signed)?;
+                    each(signed.head(), &mut &signed)?;
                 }
                 Ok(())
             },
@@ -113,15 +113,14 @@ fn a_200_mb_bundle_streams_in_bounded_memory() {
     .unwrap();
     let mut n = 0u64;
     bundle
-        .for_each_change(|c| {
-            assert_eq!(
-                c.verify(&alice.card("alice").sign_key)
-                    .unwrap()
-                    .change()
-                    .head
-                    .seq,
-                n + 1
-            );
+        .for_each_change(|head, chunks| {
+            let manifest = head.verify(&alice.card("alice").sign_key).unwrap();
+            for (i, want) in manifest.chunks.iter().enumerate() {
+                manifest
+                    .check_chunk(i, &chunks.chunk(i, want).unwrap())
+                    .unwrap();
+            }
+            assert_eq!(manifest.head.seq, n + 1);
             n += 1;
             Ok(())
         })

@@ -387,29 +387,36 @@ fn zero_and_negative_zero_keys_in_one_batch_give_one_op() {
     assert_eq!(rep.ops_applied, 1, "{rep:?}");
 }
 
-/// Large change bodies are kept compressed in the log; one that no longer unpacks is a
-/// finding of the doctor, not an error that stops it.
+/// Chunks are kept compressed in the log; one that no longer unpacks, or is missing, is
+/// a finding of the doctor, not an error that stops it.
 #[test]
-fn the_doctor_lists_a_log_body_that_does_not_unpack() {
+fn the_doctor_lists_a_log_chunk_that_does_not_unpack_or_is_missing() {
     let mut c = notes(1);
+    c.replicas[0].set_chunk_target(2048).unwrap();
     c.write(
         0,
         "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 200)
          INSERT INTO notes SELECT 'n' || x, 'title', 'body', x FROM s;",
     );
     c.replicas[0].seal().unwrap();
+    let chunks: i64 = query_one(&c.path(0), "SELECT count(*) FROM _tide_chunks");
+    assert!(chunks > 2, "{chunks} chunks");
     assert_eq!(
-        query_one::<i64>(&c.path(0), "SELECT packing FROM _tide_log"),
+        query_one::<i64>(&c.path(0), "SELECT min(packing) FROM _tide_chunks"),
         1,
-        "a 200-op body is stored compressed"
+        "2 KiB chunks are stored compressed"
     );
     assert!(c.replicas[0].doctor(false).unwrap().iter().all(|f| f.ok));
-    c.write(0, "UPDATE _tide_log SET body = x'28b52ffd00'");
+    c.write(
+        0,
+        "UPDATE _tide_chunks SET data = x'28b52ffd00' WHERE rowid = (SELECT min(rowid) FROM _tide_chunks);
+         DELETE FROM _tide_chunks WHERE rowid = (SELECT max(rowid) FROM _tide_chunks);",
+    );
     let findings = c.replicas[0].doctor(false).unwrap();
     let chain = findings.iter().find(|f| f.check == "hash chains").unwrap();
     assert!(!chain.ok);
     assert!(
-        chain.detail.contains("could not be decompressed"),
+        chain.detail.contains("could not be decompressed") && chain.detail.contains("missing"),
         "{}",
         chain.detail
     );
@@ -565,6 +572,45 @@ fn a_tampered_change_is_rejected_before_any_write() {
     let err = c.replicas[1].import(&[tampered]).unwrap_err();
     assert!(matches!(err, Error::Rejected { .. }), "{err}");
     assert_eq!(std::fs::read(c.path(1)).unwrap(), before);
+}
+
+/// A change sealed in many chunks travels whole; one chunk altered (by a relay that
+/// holds no key) rejects the whole import, and the receiver's file stays as it was.
+#[test]
+fn a_change_in_many_chunks_applies_whole_and_a_tampered_chunk_rejects_it() {
+    let mut c = notes(2);
+    c.replicas[0].set_chunk_target(1024).unwrap();
+    c.write(
+        0,
+        "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 300)
+         INSERT INTO notes SELECT 'n' || x, 'title ' || x, 'body', x FROM s;",
+    );
+    let changes = c.replicas[0].changes_for(&VersionVector::new()).unwrap();
+    assert_eq!(changes.len(), 1);
+    let chunks = changes[0].chunks().to_vec();
+    assert!(chunks.len() > 5, "{} chunks", chunks.len());
+    let before = std::fs::read(c.path(1)).unwrap();
+    for (what, tampered) in [
+        ("a flipped byte", {
+            let mut t = chunks.clone();
+            t[2][10] ^= 0x01;
+            t
+        }),
+        ("a dropped chunk", chunks[1..].to_vec()),
+        ("two chunks swapped", {
+            let mut t = chunks.clone();
+            t.swap(0, 1);
+            t
+        }),
+    ] {
+        let change = tide_core::SignedChange::new(changes[0].head().clone(), tampered);
+        let err = c.replicas[1].import(&[change]).unwrap_err();
+        assert!(matches!(err, Error::Rejected { .. }), "{what}: {err}");
+        assert_eq!(std::fs::read(c.path(1)).unwrap(), before, "{what}");
+    }
+    let report = c.replicas[1].import(&changes).unwrap();
+    assert_eq!(report.ops_applied, 300);
+    assert_eq!(c.hashes()[0], c.hashes()[1]);
 }
 
 #[test]
