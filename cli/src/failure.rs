@@ -112,6 +112,7 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
     use tide_core::Error::*;
     let (unchanged, next, code): (bool, Option<String>, u8) = match c {
         NotInitialized => (true, Some("tide --db FILE init --name NAME".into()), USAGE),
+        OldLogFormat => (true, None, USAGE),
         IdentityMissing { .. } | IdentityConflict { .. } => (
             true,
             Some("if this file is a copy or a restored backup, give it its own identity: `tide --db FILE init --new-identity`; if you moved the original, point TIDE_HOME at its key store".into()),
