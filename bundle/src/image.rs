@@ -238,11 +238,15 @@ impl Chunks for ImageChunks<'_> {
     fn chunk(&mut self, _index: usize, want: &ChunkRef) -> tide_core::Result<Vec<u8>> {
         use rusqlite::OptionalExtension;
         self.conn
-            .prepare_cached("SELECT data FROM chunks WHERE hash = ?1")?
-            .query_row([&want.hash[..]], |r| r.get::<_, Vec<u8>>(0))
+            // Only a blob of the length the head gives is read: a bundle cannot make the
+            // reader allocate more than the change it names.
+            .prepare_cached("SELECT data FROM chunks WHERE hash = ?1 AND length(data) = ?2")?
+            .query_row(rusqlite::params![&want.hash[..], want.len as i64], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
             .optional()?
             .ok_or(tide_core::Error::Decode(DecodeError::Malformed(
-                "bundle (a chunk a change names is not in it)",
+                "bundle (a chunk a change names is not in it, or not at its length)",
             )))
     }
 }

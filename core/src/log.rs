@@ -236,6 +236,7 @@ impl Replica {
             report: ImportReport::default(),
             touched: Vec::new(),
             cache: ChunkCache::default(),
+            failed: None,
         };
         match source {
             Source::Offered(source) => source(&mut |head, chunks| ingest.offer(head, chunks))?,
@@ -249,8 +250,15 @@ impl Replica {
             mut report,
             mut touched,
             cache,
+            failed,
             ..
         } = ingest;
+        if let Some(e) = failed {
+            // The source swallowed the error and went on: nothing of it is kept.
+            return Err(Error::ApplyAborted(format!(
+                "an offered change failed and the import went on: {e}"
+            )));
+        }
         touched.sort();
         touched.dedup();
         for idx in touched {
@@ -342,10 +350,27 @@ struct Ingest<'c> {
     /// Origins whose stored seq may move.
     touched: Vec<i64>,
     cache: ChunkCache,
+    /// Why an offered change failed, if one did.
+    failed: Option<String>,
 }
 
 impl Ingest<'_> {
+    /// Takes one offered change. After an error nothing more is taken: the import
+    /// fails even if the source went on.
     fn offer(&mut self, signed: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(Error::ApplyAborted(format!(
+                "a change was offered after the import failed: {e}"
+            )));
+        }
+        let taken = self.take(signed, chunks);
+        if let Err(e) = &taken {
+            self.failed = Some(e.to_string());
+        }
+        taken
+    }
+
+    fn take(&mut self, signed: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
         self.report.received += 1;
         let id = match signed.peek_id() {
             Ok(id) => id,
@@ -444,7 +469,12 @@ impl Ingest<'_> {
                         other => other,
                     });
                 }
-                Err(_) => return self.bad_signature(id, signed),
+                // Retrying: a chunk that is missing or does not match leaves the change
+                // in quarantine; anything else (the disk, SQLite) stops the retry.
+                Err(Error::Decode(_) | Error::LogBody(_)) => {
+                    return self.bad_signature(id, signed);
+                }
+                Err(e) => return Err(e),
             };
             ops += n;
             store_chunk(self.conn, &want.hash, &chunk)?;
@@ -503,6 +533,14 @@ impl Ingest<'_> {
         code: &'static str,
         detail: &str,
     ) -> Result<()> {
+        if self.retrying {
+            // A retried change keeps one entry, under the reason it fails for now.
+            self.conn.execute(
+                "DELETE FROM _tide_quarantine WHERE hash=?1 AND reason<>?2
+                   AND reason NOT IN ('fork', 'broken_chain')",
+                params![&signed.hash()[..], code],
+            )?;
+        }
         quarantine(self.conn, id, signed, code, detail)?;
         self.report.quarantined.push((id, code.into()));
         Ok(())
@@ -565,7 +603,7 @@ impl ChunkCache {
     const BUDGET: usize = 16 << 20;
 
     fn offer(&mut self, hash: [u8; 32], chunk: Vec<u8>) {
-        if self.bytes + chunk.len() <= Self::BUDGET {
+        if !self.chunks.contains_key(&hash) && self.bytes + chunk.len() <= Self::BUDGET {
             self.bytes += chunk.len();
             self.chunks.insert(hash, chunk);
         }

@@ -613,6 +613,32 @@ fn a_change_in_many_chunks_applies_whole_and_a_tampered_chunk_rejects_it() {
     assert_eq!(c.hashes()[0], c.hashes()[1]);
 }
 
+/// A caller whose source ignores a refused change and offers more still gets a failed
+/// import, with nothing kept.
+#[test]
+fn an_import_whose_source_swallows_a_refusal_keeps_nothing() {
+    let mut c = notes(2);
+    c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
+    let good = c.replicas[0].changes_for(&VersionVector::new()).unwrap();
+    let mut chunks = good[0].chunks().to_vec();
+    chunks[0][3] ^= 0x01;
+    let bad = tide_core::SignedChange::new(good[0].head().clone(), chunks);
+    let before = std::fs::read(c.path(1)).unwrap();
+    let err = c.replicas[1]
+        .import_each(|offer| {
+            let refused = offer(bad.head(), &mut &bad);
+            assert!(
+                matches!(refused, Err(Error::Rejected { .. })),
+                "{refused:?}"
+            );
+            let _ = offer(good[0].head(), &mut &good[0]);
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::ApplyAborted(_)), "{err}");
+    assert_eq!(std::fs::read(c.path(1)).unwrap(), before);
+}
+
 #[test]
 fn changes_relay_through_a_middle_replica() {
     let mut c = notes(3);
