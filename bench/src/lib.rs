@@ -505,6 +505,47 @@ pub fn phase(phase: &str, n: u64, dir: &Path) {
             )
             .expect("export");
         }
+        // After `export`: replica c inserts the same keys with other values offline, and a
+        // exports its rows for c, so that importing them (`import-conflicting`, under
+        // callgrind --toggle-collect=tide_bundle::replica::import) conflicts on every op.
+        "conflict-setup" => {
+            let mut a = Replica::open(dir.join("a"), keys("a")).expect("open");
+            let mut c = Replica::open(dir.join("c"), keys("c")).expect("open");
+            c.init("c").expect("init");
+            c.connection().execute_batch(SCHEMA).expect("schema");
+            c.track("items").expect("track");
+            c.add_peer(&a.card().expect("card")).expect("peer");
+            c.connection()
+                .execute_batch(&format!(
+                    "BEGIN; {}; COMMIT;",
+                    insert_sql(n).replace("'name '", "'other '")
+                ))
+                .expect("insert");
+            c.seal().expect("seal");
+            a.add_peer(&c.card().expect("card")).expect("peer");
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(dir.join("xc.tide")).expect("create"),
+            );
+            tide_bundle::export(
+                &mut a,
+                &VersionVector::new(),
+                &WriteOptions::default(),
+                &mut f,
+            )
+            .expect("export");
+        }
+        "import-conflicting" => {
+            let mut c = Replica::open(dir.join("c"), keys("c")).expect("open");
+            let imported = tide_bundle::import(
+                &mut c,
+                &mut std::io::BufReader::new(
+                    std::fs::File::open(dir.join("xc.tide")).expect("open"),
+                ),
+                None,
+            )
+            .expect("import");
+            println!("conflicts-opened {}", imported.report.conflicts_opened);
+        }
         // For instruction counts (callgrind --toggle-collect=tide_bench::profiled_insert,
         // or ::profiled_update): the bulk insert, then the bulk update, on a plain table
         // or a tracked one.

@@ -14,7 +14,7 @@ Usage: cargo run --release -p tide-bench -- [--rows N] [--commits M] [--no-memor
 
 Prints a Markdown table: every figure is a ratio or a rate against plain SQLite on
 this machine. The size comparison needs the sqlite3 shell. For instruction counts
-under callgrind, see BENCHMARKS.md (--phase export|import|capture-plain|capture-tide).
+under callgrind, see BENCHMARKS.md (--phase export|import|conflict-setup|import-conflicting|capture-plain|capture-tide).
 ";
 
 fn main() {

@@ -2,7 +2,7 @@
 //! fork detection), and applying every change whose dependencies are present, in causal
 //! order, inside the caller's transaction.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -53,7 +53,8 @@ pub struct ImportReport {
     pub waiting: usize,
     /// Changes put in quarantine by this import, with the reason.
     pub quarantined: Vec<(ChangeId, String)>,
-    /// Conflicts opened (or changed) by this import.
+    /// Conflict records this import opened, or changed with a new candidate (one opened
+    /// and closed again within the import counts too).
     pub conflicts_opened: usize,
 }
 
@@ -801,12 +802,11 @@ pub(crate) fn apply_ready(
     let total = pending.len();
     let tracked = schema::tracked_tables(conn)?;
     let _off = schema::TriggersOff::new(conn)?;
-    let conflicts_before = conflict_ids(conn)?;
     let tables: HashMap<String, TableInfo> = tracked
         .iter()
         .map(|t| (t.name.clone(), t.clone()))
         .collect();
-    let mut applied: HashMap<i64, u64> = HashMap::new();
+    let mut applied: HashMap<i64, u64> = HashMap::default();
     {
         let mut s = conn.prepare("SELECT idx, applied FROM _tide_origins")?;
         for row in s.query_map([], |r| {
@@ -816,7 +816,7 @@ pub(crate) fn apply_ready(
             applied.insert(i, a);
         }
     }
-    let mut merger = Merger::new(conn, HashMap::new());
+    let mut merger = Merger::new(conn, HashMap::default());
     let mut max_hlc = Replica::meta_u64(conn, "hlc")?;
     let mut ops_done = 0usize;
     loop {
@@ -908,7 +908,9 @@ pub(crate) fn apply_ready(
             "the apply transaction was ended by SQLite".into(),
         ));
     }
-    report.conflicts_opened += conflict_ids(conn)?.difference(&conflicts_before).count();
+    // Counted as they are written: reading every conflict id before and after would cost
+    // memory and time in proportion to all the conflicts the replica holds.
+    report.conflicts_opened += merger.conflicts_written;
     Ok(())
 }
 
@@ -926,7 +928,7 @@ fn apply_change(
 ) -> Result<std::result::Result<(), (&'static str, String)>> {
     let mut applier = Applier {
         merger,
-        ids: HashMap::new(),
+        ids: HashMap::default(),
         origin,
         seq,
         hlc: manifest.head.hlc,
@@ -941,7 +943,7 @@ fn apply_change(
     // Ops wait in a batch (of one table, distinct keys) so their metadata is read, and
     // new rows written, many per statement.
     let mut batch: Vec<(RowOp, Vec<u8>)> = Vec::with_capacity(BATCH);
-    let mut batch_keys: std::collections::HashSet<Vec<u8>> = Default::default();
+    let mut batch_keys: foldhash::HashSet<Vec<u8>> = Default::default();
     for (i, want) in manifest.chunks.iter().enumerate() {
         let chunk = cache.take(conn, i, want)?;
         let mut dec = ChunkDecoder::new(&manifest.head.deps, &chunk)?;
@@ -1146,12 +1148,6 @@ impl Applier<'_, '_> {
         fresh.clear();
         Ok(merged)
     }
-}
-
-fn conflict_ids(conn: &Connection) -> Result<std::collections::HashSet<Vec<u8>>> {
-    let mut stmt = conn.prepare("SELECT id FROM _tide_conflicts")?;
-    let ids = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-    Ok(ids.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Brings held rows and foreign keys to a fixpoint: every held row gets another chance,

@@ -12,7 +12,7 @@
 //! to the transition. The property test compares replicas that took the shortcut with
 //! replicas that merged the same rows.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::rc::Rc;
 use std::sync::OnceLock;
 
@@ -50,6 +50,8 @@ pub(crate) struct Merger<'c> {
     pub(crate) origins: Rc<Origins>,
     /// Per-table SQL text, built once per merger instead of once per row.
     sql: std::cell::RefCell<HashMap<(i64, SqlKind), Rc<str>>>,
+    /// Conflict records written with a new id (opened, or changed by a new candidate).
+    pub(crate) conflicts_written: usize,
 }
 
 /// The per-table statements the merger runs for every row.
@@ -79,6 +81,7 @@ impl<'c> Merger<'c> {
             conn,
             origins: Rc::new(origins),
             sql: Default::default(),
+            conflicts_written: 0,
         }
     }
 
@@ -129,7 +132,7 @@ impl<'c> Merger<'c> {
             let mut stmt = self.conn.prepare_cached(sql)?;
             let params = std::iter::once(&t.tid as &dyn ToSql)
                 .chain((0..BATCH).map(|i| chunk.get(i).unwrap_or(&chunk[0]) as &dyn ToSql));
-            let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+            let mut found: HashMap<Vec<u8>, Vec<u8>> = HashMap::default();
             let mut rows = stmt.query(params_from_iter(params))?;
             while let Some(r) = rows.next()? {
                 found.insert(r.get(0)?, r.get(1)?);
@@ -211,11 +214,7 @@ impl<'c> Merger<'c> {
         }
     }
 
-    fn stored_values(
-        &self,
-        t: &TableInfo,
-        key_bytes: &[u8],
-    ) -> Result<HashMap<(usize, i64, u64), Value>> {
+    fn stored_values(&self, t: &TableInfo, key_bytes: &[u8]) -> Result<CellValues> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT col, origin, seq, value FROM _tide_values WHERE tid=?1 AND key=?2",
         )?;
@@ -335,12 +334,12 @@ impl<'c> Merger<'c> {
         let stored = if has_stored {
             self.stored_values(t, row.key_bytes)?
         } else {
-            HashMap::new()
+            CellValues::new()
         };
-        let mut new_map: HashMap<(usize, i64, u64), Value> = HashMap::new();
-        for (col, v, value) in new_values {
-            new_map.insert((col + 1, v.origin, v.seq), value.clone());
-        }
+        let new_map: CellValues = new_values
+            .iter()
+            .map(|(col, v, value)| ((col + 1, v.origin, v.seq), value.clone()))
+            .collect();
 
         // The previously visible row, loaded only when some old winner's value must move
         // or be compared.
@@ -647,6 +646,7 @@ impl<'c> Merger<'c> {
         if existing.as_deref() == Some(&id[..]) {
             return Ok(());
         }
+        self.conflicts_written += 1;
         self.conn
             .prepare_cached(
                 "INSERT INTO _tide_conflicts(id, tid, key, col, kind) VALUES(?1, ?2, ?3, ?4, ?5)
@@ -912,19 +912,20 @@ pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
 }
 
 /// A head's value: written now, kept in `_tide_values`, or visible in the old row.
+/// Values of one row's cells by (column, origin, seq): a few per row, so a list.
+type CellValues = Vec<((usize, i64, u64), Value)>;
+
 fn value_of(
     c: usize,
     h: &Version,
-    new_map: &HashMap<(usize, i64, u64), Value>,
-    stored: &HashMap<(usize, i64, u64), Value>,
+    new_map: &CellValues,
+    stored: &CellValues,
     old_mat: bool,
     old_winners: &[Option<Version>],
     old_visible: &Option<Vec<Value>>,
 ) -> Option<Value> {
-    if let Some(v) = new_map
-        .get(&(c, h.origin, h.seq))
-        .or_else(|| stored.get(&(c, h.origin, h.seq)))
-    {
+    let at = (c, h.origin, h.seq);
+    if let Some((_, v)) = new_map.iter().chain(stored).find(|(k, _)| *k == at) {
         return Some(v.clone());
     }
     if old_mat && old_winners[c].map(|w| w.vref()) == Some(h.vref()) {

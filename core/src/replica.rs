@@ -441,7 +441,7 @@ fn upsert_origin(conn: &Connection, card: &Card) -> Result<i64> {
 pub(crate) fn origins_map(conn: &Connection) -> Result<Origins> {
     let mut stmt = conn.prepare_cached("SELECT idx, id FROM _tide_origins")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-    let mut out = Origins::new();
+    let mut out = Origins::default();
     for row in rows {
         let (idx, id) = row?;
         out.insert(

@@ -12,8 +12,8 @@
 //! while the row is materialized (alive winner, not held). Every other head's value is in
 //! `_tide_values`. That rule is the whole of the value bookkeeping.
 
+use foldhash::HashMap;
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
 use crate::codec::{Reader, put_varint};
 use crate::error::DecodeError;
@@ -324,7 +324,9 @@ mod tests {
 
     #[test]
     fn winner_follows_hlc_then_replica_id() {
-        let origins: Origins = [(1, ReplicaId([9; 16])), (2, ReplicaId([1; 16]))].into();
+        let origins: Origins = [(1, ReplicaId([9; 16])), (2, ReplicaId([1; 16]))]
+            .into_iter()
+            .collect();
         let mut m = RowMeta::new(0);
         m.write(ROW, v(1, 1, 10, true), &[]);
         m.write(ROW, v(2, 1, 10, false), &[]);

@@ -4,7 +4,7 @@
 //! current values, names the heads each write overwrote, and records the change in the
 //! log and in the row metadata, all in one transaction.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use rusqlite::{Connection, params};
 
