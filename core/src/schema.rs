@@ -678,6 +678,46 @@ mod tests {
         assert!(!untyped("DOUBLE PRECISION"));
     }
 
+    /// A database migrated to 3 by an earlier build: with changes in its log it is refused
+    /// and left as it was; with none it moves on to format 3.
+    #[test]
+    fn a_log_of_change_format_2_is_refused_and_an_empty_one_migrates() {
+        let old = |with_change: bool| {
+            let c = Connection::open_in_memory().unwrap();
+            for sql in &MIGRATIONS[..3] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute("INSERT INTO _tide_meta VALUES('migration', 3)", [])
+                .unwrap();
+            if with_change {
+                c.execute(
+                    "INSERT INTO _tide_log VALUES(1, 1, x'00', 1, x'02', x'00', 1, 0)",
+                    [],
+                )
+                .unwrap();
+            }
+            c
+        };
+        let c = old(true);
+        assert!(matches!(migrate(&c), Err(Error::OldLogFormat)));
+        let tables: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name='_tide_chunks'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "nothing was changed");
+        let c = old(false);
+        migrate(&c).unwrap();
+        let n: i64 = c
+            .query_row("SELECT v FROM _tide_meta WHERE k='migration'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n as usize, MIGRATIONS.len());
+    }
+
     #[test]
     fn migrations_are_idempotent() {
         let c = Connection::open_in_memory().unwrap();
