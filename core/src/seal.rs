@@ -260,9 +260,14 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
             lineage: None,
         },
         started: false,
+        no_meta: false,
     };
     for t in &tables {
         sealer.started = false;
+        // A table sealed for the first time (an initial load) has no metadata yet.
+        sealer.no_meta = !conn
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM _tide_rows WHERE tid=?1)")?
+            .query_row([t.tid], |r| r.get::<_, bool>(0))?;
         let mut chunk = Vec::with_capacity(BATCH);
         each_pending(conn, t, |p| {
             chunk.push(p);
@@ -300,6 +305,9 @@ struct Sealer<'c, S> {
     v: Version,
     /// Whether the current table's section was started in the body.
     started: bool,
+    /// The current table had no row metadata when its sealing began, so no captured row
+    /// has any (a seal takes each exact key once): nothing to look up.
+    no_meta: bool,
 }
 
 impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
@@ -321,7 +329,11 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
     fn rows(&mut self, t: &TableInfo, chunk: &mut Vec<Pending>) -> Result<()> {
         let keys: Vec<Vec<u8>> = chunk.iter().map(|p| encode_key(&p.key)).collect();
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let metas = self.merger.load_metas(t, &refs)?;
+        let metas = if self.no_meta {
+            (0..refs.len()).map(|_| None).collect()
+        } else {
+            self.merger.load_metas(t, &refs)?
+        };
         let mut fresh = Vec::new();
         for ((p, key_bytes), m0) in chunk.drain(..).zip(&refs).zip(metas) {
             if self.row(t, p, key_bytes, m0)? {
