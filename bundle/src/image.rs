@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
+use tide_core::change::unpack_chunk;
 use tide_core::{ChunkRef, Chunks, DecodeError, ReplicaId, SignedHead, VersionVector};
 
 use crate::error::{BundleError, Result};
@@ -12,7 +13,8 @@ use crate::error::{BundleError, Result};
 const SCHEMA_META: &str = "CREATE TABLE tide_bundle(k TEXT PRIMARY KEY, v) WITHOUT ROWID";
 const SCHEMA_CHANGES: &str =
     "CREATE TABLE changes(n INTEGER PRIMARY KEY, head BLOB NOT NULL, sig BLOB NOT NULL)";
-const SCHEMA_CHUNKS: &str = "CREATE TABLE chunks(hash BLOB PRIMARY KEY, data BLOB NOT NULL)";
+const SCHEMA_CHUNKS: &str =
+    "CREATE TABLE chunks(hash BLOB PRIMARY KEY, packing INTEGER NOT NULL, data BLOB NOT NULL)";
 /// The image version this build writes and reads.
 const IMAGE_VERSION: i64 = 2;
 
@@ -78,10 +80,11 @@ impl ImageBuilder {
                 .prepare_cached("SELECT EXISTS(SELECT 1 FROM chunks WHERE hash = ?1)")?
                 .query_row([&want.hash[..]], |r| r.get(0))?;
             if !held {
-                let data = chunks.chunk(i, want)?;
+                // As the log keeps it: a packed chunk is not unpacked and packed again.
+                let (data, packing) = chunks.stored(i, want)?;
                 self.conn
-                    .prepare_cached("INSERT INTO chunks(hash, data) VALUES (?1, ?2)")?
-                    .execute(rusqlite::params![&want.hash[..], data])?;
+                    .prepare_cached("INSERT INTO chunks(hash, packing, data) VALUES (?1, ?2, ?3)")?
+                    .execute(rusqlite::params![&want.hash[..], packing, data])?;
             }
         }
         Ok(())
@@ -235,18 +238,27 @@ struct ImageChunks<'c> {
 }
 
 impl Chunks for ImageChunks<'_> {
-    fn chunk(&mut self, _index: usize, want: &ChunkRef) -> tide_core::Result<Vec<u8>> {
+    fn chunk(&mut self, index: usize, want: &ChunkRef) -> tide_core::Result<Vec<u8>> {
+        let (data, packing) = self.stored(index, want)?;
+        Ok(unpack_chunk(data, packing, want.len)?)
+    }
+
+    fn stored(&mut self, _index: usize, want: &ChunkRef) -> tide_core::Result<(Vec<u8>, i64)> {
         use rusqlite::OptionalExtension;
+        // Only a blob no longer than the chunk the head names (packed, a little more for
+        // zstd's framing) is read: a bundle cannot make the reader allocate more than the
+        // change it carries.
+        let most = want.len + want.len / 128 + 1024;
         self.conn
-            // Only a blob of the length the head gives is read: a bundle cannot make the
-            // reader allocate more than the change it names.
-            .prepare_cached("SELECT data FROM chunks WHERE hash = ?1 AND length(data) = ?2")?
-            .query_row(rusqlite::params![&want.hash[..], want.len as i64], |r| {
-                r.get::<_, Vec<u8>>(0)
+            .prepare_cached(
+                "SELECT data, packing FROM chunks WHERE hash = ?1 AND length(data) <= ?2",
+            )?
+            .query_row(rusqlite::params![&want.hash[..], most as i64], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
             })
             .optional()?
             .ok_or(tide_core::Error::Decode(DecodeError::Malformed(
-                "bundle (a chunk a change names is not in it, or not at its length)",
+                "bundle (a chunk a change names is not in it, or is longer than the chunk)",
             )))
     }
 }

@@ -819,6 +819,31 @@ pub trait Chunks {
     /// The bytes of chunk `index`, which the change's head names as `want`. The caller
     /// checks them against the head.
     fn chunk(&mut self, index: usize, want: &ChunkRef) -> crate::error::Result<Vec<u8>>;
+
+    /// Chunk `index` as it is kept at rest, with its packing ([`PACKING_RAW`] or
+    /// [`PACKING_ZSTD`]), so that stores which both pack the same way (the log, a bundle
+    /// image) pass it on without unpacking and packing it again. By default, as signed.
+    fn stored(&mut self, index: usize, want: &ChunkRef) -> crate::error::Result<(Vec<u8>, i64)> {
+        Ok((self.chunk(index, want)?, PACKING_RAW))
+    }
+}
+
+/// A chunk kept as signed.
+pub const PACKING_RAW: i64 = 0;
+/// A chunk kept as one zstd frame of it.
+pub const PACKING_ZSTD: i64 = 1;
+
+/// A chunk as signed, from its form at rest. The output may not pass `len` bytes (the
+/// length the head gives), so a packed chunk cannot be a decompression bomb; a short
+/// result is caught by [`Manifest::check_chunk`].
+pub fn unpack_chunk(stored: Vec<u8>, packing: i64, len: usize) -> Result<Vec<u8>, DecodeError> {
+    match packing {
+        PACKING_RAW => Ok(stored),
+        PACKING_ZSTD => zstd::bulk::decompress(&stored, len).map_err(|_| {
+            DecodeError::Malformed("chunk (its packed form does not unpack to its length)")
+        }),
+        _ => Err(DecodeError::Malformed("chunk packing")),
+    }
 }
 
 /// A whole change in memory: its signed head and its chunks.
@@ -1134,6 +1159,23 @@ mod tests {
             let tampered = SignedChange::new(head.clone(), chunks);
             assert!(tampered.verify(&key).is_err(), "{what}");
         }
+    }
+
+    /// A packed chunk may not unpack past the length its head gives: a small frame of
+    /// many zeros is refused without producing them.
+    #[test]
+    fn a_packed_chunk_unpacks_to_at_most_its_length() {
+        let chunk = vec![7u8; 4096];
+        let packed = zstd::bulk::compress(&chunk, 1).unwrap();
+        assert!(packed.len() < 100);
+        assert_eq!(
+            unpack_chunk(packed.clone(), PACKING_ZSTD, 4096).unwrap(),
+            chunk
+        );
+        assert!(unpack_chunk(packed.clone(), PACKING_ZSTD, 4095).is_err());
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
+        assert!(unpack_chunk(bomb, PACKING_ZSTD, 1 << 20).is_err());
+        assert!(unpack_chunk(packed, 2, 4096).is_err());
     }
 
     #[test]

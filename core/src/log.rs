@@ -453,13 +453,16 @@ impl Ingest<'_> {
                 );
             }
         }
-        // Every chunk is checked against the signed head before it is stored.
+        // Every chunk is checked against the signed head before it is stored. A chunk
+        // that arrives packed is kept as it came, once it unpacks to what the head names.
         let mut ops = 0;
         for (i, want) in manifest.chunks.iter().enumerate() {
-            let checked = chunks
-                .chunk(i, want)
-                .and_then(|c| Ok(manifest.check_chunk(i, &c).map(|n| (n, c))?));
-            let (n, chunk) = match checked {
+            let checked = chunks.stored(i, want).and_then(|(stored, packing)| {
+                let chunk = crate::change::unpack_chunk(stored.clone(), packing, want.len)?;
+                let n = manifest.check_chunk(i, &chunk)?;
+                Ok((n, chunk, stored, packing))
+            });
+            let (n, chunk, stored, packing) = match checked {
                 Ok(x) => x,
                 Err(e) if !self.retrying => {
                     return Err(match e {
@@ -478,7 +481,11 @@ impl Ingest<'_> {
                 Err(e) => return Err(e),
             };
             ops += n;
-            store_chunk(self.conn, &want.hash, &chunk)?;
+            if packing == crate::change::PACKING_RAW {
+                store_chunk(self.conn, &want.hash, &chunk)?;
+            } else {
+                store_packed(self.conn, &want.hash, &stored, packing)?;
+            }
             self.cache.offer(want.hash, chunk);
         }
         if ops != manifest.ops {
@@ -629,14 +636,18 @@ pub(crate) struct LogChunks<'c> {
 }
 
 impl Chunks for LogChunks<'_> {
-    fn chunk(&mut self, _index: usize, want: &ChunkRef) -> Result<Vec<u8>> {
-        let (data, packing): (Vec<u8>, i64) = self
-            .conn
+    fn chunk(&mut self, index: usize, want: &ChunkRef) -> Result<Vec<u8>> {
+        let (data, packing) = self.stored(index, want)?;
+        crate::change::unpack_chunk(data, packing, want.len)
+            .map_err(|e| Error::LogBody(format!("decompressed: {e}")))
+    }
+
+    fn stored(&mut self, _index: usize, want: &ChunkRef) -> Result<(Vec<u8>, i64)> {
+        self.conn
             .prepare_cached("SELECT data, packing FROM _tide_chunks WHERE hash=?1")?
             .query_row([&want.hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?
-            .ok_or_else(|| Error::LogBody("found (it is missing from the log)".into()))?;
-        unpack(data, packing)
+            .ok_or_else(|| Error::LogBody("found (it is missing from the log)".into()))
     }
 }
 
@@ -674,6 +685,11 @@ pub(crate) fn sweep_chunks(conn: &Connection) -> Result<()> {
 /// Stores a chunk in the log's chunk store (once, whichever changes name it).
 pub(crate) fn store_chunk(conn: &Connection, hash: &[u8; 32], chunk: &[u8]) -> Result<()> {
     let (stored, packing) = pack(chunk)?;
+    store_packed(conn, hash, &stored, packing)
+}
+
+/// Stores a chunk already in its form at rest (checked against its hash by the caller).
+fn store_packed(conn: &Connection, hash: &[u8; 32], stored: &[u8], packing: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO _tide_chunks(hash, data, packing) VALUES(?1, ?2, ?3)",
     )?
@@ -688,7 +704,7 @@ const PACK_FROM: usize = 512;
 /// smaller, else as signed (packing 0). Hashes always cover the chunk as signed.
 pub(crate) fn pack(body: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, i64)> {
     if body.len() < PACK_FROM {
-        return Ok((body.into(), 0));
+        return Ok((body.into(), crate::change::PACKING_RAW));
     }
     let packed =
         zstd::bulk::compress(body, 1).map_err(|e| Error::LogBody(format!("compressed: {e}")))?;
