@@ -10,7 +10,10 @@ pub enum BundleError {
     #[error("not a tide bundle (no bundle magic at the start of the file)")]
     NotABundle,
     /// A format version this build cannot read.
-    #[error("bundle format version {0} is not supported by this tide; upgrade tide to read it")]
+    #[error(
+        "bundle format version {0} is not the one this tide reads ({v}): a newer bundle needs a newer tide, an older one must be exported again",
+        v = crate::header::VERSION
+    )]
     UnsupportedVersion(u16),
     /// The input ended early.
     #[error("the bundle ends early while reading {0}: the file is truncated; copy it again")]

@@ -9,8 +9,9 @@ use crate::error::{BundleError, Result};
 
 /// `"\x89TIDE\r\n\x1a"`.
 pub const MAGIC: [u8; 8] = [0x89, b'T', b'I', b'D', b'E', 0x0d, 0x0a, 0x1a];
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The format version this build writes and reads: 2 since the image holds changes as
+/// heads and chunks (SPEC §5, §9).
+pub const VERSION: u16 = 2;
 /// Preamble bytes: magic, version, header length.
 pub const PREAMBLE_LEN: usize = 14;
 /// Largest header a reader accepts.
@@ -386,6 +387,21 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A version-1 bundle (whole change bodies in its image) is refused at the preamble,
+    /// before any work, and the message says an older one must be exported again.
+    #[test]
+    fn a_version_1_bundle_is_refused_at_the_preamble() {
+        let mut p = [0u8; PREAMBLE_LEN];
+        p[..8].copy_from_slice(&MAGIC);
+        p[8..10].copy_from_slice(&1u16.to_be_bytes());
+        p[13] = 100;
+        let err = Header::parse_preamble(&p).unwrap_err();
+        assert!(matches!(err, BundleError::UnsupportedVersion(1)), "{err}");
+        assert!(err.to_string().contains("exported again"), "{err}");
+        p[8..10].copy_from_slice(&VERSION.to_be_bytes());
+        assert_eq!(Header::parse_preamble(&p).unwrap(), 100);
+    }
 
     fn sample() -> Header {
         Header {

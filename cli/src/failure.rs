@@ -93,6 +93,7 @@ fn bundle(b: &BundleError, message: String) -> Failure {
         NeedKey => (Some("give its passphrase with --passphrase-file FILE or $TIDE_PASSPHRASE".into()), REJECTED),
         NotForThisReplica { .. } => (Some("import it on the replica it is addressed to (`tide bundle inspect FILE` shows which)".into()), REJECTED),
         MissingParts { .. } => (Some("import again with every part".into()), REJECTED),
+        UnsupportedVersion(v) if *v < tide_bundle::VERSION => (Some("ask the sender to export it again with a current tide".into()), REJECTED),
         UnsupportedVersion(_) | UnknownCritical(_) | UnknownFlags(_) => (Some("upgrade tide on this machine".into()), REJECTED),
         NotABundle | Malformed(_) | LimitExceeded { .. } | TrailingBytes | BadSize { .. } | BadCompression(_) | BadImage(_) | Parts(_) => {
             (Some("check that this is the .tide file you meant; ask the sender for a fresh copy".into()), REJECTED)
