@@ -833,17 +833,38 @@ pub const PACKING_RAW: i64 = 0;
 /// A chunk kept as one zstd frame of it.
 pub const PACKING_ZSTD: i64 = 1;
 
-/// A chunk as signed, from its form at rest. The output may not pass `len` bytes (the
-/// length the head gives), so a packed chunk cannot be a decompression bomb; a short
-/// result is caught by [`Manifest::check_chunk`].
+/// A chunk as signed, from its form at rest. A packed chunk must be exactly one zstd
+/// frame (no skippable frames or trailing bytes riding along unsigned), and its output
+/// may not pass `len` bytes (the length the head gives), growing only with what it
+/// produces, so a packed chunk cannot be a decompression bomb; a short result is caught
+/// by [`Manifest::check_chunk`].
 pub fn unpack_chunk(stored: Vec<u8>, packing: i64, len: usize) -> Result<Vec<u8>, DecodeError> {
     match packing {
         PACKING_RAW => Ok(stored),
-        PACKING_ZSTD => zstd::bulk::decompress(&stored, len).map_err(|_| {
-            DecodeError::Malformed("chunk (its packed form does not unpack to its length)")
-        }),
+        PACKING_ZSTD => unzstd_chunk(&stored, len),
         _ => Err(DecodeError::Malformed("chunk packing")),
     }
+}
+
+/// A chunk kept with [`PACKING_ZSTD`], unpacked as [`unpack_chunk`] says.
+pub(crate) fn unzstd_chunk(stored: &[u8], len: usize) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read;
+    const BAD: DecodeError =
+        DecodeError::Malformed("chunk (its packed form is not one zstd frame of its length)");
+    if zstd::zstd_safe::find_frame_compressed_size(stored) != Ok(stored.len()) {
+        return Err(BAD);
+    }
+    let mut out = Vec::with_capacity(len.min(stored.len().saturating_mul(8)));
+    zstd::stream::read::Decoder::with_buffer(stored)
+        .map_err(|_| BAD)?
+        .single_frame()
+        .take(len as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| BAD)?;
+    if out.len() > len {
+        return Err(BAD);
+    }
+    Ok(out)
 }
 
 /// A whole change in memory: its signed head and its chunks.
@@ -1175,7 +1196,17 @@ mod tests {
         assert!(unpack_chunk(packed.clone(), PACKING_ZSTD, 4095).is_err());
         let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 1).unwrap();
         assert!(unpack_chunk(bomb, PACKING_ZSTD, 1 << 20).is_err());
-        assert!(unpack_chunk(packed, 2, 4096).is_err());
+        assert!(unpack_chunk(packed.clone(), 2, 4096).is_err());
+        // Nothing unsigned rides along: no trailing bytes, no second or skippable frame.
+        let mut trailing = packed.clone();
+        trailing.extend_from_slice(b"unsigned");
+        assert!(unpack_chunk(trailing, PACKING_ZSTD, 4096).is_err());
+        let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        skippable.extend_from_slice(&packed);
+        assert!(unpack_chunk(skippable, PACKING_ZSTD, 4096).is_err());
+        let mut two = packed.clone();
+        two.extend_from_slice(&packed);
+        assert!(unpack_chunk(two, PACKING_ZSTD, 8192).is_err());
     }
 
     #[test]

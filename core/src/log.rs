@@ -53,8 +53,9 @@ pub struct ImportReport {
     pub waiting: usize,
     /// Changes put in quarantine by this import, with the reason.
     pub quarantined: Vec<(ChangeId, String)>,
-    /// Conflict records this import opened, or changed with a new candidate (one opened
-    /// and closed again within the import counts too).
+    /// Conflict records open after this import that were not open before it (a conflict
+    /// that gained a candidate has a new id, so it counts; one opened and closed within
+    /// the import does not).
     pub conflicts_opened: usize,
 }
 
@@ -458,7 +459,14 @@ impl Ingest<'_> {
         let mut ops = 0;
         for (i, want) in manifest.chunks.iter().enumerate() {
             let checked = chunks.stored(i, want).and_then(|(stored, packing)| {
-                let chunk = crate::change::unpack_chunk(stored.clone(), packing, want.len)?;
+                let (chunk, stored) = match packing {
+                    crate::change::PACKING_RAW => (stored, None),
+                    crate::change::PACKING_ZSTD => (
+                        crate::change::unzstd_chunk(&stored, want.len)?,
+                        Some(stored),
+                    ),
+                    _ => Err(crate::error::DecodeError::Malformed("chunk packing"))?,
+                };
                 let n = manifest.check_chunk(i, &chunk)?;
                 Ok((n, chunk, stored, packing))
             });
@@ -481,10 +489,9 @@ impl Ingest<'_> {
                 Err(e) => return Err(e),
             };
             ops += n;
-            if packing == crate::change::PACKING_RAW {
-                store_chunk(self.conn, &want.hash, &chunk)?;
-            } else {
-                store_packed(self.conn, &want.hash, &stored, packing)?;
+            match &stored {
+                None => store_chunk(self.conn, &want.hash, &chunk)?,
+                Some(stored) => store_packed(self.conn, &want.hash, stored, packing)?,
             }
             self.cache.offer(want.hash, chunk);
         }
@@ -833,6 +840,10 @@ pub(crate) fn apply_ready(
         }
     }
     let mut merger = Merger::new(conn, HashMap::default());
+    // Each apply stamps the conflict records it writes (see `Merger::set_conflict`).
+    let epoch = Replica::meta_u64(conn, "apply_epoch")? + 1;
+    Replica::set_meta_u64(conn, "apply_epoch", epoch)?;
+    merger.epoch = epoch as i64;
     let mut max_hlc = Replica::meta_u64(conn, "hlc")?;
     let mut ops_done = 0usize;
     loop {
@@ -869,6 +880,7 @@ pub(crate) fn apply_ready(
             // here rolls back the ops already applied from it, and it goes to quarantine.
             conn.execute_batch("SAVEPOINT tide_change")?;
             let ops_before = ops_done;
+            let (opened_before, closed_before) = (merger.conflicts_written, merger.closed_any);
             let outcome = apply_change(
                 conn,
                 &mut cache,
@@ -881,6 +893,9 @@ pub(crate) fn apply_ready(
             if let Err((code, detail)) = outcome {
                 conn.execute_batch("ROLLBACK TO tide_change; RELEASE tide_change")?;
                 ops_done = ops_before;
+                // What the change opened or closed is undone with it.
+                merger.conflicts_written = opened_before;
+                merger.closed_any = closed_before;
                 let signed = load_head(conn, origin, seq)?;
                 quarantine(conn, id, &signed, code, &detail)?;
                 conn.execute(
@@ -924,9 +939,10 @@ pub(crate) fn apply_ready(
             "the apply transaction was ended by SQLite".into(),
         ));
     }
-    // Counted as they are written: reading every conflict id before and after would cost
-    // memory and time in proportion to all the conflicts the replica holds.
-    report.conflicts_opened += merger.conflicts_written;
+    // Counted as records are written and closed (`Merger::note_opened`, `note_closed`):
+    // reading every conflict id before and after would cost memory and time in
+    // proportion to all the conflicts the replica holds.
+    report.conflicts_opened += merger.conflicts_written.max(0) as usize;
     Ok(())
 }
 

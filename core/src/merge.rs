@@ -50,8 +50,14 @@ pub(crate) struct Merger<'c> {
     pub(crate) origins: Rc<Origins>,
     /// Per-table SQL text, built once per merger instead of once per row.
     sql: std::cell::RefCell<HashMap<(i64, SqlKind), Rc<str>>>,
-    /// Conflict records written with a new id (opened, or changed by a new candidate).
-    pub(crate) conflicts_written: usize,
+    /// Conflict records this import opened (ids not there when it began) and still holds.
+    pub(crate) conflicts_written: i64,
+    /// The import writing through this merger (0 for a seal): stamped on the conflict
+    /// records it writes, so closing one tells whether this import opened it.
+    pub(crate) epoch: i64,
+    /// Whether `temp._tide_closed` (ids there before this import and closed by it) has
+    /// been set up for this merger.
+    pub(crate) closed_any: bool,
 }
 
 /// The per-table statements the merger runs for every row.
@@ -82,6 +88,8 @@ impl<'c> Merger<'c> {
             origins: Rc::new(origins),
             sql: Default::default(),
             conflicts_written: 0,
+            epoch: 0,
+            closed_any: false,
         }
     }
 
@@ -151,35 +159,48 @@ impl<'c> Merger<'c> {
         Ok(out)
     }
 
-    /// Records rows this replica never had, each written whole by `v`.
+    /// Records rows this replica never had, each written whole by `v`. A row that has
+    /// metadata after all is left alone and the call fails: its caller's premise (looked
+    /// up, or sealed once per key) did not hold, and going on would lose what it knew.
     pub(crate) fn write_fresh(&self, t: &TableInfo, keys: &[&[u8]], v: Version) -> Result<()> {
         let meta = RowMeta::fresh(t.columns.len(), v).encode();
+        let mut written = 0;
         for chunk in keys.chunks(BATCH) {
             if chunk.len() < BATCH / 4 {
                 for k in chunk {
-                    self.conn
+                    written += self
+                        .conn
                         .prepare_cached(
-                            "INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES(?1, ?3, ?2)",
+                            "INSERT OR IGNORE INTO _tide_rows(tid, key, meta) VALUES(?1, ?3, ?2)",
                         )?
                         .execute(rusqlite::params![t.tid, &meta, k])?;
                 }
                 continue;
             }
-            // Padding repeats the first key: replacing a row with itself changes nothing.
+            // Padding repeats the first key, and is ignored as a row already there.
             static SQL: OnceLock<String> = OnceLock::new();
             let sql = SQL.get_or_init(|| {
                 let rows = (0..BATCH)
                     .map(|i| format!("(?1, ?{}, ?2)", i + 3))
                     .collect::<Vec<_>>()
                     .join(", ");
-                format!("INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES {rows}")
+                format!("INSERT OR IGNORE INTO _tide_rows(tid, key, meta) VALUES {rows}")
             });
             let params = [&t.tid as &dyn ToSql, &meta]
                 .into_iter()
                 .chain((0..BATCH).map(|i| chunk.get(i).unwrap_or(&chunk[0]) as &dyn ToSql));
-            self.conn
+            written += self
+                .conn
                 .prepare_cached(sql)?
                 .execute(params_from_iter(params))?;
+        }
+        if written != keys.len() {
+            return Err(crate::error::Error::ApplyAborted(format!(
+                "{} of {} rows of {} written as new already had metadata",
+                keys.len() - written,
+                keys.len(),
+                t.name
+            )));
         }
         Ok(())
     }
@@ -620,19 +641,29 @@ impl<'c> Merger<'c> {
         candidates: &[ChangeId],
         may_exist: bool,
     ) -> Result<()> {
-        let existing: Option<Vec<u8>> = if may_exist {
+        let existing: Option<(Vec<u8>, i64)> = if may_exist {
             self.conn
                 .prepare_cached(
-                    "SELECT id FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3",
+                    "SELECT id, epoch FROM _tide_conflicts WHERE tid=?1 AND key=?2 AND col=?3",
                 )?
                 .query_row(rusqlite::params![row.t.tid, row.key_bytes, col], |r| {
-                    r.get(0)
+                    Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()?
         } else {
             None
         };
-        let Some(kind) = kind else {
+        let id =
+            kind.map(|kind| conflict_id(&row.t.name, row.key_bytes, col_name, kind, candidates));
+        if let Some((old, _)) = &existing
+            && id.as_ref().is_some_and(|id| id[..] == old[..])
+        {
+            return Ok(());
+        }
+        if let Some((old, epoch)) = &existing {
+            self.note_closed(old, *epoch)?;
+        }
+        let (Some(kind), Some(id)) = (kind, id) else {
             if existing.is_some() {
                 self.conn
                     .prepare_cached(
@@ -642,23 +673,57 @@ impl<'c> Merger<'c> {
             }
             return Ok(());
         };
-        let id = conflict_id(&row.t.name, row.key_bytes, col_name, kind, candidates);
-        if existing.as_deref() == Some(&id[..]) {
-            return Ok(());
-        }
-        self.conflicts_written += 1;
+        self.note_opened(&id)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO _tide_conflicts(id, tid, key, col, kind) VALUES(?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(tid, key, col) DO UPDATE SET id=excluded.id, kind=excluded.kind",
+                "INSERT INTO _tide_conflicts(id, tid, key, col, kind, epoch) VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(tid, key, col) DO UPDATE SET id=excluded.id, kind=excluded.kind, epoch=excluded.epoch",
             )?
             .execute(rusqlite::params![
                 &id[..],
                 row.t.tid,
                 row.key_bytes,
                 col,
-                kind
+                kind,
+                self.epoch
             ])?;
+        Ok(())
+    }
+
+    /// A conflict record goes (closed, or replaced by one with other candidates). One this
+    /// import opened is no longer counted; one that was there before is remembered, so
+    /// that opening it again (a held row released and held again) does not count.
+    fn note_closed(&mut self, id: &[u8], epoch: i64) -> Result<()> {
+        if self.epoch != 0 && epoch == self.epoch {
+            self.conflicts_written -= 1;
+            return Ok(());
+        }
+        if !self.closed_any {
+            self.conn.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS _tide_closed(id BLOB PRIMARY KEY);
+                 DELETE FROM temp._tide_closed;",
+            )?;
+            self.closed_any = true;
+        }
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO temp._tide_closed(id) VALUES(?1)")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    /// A conflict record is written with `id`: opened by this import unless it was there
+    /// before and closed earlier in it.
+    fn note_opened(&mut self, id: &[u8]) -> Result<()> {
+        if self.closed_any
+            && self
+                .conn
+                .prepare_cached("DELETE FROM temp._tide_closed WHERE id=?1")?
+                .execute([id])?
+                > 0
+        {
+            return Ok(());
+        }
+        self.conflicts_written += 1;
         Ok(())
     }
 

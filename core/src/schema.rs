@@ -66,6 +66,9 @@ const MIGRATIONS: &[&str] = &[
     // signed head; its chunks live here once, by BLAKE3 hash, packed like bodies were.
     "CREATE TABLE _tide_chunks(hash BLOB PRIMARY KEY, data BLOB NOT NULL,
         packing INTEGER NOT NULL);",
+    // 5: which import last wrote each conflict record, so an import can say how many it
+    // opened without reading every record before and after (`Merger::set_conflict`).
+    "ALTER TABLE _tide_conflicts ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The first migration after which the log holds change format 3.

@@ -345,7 +345,12 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
             created: true,
             ..self.v
         };
-        self.merger.write_fresh(t, &fresh, v)
+        // With `no_meta` this is what catches a key sealed twice (the guard in `row`
+        // needs the metadata it did not read).
+        self.merger.write_fresh(t, &fresh, v).map_err(|e| match e {
+            crate::error::Error::ApplyAborted(why) => crate::error::Error::SealAborted(why),
+            e => e,
+        })
     }
 
     /// Seals one captured row. True when the row is new here and written whole: its

@@ -1059,3 +1059,92 @@ fn untracking_a_table_with_a_unique_index_leaves_app_writes_working() {
     let report = c.replicas[0].doctor(true).unwrap();
     assert!(report.iter().all(|f| f.ok), "{report:?}");
 }
+
+/// A change that goes to quarantine takes back the conflicts it had opened: the report
+/// counts none, and none exist.
+#[test]
+fn a_quarantined_change_opens_no_conflicts_in_the_report() {
+    let schema = "CREATE TABLE a(id TEXT PRIMARY KEY, v); CREATE TABLE b(id TEXT PRIMARY KEY, v);";
+    let mut c = Cluster::new(2, schema, &["a"]);
+    c.replicas[0].track("b").unwrap();
+    c.write(0, "INSERT INTO a VALUES ('x', 0)");
+    c.send(0, 1);
+    c.write(1, "UPDATE a SET v = 1 WHERE id = 'x'");
+    c.replicas[1].seal().unwrap();
+    // One change: a conflicting write to `a`, then a table r1 does not track.
+    c.write(
+        0,
+        "BEGIN; UPDATE a SET v = 2 WHERE id = 'x'; INSERT INTO b VALUES ('y', 2); COMMIT;",
+    );
+    let report = c.send(0, 1);
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    assert_eq!(c.replicas[1].conflicts().unwrap().len(), 0);
+    assert_eq!(report.conflicts_opened, 0, "{report:?}");
+}
+
+/// A row held for a missing parent is released and held again by every import's settle;
+/// its conflict was there before, so unrelated imports report no new conflict.
+#[test]
+fn a_row_held_for_its_parent_is_not_counted_again_by_each_import() {
+    let schema = "CREATE TABLE parent(id TEXT PRIMARY KEY, name TEXT);
+                  CREATE TABLE child(id TEXT PRIMARY KEY, parent TEXT REFERENCES parent(id), x TEXT);
+                  CREATE TABLE other(id TEXT PRIMARY KEY, v);";
+    let mut c = Cluster::new(2, schema, &["parent", "child", "other"]);
+    c.write(0, "INSERT INTO parent VALUES ('p', 'name')");
+    c.send(0, 1);
+    c.write(0, "DELETE FROM parent WHERE id = 'p'");
+    c.write(
+        1,
+        "PRAGMA foreign_keys = ON; INSERT INTO child VALUES ('c', 'p', 'x')",
+    );
+    exchange(&mut c);
+    c.sync_all();
+    let held = c.replicas[1].conflicts().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    for i in 0..3 {
+        c.write(0, &format!("INSERT INTO other VALUES ('o{i}', {i})"));
+        let report = c.send(0, 1);
+        assert_eq!(report.applied, 1);
+        assert_eq!(report.conflicts_opened, 0, "import {i}: {report:?}");
+        assert_eq!(c.replicas[1].conflicts().unwrap(), held);
+    }
+}
+
+/// One import bringing two concurrent edits of a cell opens one conflict (first two
+/// candidates, then three), and one bringing a conflicting edit with its resolution
+/// opens none.
+#[test]
+fn an_import_counts_the_conflicts_it_leaves_open() {
+    let mut c = notes(3);
+    c.write(0, "INSERT INTO notes VALUES ('n', 't', 'b', 0)");
+    c.sync_all();
+    for i in 0..3 {
+        c.write(
+            i,
+            &format!("UPDATE notes SET title = 't{i}' WHERE id = 'n'"),
+        );
+        c.replicas[i].seal().unwrap();
+    }
+    c.send(1, 2);
+    let report = c.send(2, 0);
+    assert_eq!(c.replicas[0].conflicts().unwrap().len(), 1);
+    assert_eq!(report.conflicts_opened, 1, "{report:?}");
+
+    // r2 resolves what it holds; r1 then carries r2's edit and its resolution to a
+    // fresh view of the same cell in one bundle.
+    let mut d = notes(3);
+    d.write(0, "INSERT INTO notes VALUES ('n', 't', 'b', 0)");
+    d.sync_all();
+    d.write(0, "UPDATE notes SET title = 'a' WHERE id = 'n'");
+    d.write(2, "UPDATE notes SET title = 'b' WHERE id = 'n'");
+    d.send(0, 2);
+    let id = d.replicas[2].conflicts().unwrap()[0].id.clone();
+    d.replicas[2]
+        .resolve(&id, tide_core::Resolution::KeepWinner)
+        .unwrap();
+    d.send(2, 1);
+    let report = d.send(1, 0);
+    assert!(report.applied >= 2, "{report:?}");
+    assert_eq!(d.replicas[0].conflicts().unwrap().len(), 0);
+    assert_eq!(report.conflicts_opened, 0, "{report:?}");
+}
