@@ -709,16 +709,16 @@ const PACK_FROM: usize = 512;
 
 /// How a chunk is kept in `_tide_chunks`: a zstd frame (packing 1) when that is
 /// smaller, else as signed (packing 0). Hashes always cover the chunk as signed.
-pub(crate) fn pack(body: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, i64)> {
-    if body.len() < PACK_FROM {
-        return Ok((body.into(), crate::change::PACKING_RAW));
+pub(crate) fn pack(chunk: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, i64)> {
+    if chunk.len() < PACK_FROM {
+        return Ok((chunk.into(), crate::change::PACKING_RAW));
     }
     let packed =
-        zstd::bulk::compress(body, 1).map_err(|e| Error::LogBody(format!("compressed: {e}")))?;
-    Ok(if packed.len() < body.len() {
-        (packed.into(), 1)
+        zstd::bulk::compress(chunk, 1).map_err(|e| Error::LogBody(format!("compressed: {e}")))?;
+    Ok(if packed.len() < chunk.len() {
+        (packed.into(), crate::change::PACKING_ZSTD)
     } else {
-        (body.into(), 0)
+        (chunk.into(), crate::change::PACKING_RAW)
     })
 }
 

@@ -234,7 +234,7 @@ fn written(mask: u64, col: usize) -> bool {
 /// Seals inside the caller's transaction. Returns the new change's id, if any.
 ///
 /// One pass: the change's head (seq, HLC, deps) is fixed first, then captured rows are
-/// decided against their metadata in batches, written into the change's body and into
+/// decided against their metadata in batches, written into the change's chunks and into
 /// their metadata, so no part of a large change is held twice.
 pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result<Option<ChangeId>> {
     let tables = schema::tracked_tables(conn)?;
@@ -303,7 +303,7 @@ struct Sealer<'c, S> {
     enc: Encoder<S>,
     /// The version every op of this change writes (kind flags set per op).
     v: Version,
-    /// Whether the current table's section was started in the body.
+    /// Whether the current table's section was started in the change.
     started: bool,
     /// The current table had no row metadata when its sealing began, so no captured row
     /// has any (a seal takes each exact key once): nothing to look up.
