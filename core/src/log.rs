@@ -805,24 +805,15 @@ pub(crate) fn apply_ready(
     fail_after: Option<usize>,
     mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
 ) -> Result<()> {
-    // Only the heads stay in memory; each chunk is read when its turn comes.
-    let mut pending: Vec<(i64, u64, Manifest)> = Vec::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT origin, seq, body, packing FROM _tide_log WHERE applied=0 ORDER BY hlc, origin, seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let key = (r.get(0)?, r.get::<_, i64>(1)? as u64);
-            let manifest = Manifest::decode(&unpack(r.get(2)?, r.get(3)?)?)?;
-            pending.push((key.0, key.1, manifest));
-        }
-    }
+    // Waiting changes are read a page at a time, in HLC order, and each head only when
+    // its turn comes: memory does not grow with their number (invariant 12).
+    let total: i64 = conn.query_row("SELECT count(*) FROM _tide_log WHERE applied=0", [], |r| {
+        r.get(0)
+    })?;
     let held: i64 = conn.query_row("SELECT count(*) FROM _tide_held", [], |r| r.get(0))?;
-    if pending.is_empty() && held == 0 {
+    if total == 0 && held == 0 {
         return Ok(());
     }
-    let total = pending.len();
     let tracked = schema::tracked_tables(conn)?;
     let _off = schema::TriggersOff::new(conn)?;
     let tables: HashMap<String, TableInfo> = tracked
@@ -846,10 +837,20 @@ pub(crate) fn apply_ready(
     merger.epoch = epoch as i64;
     let mut max_hlc = Replica::meta_u64(conn, "hlc")?;
     let mut ops_done = 0usize;
+    let mut waiting;
     loop {
         let mut progress = false;
-        let mut rest = Vec::new();
-        for (origin, seq, manifest) in pending {
+        waiting = 0;
+        let mut pages = PendingPages::default();
+        while let Some((origin, seq)) = pages.next(conn)? {
+            let manifest = {
+                let (head, packing): (Vec<u8>, i64) = conn
+                    .prepare_cached(
+                        "SELECT body, packing FROM _tide_log WHERE origin=?1 AND seq=?2",
+                    )?
+                    .query_row(params![origin, seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Manifest::decode(&unpack(head, packing)?)?
+            };
             let head = &manifest.head;
             let mut ready = true;
             for (rid, s) in &head.deps {
@@ -860,7 +861,7 @@ pub(crate) fn apply_ready(
                 }
             }
             if !ready {
-                rest.push((origin, seq, manifest));
+                waiting += 1;
                 continue;
             }
             progress = true;
@@ -916,16 +917,15 @@ pub(crate) fn apply_ready(
                 p(Progress {
                     stage: "applying",
                     done: report.applied as u64,
-                    total: total as u64,
+                    total: total.max(0) as u64,
                 });
             }
         }
-        pending = rest;
-        if !progress || pending.is_empty() {
+        if !progress || waiting == 0 {
             break;
         }
     }
-    report.waiting = pending.len();
+    report.waiting = waiting;
     merger.origins = std::rc::Rc::new(origins_map(conn)?);
     settle(&mut merger, &tracked)?;
     for (idx, seq) in &applied {
@@ -944,6 +944,44 @@ pub(crate) fn apply_ready(
     // proportion to all the conflicts the replica holds.
     report.conflicts_opened += merger.conflicts_written.max(0) as usize;
     Ok(())
+}
+
+/// The changes waiting to apply, in (HLC, origin, seq) order, a page at a time: applying
+/// or quarantining one between pages takes it out of later pages, never skips another.
+#[derive(Default)]
+struct PendingPages {
+    page: std::collections::VecDeque<(i64, u64)>,
+    after: Option<(i64, i64, i64)>,
+    done: bool,
+}
+
+impl PendingPages {
+    const PAGE: i64 = 256;
+
+    fn next(&mut self, conn: &Connection) -> Result<Option<(i64, u64)>> {
+        if self.page.is_empty() && !self.done {
+            let (hlc, origin, seq) = self.after.unwrap_or((i64::MIN, i64::MIN, i64::MIN));
+            let rows = conn
+                .prepare_cached(
+                    "SELECT hlc, origin, seq FROM _tide_log
+                     WHERE applied=0 AND (hlc, origin, seq) > (?1, ?2, ?3)
+                     ORDER BY hlc, origin, seq LIMIT ?4",
+                )?
+                .query_map(params![hlc, origin, seq, Self::PAGE], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            self.done = (rows.len() as i64) < Self::PAGE;
+            self.after = rows.last().copied().or(self.after);
+            self.page
+                .extend(rows.into_iter().map(|(_, o, s)| (o, s as u64)));
+        }
+        Ok(self.page.pop_front())
+    }
 }
 
 /// Applies one stored change, op by op, straight from its chunks, one chunk in memory

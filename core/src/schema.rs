@@ -67,8 +67,11 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE _tide_chunks(hash BLOB PRIMARY KEY, data BLOB NOT NULL,
         packing INTEGER NOT NULL);",
     // 5: which import last wrote each conflict record, so an import can say how many it
-    // opened without reading every record before and after (`Merger::set_conflict`).
-    "ALTER TABLE _tide_conflicts ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
+    // opened without reading every record before and after (`Merger::set_conflict`); and
+    // the changes waiting to apply in causal (HLC) order, read a page at a time
+    // (`log::apply_ready`) instead of all at once.
+    "ALTER TABLE _tide_conflicts ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX _tide_log_pending ON _tide_log(applied, hlc, origin, seq);",
 ];
 
 /// The first migration after which the log holds change format 3.

@@ -1148,3 +1148,27 @@ fn an_import_counts_the_conflicts_it_leaves_open() {
     assert_eq!(d.replicas[0].conflicts().unwrap().len(), 0);
     assert_eq!(report.conflicts_opened, 0, "{report:?}");
 }
+
+/// Waiting changes are read a page (256) at a time: 300 changes whose first is missing
+/// all wait, then all apply, in causal order, once it arrives.
+#[test]
+fn hundreds_of_waiting_changes_apply_across_pages_once_the_gap_is_filled() {
+    let mut c = notes(2);
+    for i in 0..300 {
+        c.write(
+            0,
+            &format!("INSERT INTO notes VALUES ('n{i}', 't', 'b', {i})"),
+        );
+        c.replicas[0].seal().unwrap();
+    }
+    c.write(0, "UPDATE notes SET n = -1 WHERE id = 'n0'");
+    let mut changes = c.replicas[0].changes_for(&VersionVector::new()).unwrap();
+    assert_eq!(changes.len(), 301);
+    let first = changes.remove(0);
+    changes.reverse();
+    let report = c.replicas[1].import(&changes).unwrap();
+    assert_eq!((report.applied, report.waiting), (0, 300), "{report:?}");
+    let report = c.replicas[1].import(&[first]).unwrap();
+    assert_eq!((report.applied, report.waiting), (301, 0), "{report:?}");
+    assert_eq!(c.hashes()[0], c.hashes()[1]);
+}
