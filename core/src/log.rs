@@ -250,7 +250,7 @@ impl Replica {
         }
         let Ingest {
             mut report,
-            mut touched,
+            touched,
             cache,
             failed,
             ..
@@ -261,8 +261,6 @@ impl Replica {
                 "an offered change failed and the import went on: {e}"
             )));
         }
-        touched.sort();
-        touched.dedup();
         for idx in touched {
             advance_stored(&tx, idx)?;
         }
@@ -508,7 +506,10 @@ impl Ingest<'_> {
             .prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0)")?
             .execute(params![idx, id.seq as i64, &signed.hash()[..], manifest.head.hlc as i64, signed.bytes(), &signed.signature()[..]])?;
         self.report.stored += 1;
-        self.touched.push(idx);
+        if !self.touched.contains(&idx) {
+            // One entry per origin, not per change: a bundle may hold millions.
+            self.touched.push(idx);
+        }
         Ok(())
     }
 
