@@ -479,16 +479,29 @@ fn peak_memory(exe: &Path, phase: &str, n: u64, dir: &Path) -> Result<f64, Strin
 /// (a fresh process) imports that bundle into b. Each prints `peak-rss-kib N`.
 pub fn phase(phase: &str, n: u64, dir: &Path) {
     let keys = |name: &str| KeyStore::at(dir.join(format!("{name}.keys")));
+    let open = |name: &str| Replica::open(dir.join(name), keys(name)).expect("open");
+    // A new replica tracking `items`.
+    let site = |name: &str| {
+        let mut r = open(name);
+        r.init(name).expect("init");
+        r.connection().execute_batch(SCHEMA).expect("schema");
+        r.track("items").expect("track");
+        r
+    };
+    // Everything `from` holds, exported to `to` (a file in the folder).
+    let export_to = |from: &mut Replica, to: &str| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(to)).expect("create"));
+        tide_bundle::export(
+            from,
+            &VersionVector::new(),
+            &WriteOptions::default(),
+            &mut f,
+        )
+        .expect("export");
+    };
     let bundle = dir.join("x.tide");
     match phase {
         "export" => {
-            let site = |name: &str| {
-                let mut r = Replica::open(dir.join(name), keys(name)).expect("open");
-                r.init(name).expect("init");
-                r.connection().execute_batch(SCHEMA).expect("schema");
-                r.track("items").expect("track");
-                r
-            };
             let mut a = site("a");
             let mut b = site("b");
             a.add_peer(&b.card().expect("card")).expect("peer");
@@ -496,24 +509,14 @@ pub fn phase(phase: &str, n: u64, dir: &Path) {
             a.connection()
                 .execute_batch(&format!("BEGIN; {}; COMMIT;", insert_sql(n)))
                 .expect("insert");
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&bundle).expect("create"));
-            tide_bundle::export(
-                &mut a,
-                &VersionVector::new(),
-                &WriteOptions::default(),
-                &mut f,
-            )
-            .expect("export");
+            export_to(&mut a, "x.tide");
         }
         // After `export`: replica c inserts the same keys with other values offline, and a
         // exports its rows for c, so that importing them (`import-conflicting`, under
         // callgrind --toggle-collect=tide_bundle::replica::import) conflicts on every op.
         "conflict-setup" => {
-            let mut a = Replica::open(dir.join("a"), keys("a")).expect("open");
-            let mut c = Replica::open(dir.join("c"), keys("c")).expect("open");
-            c.init("c").expect("init");
-            c.connection().execute_batch(SCHEMA).expect("schema");
-            c.track("items").expect("track");
+            let mut a = open("a");
+            let mut c = site("c");
             c.add_peer(&a.card().expect("card")).expect("peer");
             c.connection()
                 .execute_batch(&format!(
@@ -523,19 +526,10 @@ pub fn phase(phase: &str, n: u64, dir: &Path) {
                 .expect("insert");
             c.seal().expect("seal");
             a.add_peer(&c.card().expect("card")).expect("peer");
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(dir.join("xc.tide")).expect("create"),
-            );
-            tide_bundle::export(
-                &mut a,
-                &VersionVector::new(),
-                &WriteOptions::default(),
-                &mut f,
-            )
-            .expect("export");
+            export_to(&mut a, "xc.tide");
         }
         "import-conflicting" => {
-            let mut c = Replica::open(dir.join("c"), keys("c")).expect("open");
+            let mut c = open("c");
             let imported = tide_bundle::import(
                 &mut c,
                 &mut std::io::BufReader::new(
@@ -566,7 +560,7 @@ pub fn phase(phase: &str, n: u64, dir: &Path) {
             profiled_update(conn);
         }
         _ => {
-            let mut b = Replica::open(dir.join("b"), keys("b")).expect("open");
+            let mut b = open("b");
             tide_bundle::import(
                 &mut b,
                 &mut std::io::BufReader::new(std::fs::File::open(&bundle).expect("open")),

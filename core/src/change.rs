@@ -275,15 +275,7 @@ impl Manifest {
                 "chunk (its length or hash is not the one its head gives)",
             ));
         }
-        let mut dec = ChunkDecoder::checking(&self.head.deps, chunk)?;
-        let mut n = 0;
-        loop {
-            match dec.next()? {
-                Step::Table(_) => {}
-                Step::Row(_) => n += 1,
-                Step::End => return Ok(n),
-            }
-        }
+        ChunkDecoder::checking(&self.head.deps, chunk)?.count_rows()
     }
 }
 
@@ -492,6 +484,18 @@ impl<'a> ChunkDecoder<'a> {
         let mut dec = ChunkDecoder::new(deps, chunk)?;
         dec.keep = false;
         Ok(dec)
+    }
+
+    /// Walks the chunk to its end; the number of row ops.
+    pub(crate) fn count_rows(mut self) -> Result<u64, DecodeError> {
+        let mut n = 0;
+        loop {
+            match self.next()? {
+                Step::Table(_) => {}
+                Step::Row(_) => n += 1,
+                Step::End => return Ok(n),
+            }
+        }
     }
 
     pub(crate) fn next(&mut self) -> Result<Step, DecodeError> {
@@ -1083,18 +1087,6 @@ mod tests {
         }
     }
 
-    /// Walks a chunk to its end; the number of rows.
-    fn walk(mut dec: ChunkDecoder<'_>) -> Result<usize, DecodeError> {
-        let mut n = 0;
-        loop {
-            match dec.next()? {
-                Step::Table(_) => {}
-                Step::Row(_) => n += 1,
-                Step::End => return Ok(n),
-            }
-        }
-    }
-
     #[test]
     fn checking_a_chunk_accepts_and_refuses_exactly_what_decoding_does() {
         let secret = SecretIdentity::generate();
@@ -1110,8 +1102,8 @@ mod tests {
             variants.push(b);
         }
         for (n, b) in variants.iter().enumerate() {
-            let decoded = ChunkDecoder::new(deps, b).and_then(walk);
-            let checked = ChunkDecoder::checking(deps, b).and_then(walk);
+            let decoded = ChunkDecoder::new(deps, b).and_then(ChunkDecoder::count_rows);
+            let checked = ChunkDecoder::checking(deps, b).and_then(ChunkDecoder::count_rows);
             assert_eq!(decoded, checked, "variant {n}");
         }
     }

@@ -763,11 +763,18 @@ fn tables_tide_cannot_sync_are_refused_with_reasons() {
     assert!(!r.track("good").unwrap().newly_tracked);
 }
 
-#[test]
-fn a_child_whose_parent_was_deleted_concurrently_is_held_not_lost() {
-    let schema = "CREATE TABLE parent(id TEXT PRIMARY KEY, name TEXT);
-                  CREATE TABLE child(id TEXT PRIMARY KEY, parent TEXT REFERENCES parent(id), x TEXT);";
-    let mut c = Cluster::new(2, schema, &["parent", "child"]);
+/// r0 deletes a parent while r1 adds a child under it; both sides have exchanged. `more`
+/// adds tracked tables.
+fn orphaned_child(more: &[(&str, &str)]) -> Cluster {
+    let mut schema = "CREATE TABLE parent(id TEXT PRIMARY KEY, name TEXT);
+         CREATE TABLE child(id TEXT PRIMARY KEY, parent TEXT REFERENCES parent(id), x TEXT);"
+        .to_string();
+    let mut tables = vec!["parent", "child"];
+    for (name, sql) in more {
+        schema.push_str(sql);
+        tables.push(name);
+    }
+    let mut c = Cluster::new(2, &schema, &tables);
     c.write(0, "INSERT INTO parent VALUES ('p', 'name')");
     c.send(0, 1);
     c.write(0, "DELETE FROM parent WHERE id='p'");
@@ -777,6 +784,12 @@ fn a_child_whose_parent_was_deleted_concurrently_is_held_not_lost() {
     );
     exchange(&mut c);
     c.sync_all();
+    c
+}
+
+#[test]
+fn a_child_whose_parent_was_deleted_concurrently_is_held_not_lost() {
+    let c = orphaned_child(&[]);
     let h = c.hashes();
     assert_eq!(h[0], h[1]);
     for i in 0..2 {
@@ -1086,19 +1099,7 @@ fn a_quarantined_change_opens_no_conflicts_in_the_report() {
 /// its conflict was there before, so unrelated imports report no new conflict.
 #[test]
 fn a_row_held_for_its_parent_is_not_counted_again_by_each_import() {
-    let schema = "CREATE TABLE parent(id TEXT PRIMARY KEY, name TEXT);
-                  CREATE TABLE child(id TEXT PRIMARY KEY, parent TEXT REFERENCES parent(id), x TEXT);
-                  CREATE TABLE other(id TEXT PRIMARY KEY, v);";
-    let mut c = Cluster::new(2, schema, &["parent", "child", "other"]);
-    c.write(0, "INSERT INTO parent VALUES ('p', 'name')");
-    c.send(0, 1);
-    c.write(0, "DELETE FROM parent WHERE id = 'p'");
-    c.write(
-        1,
-        "PRAGMA foreign_keys = ON; INSERT INTO child VALUES ('c', 'p', 'x')",
-    );
-    exchange(&mut c);
-    c.sync_all();
+    let mut c = orphaned_child(&[("other", "CREATE TABLE other(id TEXT PRIMARY KEY, v);")]);
     let held = c.replicas[1].conflicts().unwrap();
     assert_eq!(held.len(), 1, "{held:?}");
     for i in 0..3 {
