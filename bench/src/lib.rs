@@ -247,14 +247,7 @@ pub fn run(config: &Config) -> Vec<Figure> {
 
     // Import where every op conflicts: c inserted the same keys with other values.
     let mut c = site.replica("c");
-    c.add_peer(&a.card().expect("card")).expect("peer");
-    c.connection()
-        .execute_batch(&format!(
-            "BEGIN; {}; COMMIT;",
-            insert_sql(n).replace("'name '", "'other '")
-        ))
-        .expect("insert");
-    c.seal().expect("seal");
+    write_conflicting(&mut c, &a, n);
     let c_card = c.card().expect("card");
     a.add_peer(&c_card).expect("peer");
     let for_c = site.path("a-to-c.tide");
@@ -474,6 +467,19 @@ fn peak_memory(exe: &Path, phase: &str, n: u64, dir: &Path) -> Result<f64, Strin
         })
 }
 
+/// `c` trusts `source` and writes the same `n` keys with other names, offline, and seals:
+/// importing `source`'s rows then conflicts on every op.
+fn write_conflicting(c: &mut Replica, source: &Replica, n: u64) {
+    c.add_peer(&source.card().expect("card")).expect("peer");
+    c.connection()
+        .execute_batch(&format!(
+            "BEGIN; {}; COMMIT;",
+            insert_sql(n).replace("'name '", "'other '")
+        ))
+        .expect("insert");
+    c.seal().expect("seal");
+}
+
 /// The child side of [`peak_memory`], in a folder the parent keeps between phases:
 /// `export` builds replicas a and b there, writes a's rows and exports them; `import`
 /// (a fresh process) imports that bundle into b. Each prints `peak-rss-kib N`.
@@ -517,14 +523,7 @@ pub fn phase(phase: &str, n: u64, dir: &Path) {
         "conflict-setup" => {
             let mut a = open("a");
             let mut c = site("c");
-            c.add_peer(&a.card().expect("card")).expect("peer");
-            c.connection()
-                .execute_batch(&format!(
-                    "BEGIN; {}; COMMIT;",
-                    insert_sql(n).replace("'name '", "'other '")
-                ))
-                .expect("insert");
-            c.seal().expect("seal");
+            write_conflicting(&mut c, &a, n);
             a.add_peer(&c.card().expect("card")).expect("peer");
             export_to(&mut a, "xc.tide");
         }

@@ -311,11 +311,17 @@ fn unique_collisions_inside_a_large_change_are_held_alike_everywhere() {
 
 /// A change's first table applies, its second is not tracked here: the change goes to
 /// quarantine whole, and the first table's ops are rolled back with it.
-#[test]
-fn a_change_whose_later_table_is_unknown_applies_none_of_its_tables() {
+/// Tables `a` and `b` on both replicas; r0 tracks both, r1 only `a`.
+fn b_tracked_on_r0_only() -> Cluster {
     let schema = "CREATE TABLE a(id TEXT PRIMARY KEY, v); CREATE TABLE b(id TEXT PRIMARY KEY, v);";
     let mut c = Cluster::new(2, schema, &["a"]);
     c.replicas[0].track("b").unwrap();
+    c
+}
+
+#[test]
+fn a_change_whose_later_table_is_unknown_applies_none_of_its_tables() {
+    let mut c = b_tracked_on_r0_only();
     c.write(
         0,
         "BEGIN; INSERT INTO a VALUES ('x', 1); INSERT INTO b VALUES ('y', 2); COMMIT;",
@@ -1077,9 +1083,7 @@ fn untracking_a_table_with_a_unique_index_leaves_app_writes_working() {
 /// counts none, and none exist.
 #[test]
 fn a_quarantined_change_opens_no_conflicts_in_the_report() {
-    let schema = "CREATE TABLE a(id TEXT PRIMARY KEY, v); CREATE TABLE b(id TEXT PRIMARY KEY, v);";
-    let mut c = Cluster::new(2, schema, &["a"]);
-    c.replicas[0].track("b").unwrap();
+    let mut c = b_tracked_on_r0_only();
     c.write(0, "INSERT INTO a VALUES ('x', 0)");
     c.send(0, 1);
     c.write(1, "UPDATE a SET v = 1 WHERE id = 'x'");
