@@ -716,12 +716,14 @@ mod tests {
         assert_eq!(tables, 0, "nothing was changed");
         let c = old(false);
         migrate(&c).unwrap();
-        let n: i64 = c
-            .query_row("SELECT v FROM _tide_meta WHERE k='migration'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(n as usize, MIGRATIONS.len());
+        assert_eq!(migrations_done(&c), MIGRATIONS.len());
+    }
+
+    fn migrations_done(c: &Connection) -> usize {
+        c.query_row("SELECT v FROM _tide_meta WHERE k='migration'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as usize
     }
 
     #[test]
@@ -729,11 +731,6 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         migrate(&c).unwrap();
         migrate(&c).unwrap();
-        let n: i64 = c
-            .query_row("SELECT v FROM _tide_meta WHERE k='migration'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(n as usize, MIGRATIONS.len());
+        assert_eq!(migrations_done(&c), MIGRATIONS.len());
     }
 }
