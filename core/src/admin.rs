@@ -303,17 +303,24 @@ impl Replica {
         for t in &tables {
             let mut stmt = self
                 .conn
-                .prepare("SELECT key, meta FROM _tide_rows WHERE tid = ?1")?;
+                .prepare("SELECT key, meta, vals FROM _tide_rows WHERE tid = ?1")?;
             let metas = stmt
                 .query_map([t.tid], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Option<Vec<u8>>>(2)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            for (key_bytes, meta) in metas {
+            for (key_bytes, meta, vals) in metas {
                 let Ok(m) = RowMeta::decode(&meta) else {
                     rows_bad.push(format!("{}: unreadable metadata", t.name));
                     continue;
                 };
+                if vals.is_some_and(|v| crate::rowmeta::decode_kept(&v).is_err()) {
+                    rows_bad.push(format!("{}: unreadable kept values", t.name));
+                }
                 let key = crate::value::decode_key(&key_bytes)?;
                 let present = merger.read_row(t, &key)?.is_some();
                 let shown = m.materialized(&merger.origins);

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids::{ChangeId, hex};
 use crate::merge::{CONSTRAINT_CELL, Merger};
 use crate::replica::{Replica, origins_map};
-use crate::rowmeta::{ROW, RowMeta, Version};
+use crate::rowmeta::{CellValues, ROW, RowMeta, Version};
 use crate::schema::{self, TableInfo};
 use crate::value::{Value, decode_key};
 
@@ -146,6 +146,7 @@ impl Replica {
             .unwrap_or_else(|| RowMeta::new(t.columns.len()));
         let key = decode_key(key_bytes)?;
         let current = merger.read_row(t, &key)?;
+        let kept = merger.stored_values(t, key_bytes)?;
         let mut candidates = Vec::new();
         let cell = if col == CONSTRAINT_CELL {
             ROW
@@ -163,6 +164,7 @@ impl Replica {
             m: &m,
             origins: &merger.origins,
             current: current.as_deref(),
+            kept: &kept,
         };
         if col == CONSTRAINT_CELL {
             // The held row against the row that keeps the slot.
@@ -228,16 +230,9 @@ impl Replica {
     }
 
     fn head_value(&self, row: &RowView<'_>, cell: usize, h: &Version) -> Result<Value> {
-        let stored: Option<Value> = self
-            .conn
-            .query_row(
-                "SELECT value FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
-                params![row.t.tid, row.key_bytes, cell as i64, h.origin, h.seq as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(v) = stored {
-            return Ok(v);
+        let at = (cell, h.origin, h.seq);
+        if let Some((_, v)) = row.kept.iter().find(|(k, _)| *k == at) {
+            return Ok(v.clone());
         }
         if row.m.materialized(row.origins)
             && row.m.winner(cell, row.origins).map(|w| w.vref()) == Some(h.vref())
@@ -507,6 +502,8 @@ struct RowView<'a> {
     m: &'a RowMeta,
     origins: &'a crate::rowmeta::Origins,
     current: Option<&'a [Value]>,
+    /// Values of the heads that are not visible.
+    kept: &'a CellValues,
 }
 
 /// A whole row shown as one value (for constraint conflicts): its values joined.

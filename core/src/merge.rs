@@ -20,7 +20,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, ToSql, params_from_iter
 
 use crate::error::Result;
 use crate::ids::{ChangeId, ReplicaId};
-use crate::rowmeta::{Origins, ROW, RowMeta, Version};
+use crate::rowmeta::{CellValues, Origins, ROW, RowMeta, Version, decode_kept, encode_kept};
 use crate::schema::{TableInfo, q};
 use crate::value::{Value, encode_key};
 
@@ -68,8 +68,6 @@ enum SqlKind {
     Delete,
     /// [`Merger::batch_rows`] rows at once.
     InsertMany,
-    /// Values of this many heads of one row into `_tide_values`.
-    KeepValues(usize),
     /// An update of the columns in this mask (tables of at most 64 columns).
     Update(u64),
 }
@@ -235,21 +233,17 @@ impl<'c> Merger<'c> {
         }
     }
 
-    fn stored_values(&self, t: &TableInfo, key_bytes: &[u8]) -> Result<CellValues> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT col, origin, seq, value FROM _tide_values WHERE tid=?1 AND key=?2",
-        )?;
-        let rows = stmt.query_map(rusqlite::params![t.tid, key_bytes], |r| {
-            Ok((
-                (
-                    r.get::<_, i64>(0)? as usize,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                ),
-                r.get::<_, Value>(3)?,
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// The values a row keeps for its heads that are not visible (`_tide_rows.vals`).
+    pub(crate) fn stored_values(&self, t: &TableInfo, key_bytes: &[u8]) -> Result<CellValues> {
+        let blob: Option<Option<Vec<u8>>> = self
+            .conn
+            .prepare_cached("SELECT vals FROM _tide_rows WHERE tid=?1 AND key=?2")?
+            .query_row(rusqlite::params![t.tid, key_bytes], |r| r.get(0))
+            .optional()?;
+        Ok(match blob.flatten() {
+            Some(b) => decode_kept(&b)?,
+            None => CellValues::new(),
+        })
     }
 
     /// The row named exactly by `key`: SQLite calls 7 and 7.0, or 0.0 and -0.0, the same
@@ -316,7 +310,7 @@ impl<'c> Merger<'c> {
                             .join(", ")
                     )
                 }
-                SqlKind::KeepValues(_) | SqlKind::Update(_) => {
+                SqlKind::Update(_) => {
                     unreachable!("built where used")
                 }
             }
@@ -349,7 +343,7 @@ impl<'c> Merger<'c> {
         let old_winners: Vec<Option<Version>> =
             (0..=ncols).map(|c| m0.winner(c, origins)).collect();
 
-        // Values of heads that are neither new nor visible live in _tide_values.
+        // Values of heads that are neither new nor visible are kept with the metadata.
         let has_stored = m0.cells.iter().skip(1).any(|h| !h.is_empty())
             && (!old_mat || m0.cells.iter().skip(1).any(|h| h.len() > 1));
         let stored = if has_stored {
@@ -479,33 +473,19 @@ impl<'c> Merger<'c> {
         let new_winners: Vec<Option<Version>> =
             (0..=ncols).map(|c| m1.winner(c, origins)).collect();
 
-        // Keep every non-visible head's value; drop what is now visible or overwritten.
+        // Keep the value of every head that is not visible, wherever it was (written now,
+        // kept before, or shown until now); what is now visible or overwritten goes.
         let lookup = |c: usize, h: &Version| {
             value_of(c, h, &new_map, &stored, old_mat, &old_winners, &old_visible)
         };
-        let mut keep: Vec<(usize, Version, Value)> = Vec::new();
-        for c in 1..=ncols {
-            let was_stored = |h: &Version| {
-                m0.cells[c].iter().any(|x| x.vref() == h.vref())
-                    && !(old_mat && old_winners[c].map(|w| w.vref()) == Some(h.vref()))
-            };
-            for h in &m1.cells[c] {
-                let needs = !(new_mat && new_winners[c].map(|w| w.vref()) == Some(h.vref()));
-                let was = was_stored(h);
-                if needs && !was {
-                    keep.push((c, *h, lookup(c, h).unwrap_or(Value::Null)));
-                } else if !needs && was {
-                    self.delete_value(t, row.key_bytes, c, h)?;
-                }
-            }
-            for h in &m0.cells[c] {
-                if was_stored(h) && !m1.cells[c].iter().any(|x| x.vref() == h.vref()) {
-                    self.delete_value(t, row.key_bytes, c, h)?;
+        let mut kept = CellValues::new();
+        for (c, (heads, winner)) in m1.cells.iter().zip(&new_winners).enumerate().skip(1) {
+            for h in heads {
+                if !(new_mat && winner.map(|w| w.vref()) == Some(h.vref())) {
+                    kept.push(((c, h.origin, h.seq), lookup(c, h).unwrap_or(Value::Null)));
                 }
             }
         }
-
-        self.keep_values(t, row.key_bytes, &keep)?;
 
         // Conflicts: any cell that has or had several heads is re-examined.
         for c in 0..=ncols {
@@ -569,9 +549,14 @@ impl<'c> Merger<'c> {
         }
 
         let mut stmt = self.conn.prepare_cached(
-            "INSERT OR REPLACE INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO _tide_rows(tid, key, meta, vals) VALUES(?1, ?2, ?3, ?4)",
         )?;
-        stmt.execute(rusqlite::params![t.tid, row.key_bytes, m1.encode()])?;
+        stmt.execute(rusqlite::params![
+            t.tid,
+            row.key_bytes,
+            m1.encode(),
+            encode_kept(&mut kept)
+        ])?;
         Ok(())
     }
 
@@ -580,56 +565,6 @@ impl<'c> Merger<'c> {
             origin: self.origins[&h.origin],
             seq: h.seq,
         }
-    }
-
-    /// Stores the values of heads that are not visible, one statement for the row (more
-    /// for a row with over 1024 such values: 4 parameters each stay well under SQLite's
-    /// limit).
-    fn keep_values(
-        &self,
-        t: &TableInfo,
-        key_bytes: &[u8],
-        keep: &[(usize, Version, Value)],
-    ) -> Result<()> {
-        for keep in keep.chunks(1024) {
-            let sql = self.sql_for(0, SqlKind::KeepValues(keep.len()), || {
-                let rows = (0..keep.len())
-                    .map(|i| {
-                        let at = 3 + 4 * i;
-                        format!("(?1, ?2, ?{at}, ?{}, ?{}, ?{})", at + 1, at + 2, at + 3)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!(
-                    "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES {rows}"
-                )
-            });
-            let cols: Vec<(i64, i64, i64)> = keep
-                .iter()
-                .map(|(c, h, _)| (*c as i64, h.origin, h.seq as i64))
-                .collect();
-            let params = [&t.tid as &dyn ToSql, &key_bytes].into_iter().chain(
-                cols.iter().zip(keep).flat_map(|((c, o, s), (_, _, v))| {
-                    [
-                        c as &dyn ToSql,
-                        o as &dyn ToSql,
-                        s as &dyn ToSql,
-                        v as &dyn ToSql,
-                    ]
-                }),
-            );
-            self.conn
-                .prepare_cached(&sql)?
-                .execute(params_from_iter(params))?;
-        }
-        Ok(())
-    }
-
-    fn delete_value(&self, t: &TableInfo, key_bytes: &[u8], c: usize, h: &Version) -> Result<()> {
-        self.conn
-            .prepare_cached("DELETE FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5")?
-            .execute(rusqlite::params![t.tid, key_bytes, c as i64, h.origin, h.seq as i64])?;
-        Ok(())
     }
 
     fn set_conflict(
@@ -976,10 +911,7 @@ pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
     None
 }
 
-/// A head's value: written now, kept in `_tide_values`, or visible in the old row.
-/// Values of one row's cells by (column, origin, seq): a few per row, so a list.
-type CellValues = Vec<((usize, i64, u64), Value)>;
-
+/// A head's value: written now, kept with the row's metadata, or visible in the old row.
 fn value_of(
     c: usize,
     h: &Version,

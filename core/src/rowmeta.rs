@@ -9,8 +9,15 @@
 //! replica picks the same winner.
 //!
 //! Where a head's value lives: the winner of each column is the value in the user table
-//! while the row is materialized (alive winner, not held). Every other head's value is in
-//! `_tide_values`. That rule is the whole of the value bookkeeping.
+//! while the row is materialized (alive winner, not held). Every other head's value is
+//! kept with the row's metadata, in `_tide_rows.vals` (NULL when there is none). That
+//! rule is the whole of the value bookkeeping.
+//!
+//! `vals` is written with `meta` by the same statement, so a conflicting row costs one
+//! write however many values it keeps. Its layout ([`encode_kept`]): a varint count,
+//! then per value, in (cell, origin, seq) order, the cell as a varint, the head's local
+//! origin number and seq as varints, and the value in its canonical encoding
+//! (`Value::encode`). It is local storage, never sent: a replica rebuilds it from changes.
 
 use foldhash::HashMap;
 use std::cmp::Ordering;
@@ -18,6 +25,7 @@ use std::cmp::Ordering;
 use crate::codec::{Reader, put_varint};
 use crate::error::DecodeError;
 use crate::ids::ReplicaId;
+use crate::value::Value;
 
 /// The existence cell's index.
 pub(crate) const ROW: usize = 0;
@@ -266,6 +274,48 @@ impl RowMeta {
     }
 }
 
+/// Values of one row's cells by (cell, local origin number, seq): a few per row, so a
+/// list rather than a map.
+pub(crate) type CellValues = Vec<((usize, i64, u64), Value)>;
+
+/// The `_tide_rows.vals` blob for `kept` (see the module note), or `None` when nothing is
+/// kept. Sorted, so the same values always make the same bytes.
+pub(crate) fn encode_kept(kept: &mut CellValues) -> Option<Vec<u8>> {
+    if kept.is_empty() {
+        return None;
+    }
+    kept.sort_by_key(|(at, _)| *at);
+    let mut out = Vec::with_capacity(8 + 12 * kept.len());
+    put_varint(&mut out, kept.len() as u64);
+    for ((cell, origin, seq), value) in kept.iter() {
+        put_varint(&mut out, *cell as u64);
+        put_varint(&mut out, *origin as u64);
+        put_varint(&mut out, *seq);
+        value.encode(&mut out);
+    }
+    Some(out)
+}
+
+/// Reads a `_tide_rows.vals` blob written by [`encode_kept`].
+pub(crate) fn decode_kept(bytes: &[u8]) -> Result<CellValues, DecodeError> {
+    let mut r = Reader::new(bytes);
+    let n = r.count("kept values")?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let cell = r.varint("kept value cell")?;
+        let origin = r.varint("kept value origin")?;
+        let seq = r.varint("kept value seq")?;
+        if cell > 1 << 15 || origin > i64::MAX as u64 {
+            return Err(DecodeError::Malformed("kept value"));
+        }
+        out.push(((cell as usize, origin as i64, seq), Value::decode(&mut r)?));
+    }
+    if !r.is_empty() {
+        return Err(DecodeError::Malformed("kept values"));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +360,29 @@ mod tests {
         assert_eq!(long[0] & UNIFORM, 0);
         assert!(long.len() > short.len());
         assert_eq!(RowMeta::decode(&long).unwrap(), m);
+    }
+
+    #[test]
+    fn kept_values_round_trip_sorted_and_refuse_trailing_bytes() {
+        let mut kept: CellValues = vec![
+            ((2, 1, 9), Value::text("b")),
+            ((1, 3, 1), Value::Null),
+            ((1, 2, u64::MAX), Value::Real((-0.0f64).to_bits())),
+            ((3, i64::MAX, 0), Value::Blob(vec![0, 255])),
+        ];
+        assert_eq!(encode_kept(&mut Vec::new()), None);
+        let bytes = encode_kept(&mut kept).unwrap();
+        let back = decode_kept(&bytes).unwrap();
+        assert_eq!(back, kept);
+        let order: Vec<_> = back.iter().map(|(at, _)| *at).collect();
+        assert_eq!(
+            order,
+            vec![(1, 2, u64::MAX), (1, 3, 1), (2, 1, 9), (3, i64::MAX, 0)]
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_kept(&longer).is_err());
+        assert!(decode_kept(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

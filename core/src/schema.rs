@@ -9,6 +9,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
+use crate::rowmeta::{CellValues, encode_kept};
 
 /// Numbered migrations; `_tide_meta.migration` records how many ran. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -72,7 +73,25 @@ const MIGRATIONS: &[&str] = &[
     // (`log::apply_ready`) instead of all at once.
     "ALTER TABLE _tide_conflicts ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX _tide_log_pending ON _tide_log(applied, hlc, origin, seq);",
+    // 6: a row's kept values live with its metadata, in `_tide_rows.vals` (the layout is
+    // in `rowmeta.rs`), written by the statement that writes `meta`: one write for a
+    // conflicting row instead of one per value. `pack_kept_values` moves them there from
+    // `_tide_values` and drops it. Conflict records are keyed by their cell: their ids
+    // are random, so a primary key on the id put every record in a random place of a
+    // second B-tree, and nothing looks one up by id (ids are matched by prefix, after
+    // listing).
+    "ALTER TABLE _tide_rows ADD COLUMN vals BLOB;
+     CREATE TABLE _tide_conflicts_by_cell(tid INTEGER NOT NULL, key BLOB NOT NULL,
+        col INTEGER NOT NULL, id BLOB NOT NULL, kind TEXT NOT NULL, epoch INTEGER NOT NULL,
+        PRIMARY KEY(tid, key, col)) WITHOUT ROWID;
+     INSERT INTO _tide_conflicts_by_cell(tid, key, col, id, kind, epoch)
+        SELECT tid, key, col, id, kind, epoch FROM _tide_conflicts;
+     DROP TABLE _tide_conflicts;
+     ALTER TABLE _tide_conflicts_by_cell RENAME TO _tide_conflicts;",
 ];
+
+/// The migration that packs kept values into `_tide_rows.vals`.
+const PACKED_VALUES: usize = 6;
 
 /// The first migration after which the log holds change format 3.
 const FORMAT_3: usize = 4;
@@ -105,11 +124,53 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         conn.execute_batch(sql)?;
+        if i + 1 == PACKED_VALUES {
+            pack_kept_values(conn)?;
+        }
         conn.execute(
             "INSERT INTO _tide_meta(k, v) VALUES('migration', ?1) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
             params![(i + 1) as i64],
         )?;
     }
+    Ok(())
+}
+
+/// Migration 6's data step: each row's values from `_tide_values` (one SQL row per
+/// value) into its `_tide_rows.vals`, a row at a time in key order, then the old table
+/// goes. Values of a row with no metadata name no head, so they are dropped with it.
+fn pack_kept_values(conn: &Connection) -> Result<()> {
+    let mut read = conn
+        .prepare("SELECT tid, key, col, origin, seq, value FROM _tide_values ORDER BY tid, key")?;
+    let mut write = conn.prepare("UPDATE _tide_rows SET vals=?3 WHERE tid=?1 AND key=?2")?;
+    let mut flush = |row: &mut Option<(i64, Vec<u8>)>, kept: &mut CellValues| -> Result<()> {
+        if let Some((tid, key)) = row.take() {
+            write.execute(params![tid, key, encode_kept(kept)])?;
+        }
+        kept.clear();
+        Ok(())
+    };
+    let (mut row, mut kept): (Option<(i64, Vec<u8>)>, CellValues) = (None, Vec::new());
+    let mut rows = read.query([])?;
+    while let Some(r) = rows.next()? {
+        let (tid, key): (i64, Vec<u8>) = (r.get(0)?, r.get(1)?);
+        if row
+            .as_ref()
+            .is_none_or(|(t, k)| (*t, &k[..]) != (tid, &key[..]))
+        {
+            flush(&mut row, &mut kept)?;
+            row = Some((tid, key));
+        }
+        let at = (
+            r.get::<_, i64>(2)? as usize,
+            r.get(3)?,
+            r.get::<_, i64>(4)? as u64,
+        );
+        kept.push((at, r.get(5)?));
+    }
+    flush(&mut row, &mut kept)?;
+    drop(rows);
+    drop(read);
+    conn.execute_batch("DROP TABLE _tide_values")?;
     Ok(())
 }
 
@@ -673,6 +734,7 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::Value;
 
     #[test]
     fn affinity_rules() {
@@ -717,6 +779,99 @@ mod tests {
         let c = old(false);
         migrate(&c).unwrap();
         assert_eq!(migrations_done(&c), MIGRATIONS.len());
+    }
+
+    /// A database at migration 5 keeps a row per value in `_tide_values` and conflict
+    /// records under their id: migration 6 moves both, losing nothing.
+    #[test]
+    fn migration_6_packs_each_rows_kept_values_and_keeps_its_conflict_records() {
+        let c = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute("INSERT INTO _tide_meta VALUES('migration', 5)", [])
+            .unwrap();
+        for (tid, key) in [(1, b"a"), (1, b"b"), (2, b"a")] {
+            c.execute(
+                "INSERT INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, x'00')",
+                params![tid, &key[..]],
+            )
+            .unwrap();
+        }
+        let values = [
+            (1, &b"a"[..], 2, 3, 9, Value::text("x")),
+            (1, b"a", 1, 2, 4, Value::Integer(-5)),
+            (1, b"a", 1, 3, 1, Value::Null),
+            (2, b"a", 1, 1, 1, Value::Blob(vec![1, 2])),
+            // No metadata: names no head.
+            (3, b"z", 1, 1, 1, Value::Integer(1)),
+        ];
+        for (tid, key, col, origin, seq, v) in &values {
+            c.execute(
+                "INSERT INTO _tide_values VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                params![tid, key, col, origin, seq, v],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO _tide_conflicts(id, tid, key, col, kind, epoch) VALUES(x'0102', 1, x'61', 2, 'update', 7)",
+            [],
+        )
+        .unwrap();
+
+        migrate(&c).unwrap();
+        assert_eq!(migrations_done(&c), MIGRATIONS.len());
+        let vals = |tid: i64, key: &[u8]| -> Option<CellValues> {
+            let blob: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT vals FROM _tide_rows WHERE tid=?1 AND key=?2",
+                    params![tid, key],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            blob.map(|b| crate::rowmeta::decode_kept(&b).unwrap())
+        };
+        assert_eq!(
+            vals(1, b"a"),
+            Some(vec![
+                ((1, 2, 4), Value::Integer(-5)),
+                ((1, 3, 1), Value::Null),
+                ((2, 3, 9), Value::text("x")),
+            ])
+        );
+        assert_eq!(vals(1, b"b"), None, "a row with no kept values stays NULL");
+        assert_eq!(
+            vals(2, b"a"),
+            Some(vec![((1, 1, 1), Value::Blob(vec![1, 2]))])
+        );
+        let gone: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name='_tide_values'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(gone, 0);
+        let conflict: (Vec<u8>, i64, Vec<u8>, i64, String, i64) = c
+            .query_row(
+                "SELECT id, tid, key, col, kind, epoch FROM _tide_conflicts",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            conflict,
+            (vec![1, 2], 1, b"a".to_vec(), 2, "update".into(), 7)
+        );
     }
 
     fn migrations_done(c: &Connection) -> usize {
