@@ -3,6 +3,7 @@
 //! order, inside the caller's transaction.
 
 use foldhash::HashMap;
+use std::hash::BuildHasher;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -1097,15 +1098,23 @@ impl Applier<'_, '_> {
         let keys: Vec<&[u8]> = batch.iter().map(|(_, k)| k.as_slice()).collect();
         let metas = self.merger.load_metas(t, &keys)?;
         let mut fresh: Vec<FreshRow> = Vec::new();
-        // A merge may change other rows (it can hold the rows blocking a UNIQUE slot):
-        // after one, metadata read ahead is read again.
+        // Metadata read ahead is read again where this batch may have changed it since:
+        // for every row after a merge that changed other rows than its own (it can hold
+        // the rows blocking a UNIQUE slot), and for a key already written in the batch
+        // (signed changes name a key once per table, but nothing refuses one that does
+        // not), after writing the new rows still waiting. Keys are remembered by hash:
+        // a collision only costs a read.
         let mut stale = false;
+        let mut written: foldhash::HashSet<u64> = Default::default();
         for ((op, key_bytes), m0) in batch.drain(..).zip(metas) {
-            let m0 = if stale {
+            let hash = written.hasher().hash_one(&key_bytes);
+            let m0 = if stale || written.contains(&hash) {
+                stale |= self.fresh(t, &mut fresh)?;
                 self.merger.load_meta(t, &key_bytes)?
             } else {
                 m0
             };
+            written.insert(hash);
             // The common case: a row new here, written whole, with nothing to merge.
             let whole = op.kind == OpKind::Insert
                 && m0.is_none()
@@ -1122,6 +1131,7 @@ impl Applier<'_, '_> {
                 continue;
             }
             let m0 = if self.fresh(t, &mut fresh)? {
+                stale = true;
                 self.merger.load_meta(t, &key_bytes)?
             } else {
                 m0
@@ -1137,6 +1147,7 @@ impl Applier<'_, '_> {
                 m1.write(col + 1, v, &preds);
                 new_values.push((col, v, cell.value));
             }
+            let before = self.merger.transitions;
             self.merger.transition(
                 &RowRef {
                     t,
@@ -1148,7 +1159,7 @@ impl Applier<'_, '_> {
                 &new_values,
                 Visible::Table,
             )?;
-            stale = true;
+            stale |= self.merger.transitions - before > 1;
         }
         self.fresh(t, &mut fresh)?;
         Ok(())

@@ -58,6 +58,9 @@ pub(crate) struct Merger<'c> {
     /// Whether `temp._tide_closed` (ids there before this import and closed by it) has
     /// been set up for this merger.
     pub(crate) closed_any: bool,
+    /// Transitions run through this merger: one that runs others (holding the rows that
+    /// block a UNIQUE slot) changed rows besides its own.
+    pub(crate) transitions: u64,
 }
 
 /// The per-table statements the merger runs for every row.
@@ -88,6 +91,7 @@ impl<'c> Merger<'c> {
             conflicts_written: 0,
             epoch: 0,
             closed_any: false,
+            transitions: 0,
         }
     }
 
@@ -327,6 +331,7 @@ impl<'c> Merger<'c> {
         new_values: &[(usize, Version, Value)],
         visible: Visible,
     ) -> Result<()> {
+        self.transitions += 1;
         let t = row.t;
         let ncols = t.columns.len();
         let empty;
@@ -399,6 +404,7 @@ impl<'c> Merger<'c> {
                                     &old_winners,
                                     old_visible,
                                 )
+                                .cloned()
                                 .unwrap_or(Value::Null)
                             })
                             .collect()
@@ -482,7 +488,8 @@ impl<'c> Merger<'c> {
         for (c, (heads, winner)) in m1.cells.iter().zip(&new_winners).enumerate().skip(1) {
             for h in heads {
                 if !(new_mat && winner.map(|w| w.vref()) == Some(h.vref())) {
-                    kept.push(((c, h.origin, h.seq), lookup(c, h).unwrap_or(Value::Null)));
+                    let value = lookup(c, h).cloned().unwrap_or(Value::Null);
+                    kept.push(((c, h.origin, h.seq), value));
                 }
             }
         }
@@ -497,14 +504,11 @@ impl<'c> Merger<'c> {
                 let dead = m1.cells[c].iter().any(|h| !h.alive);
                 (alive && dead).then_some("delete")
             } else {
-                let mut values: Vec<Value> = Vec::new();
-                for h in &m1.cells[c] {
-                    let v = lookup(c, h).unwrap_or(Value::Null);
-                    if !values.contains(&v) {
-                        values.push(v);
-                    }
-                }
-                (values.len() > 1).then(|| {
+                // Several heads whose values are not all one value (a missing one is NULL).
+                let mut values = m1.cells[c].iter().map(|h| lookup(c, h).unwrap_or(&NULL));
+                let first = values.next();
+                let differ = first.is_some_and(|first| values.any(|v| v != first));
+                differ.then(|| {
                     if m1.cells[c].iter().all(|h| h.created) {
                         "insert"
                     } else {
@@ -512,14 +516,17 @@ impl<'c> Merger<'c> {
                     }
                 })
             };
+            // A cell has a conflict record only while it has several heads.
+            let may_exist = m0.cells[c].len() >= 2;
+            if kind.is_none() && !may_exist {
+                continue;
+            }
             let col = if c == ROW {
                 ""
             } else {
                 t.columns[c - 1].as_str()
             };
             let candidates: Vec<ChangeId> = m1.cells[c].iter().map(|h| self.change_id(h)).collect();
-            // A cell has a conflict record only while it has several heads.
-            let may_exist = m0.cells[c].len() >= 2;
             self.set_conflict(row, c as i64, col, kind, &candidates, may_exist)?;
         }
         // A held row is a constraint conflict between it and the row that keeps its slot.
@@ -912,24 +919,27 @@ pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
 }
 
 /// A head's value: written now, kept with the row's metadata, or visible in the old row.
-fn value_of(
+fn value_of<'a>(
     c: usize,
     h: &Version,
-    new_map: &CellValues,
-    stored: &CellValues,
+    new_map: &'a CellValues,
+    stored: &'a CellValues,
     old_mat: bool,
     old_winners: &[Option<Version>],
-    old_visible: &Option<Vec<Value>>,
-) -> Option<Value> {
+    old_visible: &'a Option<Vec<Value>>,
+) -> Option<&'a Value> {
     let at = (c, h.origin, h.seq);
     if let Some((_, v)) = new_map.iter().chain(stored).find(|(k, _)| *k == at) {
-        return Some(v.clone());
+        return Some(v);
     }
     if old_mat && old_winners[c].map(|w| w.vref()) == Some(h.vref()) {
-        return old_visible.as_ref().map(|row| row[c - 1].clone());
+        return old_visible.as_ref().map(|row| &row[c - 1]);
     }
     None
 }
+
+/// What a head with no value found reads as.
+static NULL: Value = Value::Null;
 
 /// `?from, ?from+1, …` (`n` of them).
 fn marks(from: usize, n: usize) -> String {
@@ -963,16 +973,66 @@ pub(crate) fn conflict_id(
 ) -> [u8; 16] {
     let mut sorted = candidates.to_vec();
     sorted.sort();
-    let mut h = blake3::Hasher::new_derive_key("tide 2026-11 conflict id v1");
+    // The hashed input is gathered first: one update instead of a dozen small ones, and
+    // the derived-key hasher is set up once per process.
+    let mut input = Vec::with_capacity(64 + key_bytes.len() + 24 * sorted.len());
     for part in [table.as_bytes(), key_bytes, col.as_bytes(), kind.as_bytes()] {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part);
+        input.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        input.extend_from_slice(part);
     }
     for c in &sorted {
-        h.update(&c.origin.0);
-        h.update(&c.seq.to_le_bytes());
+        input.extend_from_slice(&c.origin.0);
+        input.extend_from_slice(&c.seq.to_le_bytes());
     }
+    static HASHER: OnceLock<blake3::Hasher> = OnceLock::new();
+    let mut h = HASHER
+        .get_or_init(|| blake3::Hasher::new_derive_key("tide 2026-11 conflict id v1"))
+        .clone();
+    h.update(&input);
     let mut id = [0u8; 16];
     id.copy_from_slice(&h.finalize().as_bytes()[..16]);
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replicas of different builds must name a conflict alike: the id is BLAKE3 in
+    /// derive-key mode over each part's length and bytes, then the sorted candidates,
+    /// however the input is fed to the hasher.
+    #[test]
+    fn a_conflict_id_is_the_documented_hash_whatever_the_candidate_order() {
+        let a = ChangeId {
+            origin: ReplicaId([7; 16]),
+            seq: 3,
+        };
+        let b = ChangeId {
+            origin: ReplicaId([2; 16]),
+            seq: 300,
+        };
+        let mut h = blake3::Hasher::new_derive_key("tide 2026-11 conflict id v1");
+        for part in [&b"notes"[..], b"\x01\x02", b"title", b"update"] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        for c in [b, a] {
+            h.update(&c.origin.0);
+            h.update(&c.seq.to_le_bytes());
+        }
+        let hash = h.finalize();
+        let want = &hash.as_bytes()[..16];
+        assert_eq!(
+            conflict_id("notes", b"\x01\x02", "title", "update", &[a, b]),
+            want
+        );
+        assert_eq!(
+            conflict_id("notes", b"\x01\x02", "title", "update", &[b, a]),
+            want
+        );
+        assert_ne!(
+            conflict_id("notes", b"\x01\x02", "title", "insert", &[a, b]),
+            want
+        );
+    }
 }
