@@ -338,6 +338,7 @@ impl Replica {
             }
         }
         add("rows match metadata", rows_bad, false);
+        drop(merger);
 
         // Capture triggers (invariant 9): the one safe repair.
         let mut missing = Vec::new();

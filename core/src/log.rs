@@ -1105,16 +1105,19 @@ impl Applier<'_, '_> {
         // not), after writing the new rows still waiting. Keys are remembered by hash:
         // a collision only costs a read.
         let mut stale = false;
+        let hasher = foldhash::fast::FixedState::default();
+        let mut hashes: Vec<u64> = keys.iter().map(|k| hasher.hash_one(k)).collect();
+        hashes.sort_unstable();
+        let repeats = hashes.windows(2).any(|w| w[0] == w[1]);
         let mut written: foldhash::HashSet<u64> = Default::default();
         for ((op, key_bytes), m0) in batch.drain(..).zip(metas) {
-            let hash = written.hasher().hash_one(&key_bytes);
-            let m0 = if stale || written.contains(&hash) {
+            let again = repeats && !written.insert(hasher.hash_one(&key_bytes));
+            let m0 = if stale || again {
                 stale |= self.fresh(t, &mut fresh)?;
                 self.merger.load_meta(t, &key_bytes)?
             } else {
                 m0
             };
-            written.insert(hash);
             // The common case: a row new here, written whole, with nothing to merge.
             let whole = op.kind == OpKind::Insert
                 && m0.is_none()
