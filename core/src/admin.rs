@@ -318,7 +318,9 @@ impl Replica {
                     rows_bad.push(format!("{}: unreadable metadata", t.name));
                     continue;
                 };
-                if vals.is_some_and(|v| crate::rowmeta::decode_kept(&v).is_err()) {
+                if let Some(v) = vals
+                    && crate::merge::read_kept(&self.conn, t.tid, &key_bytes, &v).is_err()
+                {
                     rows_bad.push(format!("{}: unreadable kept values", t.name));
                 }
                 let key = crate::value::decode_key(&key_bytes)?;

@@ -33,6 +33,7 @@ pub(crate) fn unzigzag(v: u64) -> i64 {
 
 /// A cursor over untrusted bytes: every read is bounds-checked and reports what was
 /// being read when the input ends early.
+#[derive(Clone)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,

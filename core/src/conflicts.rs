@@ -146,7 +146,7 @@ impl Replica {
             .unwrap_or_else(|| RowMeta::new(t.columns.len()));
         let key = decode_key(key_bytes)?;
         let current = merger.read_row(t, &key)?;
-        let kept = merger.stored_values(t, key_bytes)?;
+        let (kept, _) = merger.stored_values(t, key_bytes)?;
         let mut candidates = Vec::new();
         let cell = if col == CONSTRAINT_CELL {
             ROW

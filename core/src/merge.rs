@@ -21,6 +21,62 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Statement, ToSql, param
 use crate::error::Result;
 use crate::ids::{ChangeId, ReplicaId};
 use crate::rowmeta::{CellValues, Origins, ROW, RowMeta, Version, decode_kept, encode_kept};
+
+/// A row's kept values from its `vals` blob, with those that spilled read back from
+/// `_tide_values`; and whether any had spilled. A spilled value that is not there is
+/// damage, reported as such.
+pub(crate) fn read_kept(
+    conn: &Connection,
+    tid: i64,
+    key_bytes: &[u8],
+    blob: &[u8],
+) -> Result<(CellValues, bool)> {
+    let mut spilled = false;
+    let mut out = CellValues::new();
+    for (at, value) in decode_kept(blob)? {
+        let value = match value {
+            Some(v) => v,
+            None => {
+                spilled = true;
+                conn.prepare_cached(
+                    "SELECT value FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
+                )?
+                .query_row(
+                    rusqlite::params![tid, key_bytes, at.0 as i64, at.1, at.2 as i64],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(crate::error::DecodeError::Malformed("kept value missing from _tide_values"))?
+            }
+        };
+        out.push((at, value));
+    }
+    Ok((out, spilled))
+}
+
+/// The `vals` blob that keeps `kept` for a row, after writing the values that do not fit
+/// in it to `_tide_values` (and removing what the row had there before, if anything).
+pub(crate) fn write_kept(
+    conn: &Connection,
+    tid: i64,
+    key_bytes: &[u8],
+    kept: &mut CellValues,
+    spilled_before: bool,
+) -> Result<Option<Vec<u8>>> {
+    let (blob, spilled) = encode_kept(kept);
+    if spilled_before {
+        conn.prepare_cached("DELETE FROM _tide_values WHERE tid=?1 AND key=?2")?
+            .execute(rusqlite::params![tid, key_bytes])?;
+    }
+    for i in spilled {
+        let ((cell, origin, seq), value) = &kept[i];
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(rusqlite::params![tid, key_bytes, *cell as i64, origin, *seq as i64, value])?;
+    }
+    Ok(blob)
+}
 use crate::schema::{TableInfo, q};
 use crate::value::{Value, encode_key};
 
@@ -102,7 +158,8 @@ impl<'c> Merger<'c> {
     /// Runs `run` on the statement for `sql`, prepared the first time this merger runs
     /// it. For the statements run once per merged row: going through the connection's
     /// statement cache costs about 1.4 K instructions a use (moving the entry in its LRU
-    /// list, clearing bindings), as much as some of these statements themselves.
+    /// list, clearing bindings), as much as some of these statements themselves. Only for
+    /// a fixed few per table: nothing here is ever evicted.
     fn hot<T>(
         &self,
         sql: &str,
@@ -257,17 +314,22 @@ impl<'c> Merger<'c> {
         }
     }
 
-    /// The values a row keeps for its heads that are not visible (`_tide_rows.vals`).
-    pub(crate) fn stored_values(&self, t: &TableInfo, key_bytes: &[u8]) -> Result<CellValues> {
+    /// The values a row keeps for its heads that are not visible (`_tide_rows.vals`, and
+    /// `_tide_values` for those that spilled), and whether any had spilled.
+    pub(crate) fn stored_values(
+        &self,
+        t: &TableInfo,
+        key_bytes: &[u8],
+    ) -> Result<(CellValues, bool)> {
         let blob: Option<Option<Vec<u8>>> = self
             .conn
             .prepare_cached("SELECT vals FROM _tide_rows WHERE tid=?1 AND key=?2")?
             .query_row(rusqlite::params![t.tid, key_bytes], |r| r.get(0))
             .optional()?;
-        Ok(match blob.flatten() {
-            Some(b) => decode_kept(&b)?,
-            None => CellValues::new(),
-        })
+        match blob.flatten() {
+            Some(b) => read_kept(self.conn, t.tid, key_bytes, &b),
+            None => Ok((CellValues::new(), false)),
+        }
     }
 
     /// The row named exactly by `key`: SQLite calls 7 and 7.0, or 0.0 and -0.0, the same
@@ -370,10 +432,10 @@ impl<'c> Merger<'c> {
         // Values of heads that are neither new nor visible are kept with the metadata.
         let has_stored = m0.cells.iter().skip(1).any(|h| !h.is_empty())
             && (!old_mat || m0.cells.iter().skip(1).any(|h| h.len() > 1));
-        let stored = if has_stored {
+        let (stored, spilled_before) = if has_stored {
             self.stored_values(t, row.key_bytes)?
         } else {
-            CellValues::new()
+            (CellValues::new(), false)
         };
 
         // The previously visible row, loaded only when some old winner's value must move
@@ -578,7 +640,8 @@ impl<'c> Merger<'c> {
             )?;
         }
 
-        let (meta, vals) = (m1.encode(), encode_kept(&mut kept));
+        let meta = m1.encode();
+        let vals = write_kept(self.conn, t.tid, row.key_bytes, &mut kept, spilled_before)?;
         self.hot(
             "INSERT OR REPLACE INTO _tide_rows(tid, key, meta, vals) VALUES(?1, ?2, ?3, ?4)",
             |s| s.execute(rusqlite::params![t.tid, row.key_bytes, meta, vals]),
@@ -712,17 +775,18 @@ impl<'c> Merger<'c> {
                 key_where(t)
             )
         };
-        let sql: Rc<str> = if t.columns.len() <= 64 {
+        // One statement per set of changed columns: up to 2^ncols of them, so their text
+        // is kept for a bounded number of sets, and the statements stay in the
+        // connection's LRU cache rather than with the merger.
+        let sql: Rc<str> = if t.columns.len() <= 64 && self.sql.borrow().len() < SQL_TEXTS {
             let mask = changed.iter().fold(0u64, |m, &i| m | 1 << i);
             self.sql_for(t.tid, SqlKind::Update(mask), build)
         } else {
             Rc::from(build())
         };
-        self.hot(&sql, |s| {
-            s.execute(params_from_iter(
-                key.iter().chain(changed.iter().map(|&i| &values[i])),
-            ))
-        })?;
+        self.conn.prepare_cached(&sql)?.execute(params_from_iter(
+            key.iter().chain(changed.iter().map(|&i| &values[i])),
+        ))?;
         Ok(())
     }
 
@@ -968,6 +1032,9 @@ fn marks(from: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// SQL texts a merger keeps before it builds update statements afresh each time.
+const SQL_TEXTS: usize = 256;
+
 /// Rows handled by one multi-row statement when sealing and applying.
 pub(crate) const BATCH: usize = 128;
 
@@ -1016,6 +1083,42 @@ pub(crate) fn conflict_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Updates of many different column sets (a statement each) once kept every
+    /// statement with the merger for the whole import: memory grew with the number of
+    /// sets, up to 2^ncols.
+    #[test]
+    fn update_statements_for_many_column_sets_stay_bounded() {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&conn).unwrap();
+        let columns: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+        conn.execute_batch(&format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, {}); INSERT INTO t(id) VALUES(1);",
+            columns.join(", ")
+        ))
+        .unwrap();
+        let t = TableInfo {
+            tid: 1,
+            name: "t".into(),
+            key_columns: vec!["id".into()],
+            untyped: vec![true; columns.len()],
+            columns,
+            key_untyped: vec![false],
+        };
+        let merger = Merger::new(&conn, Origins::default());
+        let key = [Value::Integer(1)];
+        let values: Vec<Value> = (0..12).map(Value::Integer).collect();
+        for mask in 1..4096u32 {
+            let changed: Vec<usize> = (0..12).filter(|i| mask & (1 << i) != 0).collect();
+            merger.update_row(&t, &key, &changed, &values).unwrap();
+        }
+        let last: i64 = conn
+            .query_row("SELECT c11 FROM t WHERE id=1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(last, 11, "the updates ran");
+        assert!(merger.sql.borrow().len() <= SQL_TEXTS);
+        assert!(merger.hot.borrow().len() <= 4);
+    }
 
     /// Replicas of different builds must name a conflict alike: the id is BLAKE3 in
     /// derive-key mode over each part's length and bytes, then the sorted candidates,

@@ -17,7 +17,12 @@
 //! write however many values it keeps. Its layout ([`encode_kept`]): a varint count,
 //! then per value, in (cell, origin, seq) order, the cell as a varint, the head's local
 //! origin number and seq as varints, and the value in its canonical encoding
-//! (`Value::encode`). It is local storage, never sent: a replica rebuilds it from changes.
+//! (`Value::encode`), or the tag [`SPILLED`] alone for a value kept in `_tide_values`
+//! under (tid, key, cell, origin, seq) instead. A value spills when inlining it would take
+//! the blob past [`KEPT_INLINE_MAX`] bytes, so the blob stays far below SQLite's length
+//! limit however many large values a row keeps (each value alone is within the limit,
+//! since a table held it). It is local storage, never sent: a replica rebuilds it from
+//! changes.
 
 use foldhash::HashMap;
 use std::cmp::Ordering;
@@ -278,26 +283,41 @@ impl RowMeta {
 /// list rather than a map.
 pub(crate) type CellValues = Vec<((usize, i64, u64), Value)>;
 
+/// The tag of a kept value that is in `_tide_values` rather than in the blob.
+pub(crate) const SPILLED: u8 = 0xff;
+
+/// A `vals` blob grows past this only by one entry's header and a spilled tag.
+pub(crate) const KEPT_INLINE_MAX: usize = 1 << 20;
+
 /// The `_tide_rows.vals` blob for `kept` (see the module note), or `None` when nothing is
-/// kept. Sorted, so the same values always make the same bytes.
-pub(crate) fn encode_kept(kept: &mut CellValues) -> Option<Vec<u8>> {
+/// kept, and the indexes into `kept` (sorted first, so the same values always make the
+/// same bytes) of the values that did not fit and belong in `_tide_values`.
+pub(crate) fn encode_kept(kept: &mut CellValues) -> (Option<Vec<u8>>, Vec<usize>) {
+    let mut spilled = Vec::new();
     if kept.is_empty() {
-        return None;
+        return (None, spilled);
     }
     kept.sort_by_key(|(at, _)| *at);
     let mut out = Vec::with_capacity(8 + 12 * kept.len());
     put_varint(&mut out, kept.len() as u64);
-    for ((cell, origin, seq), value) in kept.iter() {
+    for (i, ((cell, origin, seq), value)) in kept.iter().enumerate() {
         put_varint(&mut out, *cell as u64);
         put_varint(&mut out, *origin as u64);
         put_varint(&mut out, *seq);
+        let at = out.len();
         value.encode(&mut out);
+        if out.len() > KEPT_INLINE_MAX {
+            out.truncate(at);
+            out.push(SPILLED);
+            spilled.push(i);
+        }
     }
-    Some(out)
+    (Some(out), spilled)
 }
 
-/// Reads a `_tide_rows.vals` blob written by [`encode_kept`].
-pub(crate) fn decode_kept(bytes: &[u8]) -> Result<CellValues, DecodeError> {
+/// Reads a `_tide_rows.vals` blob written by [`encode_kept`]: `None` for a value kept in
+/// `_tide_values`.
+pub(crate) fn decode_kept(bytes: &[u8]) -> Result<Vec<KeptEntry>, DecodeError> {
     let mut r = Reader::new(bytes);
     let n = r.count("kept values")?;
     let mut out = Vec::with_capacity(n);
@@ -308,13 +328,23 @@ pub(crate) fn decode_kept(bytes: &[u8]) -> Result<CellValues, DecodeError> {
         if cell > 1 << 15 || origin > i64::MAX as u64 {
             return Err(DecodeError::Malformed("kept value"));
         }
-        out.push(((cell as usize, origin as i64, seq), Value::decode(&mut r)?));
+        let at = (cell as usize, origin as i64, seq);
+        let mut peek = r.clone();
+        if peek.byte("kept value")? == SPILLED {
+            r = peek;
+            out.push((at, None));
+        } else {
+            out.push((at, Some(Value::decode(&mut r)?)));
+        }
     }
     if !r.is_empty() {
         return Err(DecodeError::Malformed("kept values"));
     }
     Ok(out)
 }
+
+/// One entry of a `vals` blob: where, and the value unless it spilled.
+pub(crate) type KeptEntry = ((usize, i64, u64), Option<Value>);
 
 #[cfg(test)]
 mod tests {
@@ -370,10 +400,13 @@ mod tests {
             ((1, 2, u64::MAX), Value::Real((-0.0f64).to_bits())),
             ((3, i64::MAX, 0), Value::Blob(vec![0, 255])),
         ];
-        assert_eq!(encode_kept(&mut Vec::new()), None);
-        let bytes = encode_kept(&mut kept).unwrap();
+        assert_eq!(encode_kept(&mut Vec::new()), (None, vec![]));
+        let (bytes, spilled) = encode_kept(&mut kept);
+        let bytes = bytes.unwrap();
+        assert!(spilled.is_empty());
         let back = decode_kept(&bytes).unwrap();
-        assert_eq!(back, kept);
+        let inline: Vec<KeptEntry> = kept.iter().map(|(at, v)| (*at, Some(v.clone()))).collect();
+        assert_eq!(back, inline);
         let order: Vec<_> = back.iter().map(|(at, _)| *at).collect();
         assert_eq!(
             order,
@@ -383,6 +416,32 @@ mod tests {
         longer.push(0);
         assert!(decode_kept(&longer).is_err());
         assert!(decode_kept(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// Values that would take the blob past its cap are marked, not inlined, however
+    /// many there are; small ones after them still fit.
+    #[test]
+    fn kept_values_past_the_inline_cap_spill_and_the_blob_stays_small() {
+        let big = || Value::Blob(vec![7; KEPT_INLINE_MAX / 2 + 1]);
+        let mut kept: CellValues = vec![
+            ((1, 1, 1), big()),
+            ((1, 2, 1), big()),
+            ((1, 3, 1), big()),
+            ((2, 1, 1), Value::text("small")),
+        ];
+        let (bytes, spilled) = encode_kept(&mut kept);
+        let bytes = bytes.unwrap();
+        assert_eq!(
+            spilled,
+            vec![1, 2],
+            "the first big value fits, the next two do not"
+        );
+        assert!(bytes.len() <= KEPT_INLINE_MAX + 64);
+        let back = decode_kept(&bytes).unwrap();
+        assert_eq!(back[0], ((1, 1, 1), Some(big())));
+        assert_eq!(back[1], ((1, 2, 1), None));
+        assert_eq!(back[2], ((1, 3, 1), None));
+        assert_eq!(back[3], ((2, 1, 1), Some(Value::text("small"))));
     }
 
     #[test]

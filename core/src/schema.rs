@@ -9,7 +9,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
-use crate::rowmeta::{CellValues, encode_kept};
+use crate::rowmeta::CellValues;
 
 /// Numbered migrations; `_tide_meta.migration` records how many ran. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -75,19 +75,22 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX _tide_log_pending ON _tide_log(applied, hlc, origin, seq);",
     // 6: a row's kept values live with its metadata, in `_tide_rows.vals` (the layout is
     // in `rowmeta.rs`), written by the statement that writes `meta`: one write for a
-    // conflicting row instead of one per value. `pack_kept_values` moves them there from
-    // `_tide_values` and drops it. Conflict records are keyed by their cell: their ids
-    // are random, so a primary key on the id put every record in a random place of a
-    // second B-tree, and nothing looks one up by id (ids are matched by prefix, after
-    // listing).
+    // conflicting row instead of one per value. `_tide_values` now holds only the values
+    // too large for that blob. `pack_kept_values` moves the others. Conflict records are
+    // keyed by their cell: their ids are random, so a primary key on the id put every
+    // record in a random place of a second B-tree, and nothing looks one up by id (ids
+    // are matched by prefix, after listing). The table is rebuilt under its own name, not
+    // renamed into place: a rename makes SQLite re-check every view and trigger of the
+    // app's schema, and one left pointing at a dropped table would fail it.
     "ALTER TABLE _tide_rows ADD COLUMN vals BLOB;
-     CREATE TABLE _tide_conflicts_by_cell(tid INTEGER NOT NULL, key BLOB NOT NULL,
-        col INTEGER NOT NULL, id BLOB NOT NULL, kind TEXT NOT NULL, epoch INTEGER NOT NULL,
-        PRIMARY KEY(tid, key, col)) WITHOUT ROWID;
-     INSERT INTO _tide_conflicts_by_cell(tid, key, col, id, kind, epoch)
-        SELECT tid, key, col, id, kind, epoch FROM _tide_conflicts;
+     CREATE TEMP TABLE _tide_conflicts_5 AS SELECT tid, key, col, id, kind, epoch FROM _tide_conflicts;
      DROP TABLE _tide_conflicts;
-     ALTER TABLE _tide_conflicts_by_cell RENAME TO _tide_conflicts;",
+     CREATE TABLE _tide_conflicts(tid INTEGER NOT NULL, key BLOB NOT NULL, col INTEGER NOT NULL,
+        id BLOB NOT NULL, kind TEXT NOT NULL, epoch INTEGER NOT NULL,
+        PRIMARY KEY(tid, key, col)) WITHOUT ROWID;
+     INSERT INTO _tide_conflicts(tid, key, col, id, kind, epoch)
+        SELECT tid, key, col, id, kind, epoch FROM temp._tide_conflicts_5;
+     DROP TABLE temp._tide_conflicts_5;",
 ];
 
 /// The migration that packs kept values into `_tide_rows.vals`.
@@ -136,15 +139,31 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
 }
 
 /// Migration 6's data step: each row's values from `_tide_values` (one SQL row per
-/// value) into its `_tide_rows.vals`, a row at a time in key order, then the old table
-/// goes. Values of a row with no metadata name no head, so they are dropped with it.
+/// value) into its `_tide_rows.vals`, a row at a time in key order; values too large for
+/// the blob go back to `_tide_values`. Values of a row with no metadata name no head, so
+/// they are dropped.
 fn pack_kept_values(conn: &Connection) -> Result<()> {
-    let mut read = conn
-        .prepare("SELECT tid, key, col, origin, seq, value FROM _tide_values ORDER BY tid, key")?;
-    let mut write = conn.prepare("UPDATE _tide_rows SET vals=?3 WHERE tid=?1 AND key=?2")?;
-    let mut flush = |row: &mut Option<(i64, Vec<u8>)>, kept: &mut CellValues| -> Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE _tide_values_5 AS SELECT * FROM _tide_values;
+         DELETE FROM _tide_values;",
+    )?;
+    let mut read = conn.prepare(
+        "SELECT tid, key, col, origin, seq, value FROM temp._tide_values_5 ORDER BY tid, key",
+    )?;
+    let flush = |row: &mut Option<(i64, Vec<u8>)>, kept: &mut CellValues| -> Result<()> {
         if let Some((tid, key)) = row.take() {
-            write.execute(params![tid, key, encode_kept(kept)])?;
+            let has_meta: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM _tide_rows WHERE tid=?1 AND key=?2)",
+                params![tid, key],
+                |r| r.get(0),
+            )?;
+            if has_meta {
+                let vals = crate::merge::write_kept(conn, tid, &key, kept, false)?;
+                conn.execute(
+                    "UPDATE _tide_rows SET vals=?3 WHERE tid=?1 AND key=?2",
+                    params![tid, key, vals],
+                )?;
+            }
         }
         kept.clear();
         Ok(())
@@ -170,7 +189,7 @@ fn pack_kept_values(conn: &Connection) -> Result<()> {
     flush(&mut row, &mut kept)?;
     drop(rows);
     drop(read);
-    conn.execute_batch("DROP TABLE _tide_values")?;
+    conn.execute_batch("DROP TABLE temp._tide_values_5")?;
     Ok(())
 }
 
@@ -803,6 +822,15 @@ mod tests {
             (1, b"a", 1, 2, 4, Value::Integer(-5)),
             (1, b"a", 1, 3, 1, Value::Null),
             (2, b"a", 1, 1, 1, Value::Blob(vec![1, 2])),
+            // Too large for the blob: stays in `_tide_values`.
+            (
+                2,
+                b"a",
+                1,
+                2,
+                1,
+                Value::Blob(vec![9; crate::rowmeta::KEPT_INLINE_MAX]),
+            ),
             // No metadata: names no head.
             (3, b"z", 1, 1, 1, Value::Integer(1)),
         ];
@@ -829,7 +857,7 @@ mod tests {
                     |r| r.get(0),
                 )
                 .unwrap();
-            blob.map(|b| crate::rowmeta::decode_kept(&b).unwrap())
+            blob.map(|b| crate::merge::read_kept(&c, tid, key, &b).unwrap().0)
         };
         assert_eq!(
             vals(1, b"a"),
@@ -842,16 +870,26 @@ mod tests {
         assert_eq!(vals(1, b"b"), None, "a row with no kept values stays NULL");
         assert_eq!(
             vals(2, b"a"),
-            Some(vec![((1, 1, 1), Value::Blob(vec![1, 2]))])
+            Some(vec![
+                ((1, 1, 1), Value::Blob(vec![1, 2])),
+                (
+                    (1, 2, 1),
+                    Value::Blob(vec![9; crate::rowmeta::KEPT_INLINE_MAX])
+                ),
+            ])
         );
-        let gone: i64 = c
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name='_tide_values'",
-                [],
-                |r| r.get(0),
-            )
+        let left: Vec<(i64, i64)> = c
+            .prepare("SELECT tid, origin FROM _tide_values")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(gone, 0);
+        assert_eq!(
+            left,
+            vec![(2, 2)],
+            "only the value too large for the blob stays"
+        );
         let conflict: (Vec<u8>, i64, Vec<u8>, i64, String, i64) = c
             .query_row(
                 "SELECT id, tid, key, col, kind, epoch FROM _tide_conflicts",
@@ -872,6 +910,27 @@ mod tests {
             conflict,
             (vec![1, 2], 1, b"a".to_vec(), 2, "update".into(), 7)
         );
+    }
+
+    /// SQLite keeps views and triggers whose table was dropped; migrations must not
+    /// trip over the app's (a rename re-checks every one of them).
+    #[test]
+    fn migration_6_runs_beside_a_view_and_a_trigger_whose_table_is_gone() {
+        let c = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..5] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute("INSERT INTO _tide_meta VALUES('migration', 5)", [])
+            .unwrap();
+        c.execute_batch(
+            "CREATE TABLE app(x); CREATE TABLE log(y);
+             CREATE VIEW v AS SELECT x FROM gone;
+             CREATE TRIGGER tr AFTER INSERT ON app BEGIN INSERT INTO log VALUES(NEW.x); END;
+             DROP TABLE log;",
+        )
+        .unwrap();
+        migrate(&c).unwrap();
+        assert_eq!(migrations_done(&c), MIGRATIONS.len());
     }
 
     fn migrations_done(c: &Connection) -> usize {

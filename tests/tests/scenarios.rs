@@ -1178,3 +1178,61 @@ fn hundreds_of_waiting_changes_apply_across_pages_once_the_gap_is_filled() {
     assert_eq!((report.applied, report.waiting), (301, 0), "{report:?}");
     assert_eq!(c.hashes()[0], c.hashes()[1]);
 }
+
+/// A row's kept values are one blob next to its metadata, and SQLite caps a blob's
+/// length: three writers of large values to one cell would have made that blob too long
+/// to store, and every import of the changes would have failed. Values that do not fit
+/// are kept beside it; they are listed, resolved and cleaned up like any other.
+#[test]
+fn large_values_kept_for_one_conflict_are_listed_resolved_and_cleaned_up() {
+    let mut c = Cluster::new(
+        3,
+        "CREATE TABLE files(id TEXT PRIMARY KEY, data BLOB);",
+        &["files"],
+    );
+    c.write(0, "INSERT INTO files VALUES ('f', x'00')");
+    c.sync_all();
+    let big = |i: u8| vec![i; 600 * 1024];
+    for i in 0..3u8 {
+        c.app(i as usize)
+            .execute("UPDATE files SET data=?1 WHERE id='f'", [big(i + 1)])
+            .unwrap();
+    }
+    c.sync_all();
+    let hashes = c.hashes();
+    assert!(hashes.iter().all(|h| *h == hashes[0]));
+    for r in &mut c.replicas {
+        let k = r.conflicts().unwrap();
+        assert_eq!(k.len(), 1, "{k:?}");
+        let mut values: Vec<Value> = k[0]
+            .candidates
+            .iter()
+            .filter_map(|x| x.value.clone())
+            .collect();
+        values.sort();
+        assert_eq!(
+            values,
+            (1..=3).map(|i| Value::Blob(big(i))).collect::<Vec<_>>()
+        );
+        assert!(r.doctor(false).unwrap().iter().all(|f| f.ok));
+    }
+    let spilled: i64 = query_one(&c.path(0), "SELECT count(*) FROM _tide_values");
+    assert!(
+        spilled >= 1,
+        "two 600 KB values do not both fit in the blob"
+    );
+    let conflict = c.replicas[0].conflicts().unwrap().remove(0);
+    let loser = conflict.candidates.iter().find(|x| !x.winner).unwrap();
+    let kept = loser.value.clone().unwrap();
+    c.replicas[0]
+        .resolve(&conflict.id, Resolution::Keep(loser.id.clone()))
+        .unwrap();
+    c.sync_all();
+    for i in 0..3 {
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+        let shown: Vec<u8> = query_one(&c.path(i), "SELECT data FROM files WHERE id='f'");
+        assert_eq!(Value::Blob(shown), kept);
+        let left: i64 = query_one(&c.path(i), "SELECT count(*) FROM _tide_values");
+        assert_eq!(left, 0, "nothing is kept once the conflict is resolved");
+    }
+}
