@@ -1015,7 +1015,9 @@ fn apply_change(
     // Ops wait in a batch (of one table, distinct keys) so their metadata is read, and
     // new rows written, many per statement.
     let mut batch: Vec<(RowOp, Vec<u8>)> = Vec::with_capacity(BATCH);
-    let mut batch_keys: foldhash::HashSet<Vec<u8>> = Default::default();
+    // Keys by hash: a collision only ends a batch early.
+    let mut batch_keys: foldhash::HashSet<u64> = Default::default();
+    let hasher = foldhash::fast::FixedState::default();
     for (i, want) in manifest.chunks.iter().enumerate() {
         let chunk = cache.take(conn, i, want)?;
         let mut dec = ChunkDecoder::new(&manifest.head.deps, &chunk)?;
@@ -1044,11 +1046,11 @@ fn apply_change(
             }
             *ops_done += 1;
             let key_bytes = encode_key(&op.key);
-            if batch_keys.contains(&key_bytes) {
+            if !batch_keys.insert(hasher.hash_one(&key_bytes)) {
                 applier.ops(m, &mut batch)?;
                 batch_keys.clear();
+                batch_keys.insert(hasher.hash_one(&key_bytes));
             }
-            batch_keys.insert(key_bytes.clone());
             batch.push((op, key_bytes));
             if batch.len() == BATCH {
                 applier.ops(m, &mut batch)?;
@@ -1098,22 +1100,12 @@ impl Applier<'_, '_> {
         let keys: Vec<&[u8]> = batch.iter().map(|(_, k)| k.as_slice()).collect();
         let metas = self.merger.load_metas(t, &keys)?;
         let mut fresh: Vec<FreshRow> = Vec::new();
-        // Metadata read ahead is read again where this batch may have changed it since:
-        // for every row after a merge that changed other rows than its own (it can hold
-        // the rows blocking a UNIQUE slot), and for a key already written in the batch
-        // (signed changes name a key once per table, but nothing refuses one that does
-        // not), after writing the new rows still waiting. Keys are remembered by hash:
-        // a collision only costs a read.
+        // A batch names each key once (`apply_change`), so a row's metadata read ahead is
+        // only out of date if a merge changed other rows than its own (it can hold the
+        // rows blocking a UNIQUE slot): from then on, the batch's rows are read again.
         let mut stale = false;
-        let hasher = foldhash::fast::FixedState::default();
-        let mut hashes: Vec<u64> = keys.iter().map(|k| hasher.hash_one(k)).collect();
-        hashes.sort_unstable();
-        let repeats = hashes.windows(2).any(|w| w[0] == w[1]);
-        let mut written: foldhash::HashSet<u64> = Default::default();
         for ((op, key_bytes), m0) in batch.drain(..).zip(metas) {
-            let again = repeats && !written.insert(hasher.hash_one(&key_bytes));
-            let m0 = if stale || again {
-                stale |= self.fresh(t, &mut fresh)?;
+            let m0 = if stale {
                 self.merger.load_meta(t, &key_bytes)?
             } else {
                 m0
