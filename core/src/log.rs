@@ -1132,7 +1132,9 @@ impl Applier<'_, '_> {
                 m0
             };
             let v = self.version(&op);
-            let mut m1 = m0.clone().unwrap_or_else(|| RowMeta::new(ncols));
+            let mut m1 = m0
+                .as_ref()
+                .map_or_else(|| RowMeta::new(ncols), RowMeta::successor);
             let row_preds: Vec<_> = op.row_preds.iter().map(|p| self.to_idx(p)).collect();
             m1.write(ROW, v, &row_preds);
             let mut new_values = Vec::with_capacity(op.cells.len());

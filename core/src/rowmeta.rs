@@ -177,6 +177,23 @@ impl RowMeta {
     }
 
     /// Replaces the heads named in `preds` by `v`.
+    /// A copy to write the next version into: every cell has room for one more head, so
+    /// [`RowMeta::write`] does not have to grow it (a clone has no spare room).
+    pub(crate) fn successor(&self) -> RowMeta {
+        RowMeta {
+            cells: self
+                .cells
+                .iter()
+                .map(|heads| {
+                    let mut next = Vec::with_capacity(heads.len() + 1);
+                    next.extend_from_slice(heads);
+                    next
+                })
+                .collect(),
+            held: self.held,
+        }
+    }
+
     pub(crate) fn write(&mut self, cell: usize, v: Version, preds: &[VRef]) {
         let heads = &mut self.cells[cell];
         heads.retain(|h| !preds.contains(&h.vref()) && h.vref() != v.vref());

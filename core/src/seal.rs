@@ -462,7 +462,7 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
             lineage,
             ..self.v
         };
-        let mut m1 = m0.clone();
+        let mut m1 = m0.successor();
         m1.write(ROW, v, &row_preds);
         let mut new_values = Vec::with_capacity(cells.len());
         for (c, preds) in cells {
