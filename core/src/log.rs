@@ -1004,6 +1004,7 @@ fn apply_change(
         origin,
         seq,
         hlc: manifest.head.hlc,
+        optimistic: true,
     };
     applier.ids = applier
         .merger
@@ -1068,6 +1069,10 @@ struct Applier<'m, 'c> {
     origin: i64,
     seq: u64,
     hlc: u64,
+    /// Whether a batch that looks like rows new here is written without reading its
+    /// metadata first ([`Applier::new_rows_at_once`]); off for the rest of the change once
+    /// a batch turns out not to be.
+    optimistic: bool,
 }
 
 /// A new row written whole: its key and its values in the local table's column order.
@@ -1093,8 +1098,109 @@ impl Applier<'_, '_> {
         }
     }
 
+    /// The version of a whole insert of this change: every row written by
+    /// [`Applier::fresh`] and [`Applier::new_rows_at_once`] has it.
+    fn insert_version(&self) -> Version {
+        Version {
+            origin: self.origin,
+            seq: self.seq,
+            hlc: self.hlc,
+            alive: true,
+            created: true,
+            lineage: None,
+        }
+    }
+
+    /// A full batch of inserts written whole, with nothing to merge, is most likely rows
+    /// this replica never had (an initial sync, a bulk load elsewhere). Written as such in
+    /// a savepoint, without reading any metadata: the rows in one statement, their
+    /// metadata with `INSERT OR IGNORE`. If the table refuses a row (it has one with that
+    /// key, or a constraint says no) or some key had metadata after all, the savepoint is
+    /// rolled back, the batch is put back as it was, and false sends it down the general
+    /// path, which reads what is there.
+    fn new_rows_at_once(
+        &mut self,
+        map: &TableMap<'_>,
+        batch: &mut Vec<(RowOp, Vec<u8>)>,
+    ) -> Result<bool> {
+        let t = map.t;
+        let ncols = t.columns.len();
+        let whole = |op: &RowOp| {
+            op.kind == OpKind::Insert
+                && op.row_preds.is_empty()
+                && op.cells.len() == ncols
+                && op.cells.iter().all(|c| c.preds.is_empty())
+        };
+        if batch.len() != Merger::batch_rows(t)
+            || map.columns.len() != ncols
+            || !batch.iter().all(|(op, _)| whole(op))
+        {
+            return Ok(false);
+        }
+        let rows: Vec<FreshRow> = batch
+            .drain(..)
+            .map(|(op, key_bytes)| {
+                let mut values = vec![Value::Null; ncols];
+                for cell in op.cells {
+                    values[map.columns[cell.column]] = cell.value;
+                }
+                (op.key, key_bytes, values)
+            })
+            .collect();
+        let conn = self.merger.conn;
+        conn.execute_batch("SAVEPOINT tide_new_rows")?;
+        let inserted = {
+            let refs: Vec<(&[Value], &[Value])> = rows
+                .iter()
+                .map(|(k, _, v)| (k.as_slice(), v.as_slice()))
+                .collect();
+            self.merger.insert_rows(t, &refs)
+        };
+        let all_new = match inserted {
+            Ok(()) => {
+                let keys: Vec<&[u8]> = rows.iter().map(|(_, kb, _)| kb.as_slice()).collect();
+                self.merger
+                    .write_fresh_where_new(t, &keys, self.insert_version())?
+                    == keys.len()
+            }
+            Err(e) if crate::merge::constraint_reason(&e).is_some() => false,
+            Err(e) => return Err(e.into()),
+        };
+        if all_new {
+            conn.execute_batch("RELEASE tide_new_rows")?;
+            return Ok(true);
+        }
+        conn.execute_batch("ROLLBACK TO tide_new_rows; RELEASE tide_new_rows")?;
+        self.optimistic = false;
+        // The ops as they came: `map.columns` is a permutation here (every column written).
+        batch.extend(rows.into_iter().map(|(key, key_bytes, mut values)| {
+            let cells = map
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(column, &local)| crate::change::CellWrite {
+                    column,
+                    value: std::mem::replace(&mut values[local], Value::Null),
+                    preds: Vec::new(),
+                })
+                .collect();
+            let op = RowOp {
+                kind: OpKind::Insert,
+                key,
+                row_preds: Vec::new(),
+                lineage: None,
+                cells,
+            };
+            (op, key_bytes)
+        }));
+        Ok(false)
+    }
+
     /// Applies a batch of ops of one table, in order, and empties it.
     fn ops(&mut self, map: &TableMap<'_>, batch: &mut Vec<(RowOp, Vec<u8>)>) -> Result<()> {
+        if self.optimistic && self.new_rows_at_once(map, batch)? {
+            return Ok(());
+        }
         let t = map.t;
         let ncols = t.columns.len();
         let keys: Vec<&[u8]> = batch.iter().map(|(_, k)| k.as_slice()).collect();
@@ -1169,14 +1275,7 @@ impl Applier<'_, '_> {
         if fresh.is_empty() {
             return Ok(false);
         }
-        let v = Version {
-            origin: self.origin,
-            seq: self.seq,
-            hlc: self.hlc,
-            alive: true,
-            created: true,
-            lineage: None,
-        };
+        let v = self.insert_version();
         let per_statement = Merger::batch_rows(t);
         let mut merged = false;
         let mut done: Vec<&[u8]> = Vec::with_capacity(fresh.len());

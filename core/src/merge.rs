@@ -242,6 +242,26 @@ impl<'c> Merger<'c> {
     /// metadata after all is left alone and the call fails: its caller's premise (looked
     /// up, or sealed once per key) did not hold, and going on would lose what it knew.
     pub(crate) fn write_fresh(&self, t: &TableInfo, keys: &[&[u8]], v: Version) -> Result<()> {
+        let written = self.write_fresh_where_new(t, keys, v)?;
+        if written != keys.len() {
+            return Err(crate::error::Error::ApplyAborted(format!(
+                "{} of {} rows of {} written as new already had metadata",
+                keys.len() - written,
+                keys.len(),
+                t.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records rows written whole by `v` for the keys that have no metadata, leaves the
+    /// others alone, and says how many it wrote.
+    pub(crate) fn write_fresh_where_new(
+        &self,
+        t: &TableInfo,
+        keys: &[&[u8]],
+        v: Version,
+    ) -> Result<usize> {
         let meta = RowMeta::fresh(t.columns.len(), v).encode();
         let mut written = 0;
         for chunk in keys.chunks(BATCH) {
@@ -273,15 +293,7 @@ impl<'c> Merger<'c> {
                 .prepare_cached(sql)?
                 .execute(params_from_iter(params))?;
         }
-        if written != keys.len() {
-            return Err(crate::error::Error::ApplyAborted(format!(
-                "{} of {} rows of {} written as new already had metadata",
-                keys.len() - written,
-                keys.len(),
-                t.name
-            )));
-        }
-        Ok(())
+        Ok(written)
     }
 
     /// Inserts exactly [`Merger::batch_rows`] new rows into their table in one statement.

@@ -1236,3 +1236,62 @@ fn large_values_kept_for_one_conflict_are_listed_resolved_and_cleaned_up() {
         assert_eq!(left, 0, "nothing is kept once the conflict is resolved");
     }
 }
+
+/// A full batch of inserts is written as rows new here without reading their metadata
+/// first. Here a key of one such batch was inserted and deleted on the receiver
+/// (metadata, no row), and a key of another is in its table: each batch must fall back to
+/// the full merge and record the conflicts, as if it had never tried.
+#[test]
+fn a_batch_of_new_rows_with_keys_known_here_falls_back_to_the_merge() {
+    let mut c = notes(2);
+    c.write(1, "INSERT INTO notes VALUES ('k0010', 'r1', 'gone', 0)");
+    c.replicas[1].seal().unwrap();
+    c.write(1, "DELETE FROM notes WHERE id = 'k0010'");
+    c.write(1, "INSERT INTO notes VALUES ('k0200', 'r1', 'here', 0)");
+    c.replicas[1].seal().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Two changes, so each known key is in the first full batch of its own change.
+    for (from, to) in [(0, 149), (150, 299)] {
+        c.write(
+            0,
+            &format!(
+                "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to})
+                 INSERT INTO notes SELECT printf('k%04d', i), 'r0', 'bulk', i FROM n"
+            ),
+        );
+        c.replicas[0].seal().unwrap();
+    }
+    let report = c.send(0, 1);
+    // k0010: deleted here, inserted there (1), and both inserts' values (3); k0200: 3.
+    assert_eq!(report.conflicts_opened, 7, "{report:?}");
+    exchange(&mut c);
+    let hashes = c.hashes();
+    assert_eq!(hashes[0], hashes[1]);
+    for i in 0..2 {
+        let rows: i64 = query_one(&c.path(i), "SELECT count(*) FROM notes");
+        assert_eq!(rows, 300, "every row of the bulk insert is there");
+        let mut found: Vec<(Value, String, Option<String>)> = c.replicas[i]
+            .conflicts()
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.key[0].clone(), k.kind, k.column))
+            .collect();
+        found.sort();
+        let mut want = Vec::new();
+        for key in ["k0010", "k0200"] {
+            if key == "k0010" {
+                want.push((Value::text(key), "delete".to_string(), None));
+            }
+            for column in ["body", "n", "title"] {
+                want.push((
+                    Value::text(key),
+                    "insert".to_string(),
+                    Some(column.to_string()),
+                ));
+            }
+        }
+        want.sort();
+        assert_eq!(found, want);
+        assert!(c.replicas[i].doctor(false).unwrap().iter().all(|f| f.ok));
+    }
+}
