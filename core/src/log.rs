@@ -763,6 +763,28 @@ struct TableMap<'a> {
     columns: Vec<usize>,
 }
 
+impl TableMap<'_> {
+    /// An insert that writes every column of the local table and names no predecessor:
+    /// on a row this replica never had, there is nothing to merge.
+    fn whole(&self, op: &RowOp) -> bool {
+        let ncols = self.t.columns.len();
+        op.kind == OpKind::Insert
+            && op.row_preds.is_empty()
+            && op.cells.len() == ncols
+            && self.columns.len() == ncols
+            && op.cells.iter().all(|c| c.preds.is_empty())
+    }
+
+    /// A [`TableMap::whole`] insert as a new row: values in the local column order.
+    fn fresh_row(&self, op: RowOp, key_bytes: Vec<u8>) -> FreshRow {
+        let mut values = vec![Value::Null; self.t.columns.len()];
+        for cell in op.cells {
+            values[self.columns[cell.column]] = cell.value;
+        }
+        (op.key, key_bytes, values)
+    }
+}
+
 fn map_table<'a>(
     tables: &'a HashMap<String, TableInfo>,
     ops: &TableOps,
@@ -1124,28 +1146,12 @@ impl Applier<'_, '_> {
         batch: &mut Vec<(RowOp, Vec<u8>)>,
     ) -> Result<bool> {
         let t = map.t;
-        let ncols = t.columns.len();
-        let whole = |op: &RowOp| {
-            op.kind == OpKind::Insert
-                && op.row_preds.is_empty()
-                && op.cells.len() == ncols
-                && op.cells.iter().all(|c| c.preds.is_empty())
-        };
-        if batch.len() != Merger::batch_rows(t)
-            || map.columns.len() != ncols
-            || !batch.iter().all(|(op, _)| whole(op))
-        {
+        if batch.len() != Merger::batch_rows(t) || !batch.iter().all(|(op, _)| map.whole(op)) {
             return Ok(false);
         }
         let rows: Vec<FreshRow> = batch
             .drain(..)
-            .map(|(op, key_bytes)| {
-                let mut values = vec![Value::Null; ncols];
-                for cell in op.cells {
-                    values[map.columns[cell.column]] = cell.value;
-                }
-                (op.key, key_bytes, values)
-            })
+            .map(|(op, key_bytes)| map.fresh_row(op, key_bytes))
             .collect();
         let conn = self.merger.conn;
         conn.execute_batch("SAVEPOINT tide_new_rows")?;
@@ -1217,18 +1223,8 @@ impl Applier<'_, '_> {
                 m0
             };
             // The common case: a row new here, written whole, with nothing to merge.
-            let whole = op.kind == OpKind::Insert
-                && m0.is_none()
-                && op.row_preds.is_empty()
-                && op.cells.len() == ncols
-                && map.columns.len() == ncols
-                && op.cells.iter().all(|c| c.preds.is_empty());
-            if whole {
-                let mut values = vec![Value::Null; ncols];
-                for cell in op.cells {
-                    values[map.columns[cell.column]] = cell.value;
-                }
-                fresh.push((op.key, key_bytes, values));
+            if m0.is_none() && map.whole(&op) {
+                fresh.push(map.fresh_row(op, key_bytes));
                 continue;
             }
             let m0 = if self.fresh(t, &mut fresh)? {
