@@ -21,62 +21,6 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Statement, ToSql, param
 use crate::error::Result;
 use crate::ids::{ChangeId, ReplicaId};
 use crate::rowmeta::{CellValues, Origins, ROW, RowMeta, Version, decode_kept, encode_kept};
-
-/// A row's kept values from its `vals` blob, with those that spilled read back from
-/// `_tide_values`; and whether any had spilled. A spilled value that is not there is
-/// damage, reported as such.
-pub(crate) fn read_kept(
-    conn: &Connection,
-    tid: i64,
-    key_bytes: &[u8],
-    blob: &[u8],
-) -> Result<(CellValues, bool)> {
-    let mut spilled = false;
-    let mut out = CellValues::new();
-    for (at, value) in decode_kept(blob)? {
-        let value = match value {
-            Some(v) => v,
-            None => {
-                spilled = true;
-                conn.prepare_cached(
-                    "SELECT value FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
-                )?
-                .query_row(
-                    rusqlite::params![tid, key_bytes, at.0 as i64, at.1, at.2 as i64],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .ok_or(crate::error::DecodeError::Malformed("kept value missing from _tide_values"))?
-            }
-        };
-        out.push((at, value));
-    }
-    Ok((out, spilled))
-}
-
-/// The `vals` blob that keeps `kept` for a row, after writing the values that do not fit
-/// in it to `_tide_values` (and removing what the row had there before, if anything).
-pub(crate) fn write_kept(
-    conn: &Connection,
-    tid: i64,
-    key_bytes: &[u8],
-    kept: &mut CellValues,
-    spilled_before: bool,
-) -> Result<Option<Vec<u8>>> {
-    let (blob, spilled) = encode_kept(kept);
-    if spilled_before {
-        conn.prepare_cached("DELETE FROM _tide_values WHERE tid=?1 AND key=?2")?
-            .execute(rusqlite::params![tid, key_bytes])?;
-    }
-    for i in spilled {
-        let ((cell, origin, seq), value) = &kept[i];
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(rusqlite::params![tid, key_bytes, *cell as i64, origin, *seq as i64, value])?;
-    }
-    Ok(blob)
-}
 use crate::schema::{TableInfo, q};
 use crate::value::{Value, encode_key};
 
@@ -1005,6 +949,62 @@ pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
         });
     }
     None
+}
+
+/// A row's kept values from its `vals` blob, with those that spilled read back from
+/// `_tide_values`; and whether any had spilled. A spilled value that is not there is
+/// damage, reported as such.
+pub(crate) fn read_kept(
+    conn: &Connection,
+    tid: i64,
+    key_bytes: &[u8],
+    blob: &[u8],
+) -> Result<(CellValues, bool)> {
+    let mut spilled = false;
+    let mut out = CellValues::new();
+    for (at, value) in decode_kept(blob)? {
+        let value = match value {
+            Some(v) => v,
+            None => {
+                spilled = true;
+                conn.prepare_cached(
+                    "SELECT value FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
+                )?
+                .query_row(
+                    rusqlite::params![tid, key_bytes, at.0 as i64, at.1, at.2 as i64],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(crate::error::DecodeError::Malformed("kept value missing from _tide_values"))?
+            }
+        };
+        out.push((at, value));
+    }
+    Ok((out, spilled))
+}
+
+/// The `vals` blob that keeps `kept` for a row, after writing the values that do not fit
+/// in it to `_tide_values` (and removing what the row had there before, if anything).
+pub(crate) fn write_kept(
+    conn: &Connection,
+    tid: i64,
+    key_bytes: &[u8],
+    kept: &mut CellValues,
+    spilled_before: bool,
+) -> Result<Option<Vec<u8>>> {
+    let (blob, spilled) = encode_kept(kept);
+    if spilled_before {
+        conn.prepare_cached("DELETE FROM _tide_values WHERE tid=?1 AND key=?2")?
+            .execute(rusqlite::params![tid, key_bytes])?;
+    }
+    for i in spilled {
+        let ((cell, origin, seq), value) = &kept[i];
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(rusqlite::params![tid, key_bytes, *cell as i64, origin, *seq as i64, value])?;
+    }
+    Ok(blob)
 }
 
 /// A head's value: written now, kept with the row's metadata, or visible in the old row.
