@@ -339,6 +339,33 @@ impl Replica {
                 }
             }
         }
+        // A value in `_tide_values` is one a row's `vals` marks as spilled there.
+        let mut stmt = self.conn.prepare(
+            "SELECT v.tid, v.col, v.origin, v.seq, r.vals FROM _tide_values v
+             LEFT JOIN _tide_rows r ON r.tid = v.tid AND r.key = v.key",
+        )?;
+        let mut spills = stmt.query([])?;
+        while let Some(r) = spills.next()? {
+            let at = (
+                r.get::<_, i64>(1)? as usize,
+                r.get(2)?,
+                r.get::<_, i64>(3)? as u64,
+            );
+            let vals: Option<Vec<u8>> = r.get(4)?;
+            let named = vals
+                .and_then(|b| crate::rowmeta::decode_kept(&b).ok())
+                .is_some_and(|kept| kept.iter().any(|(k, v)| *k == at && v.is_none()));
+            if !named {
+                let tid: i64 = r.get(0)?;
+                let name = tables
+                    .iter()
+                    .find(|t| t.tid == tid)
+                    .map_or("?", |t| &t.name);
+                rows_bad.push(format!("{name}: a kept value that no row names"));
+            }
+        }
+        drop(spills);
+        drop(stmt);
         add("rows match metadata", rows_bad, false);
         drop(merger);
 

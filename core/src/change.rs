@@ -12,7 +12,7 @@
 //!            nops:varint nchunks:varint { len:varint hash:32 }*
 //! chunk    = ntables:varint table*
 //! table    = name:bytes nkey:varint { keycol:bytes }* ncols:varint { col:bytes }*
-//!            nrows:varint row*
+//!            nrows:varint row*                    nkey > 0; no column named twice
 //! row      = kind:u8 (1 insert, 2 update, 3 delete) key:value{nkey} nrowpreds:varint pred*
 //!            [lineage: pred hlc:varint]                    updates only
 //!            ncells:varint { col:varint value npreds:varint pred* }*
@@ -530,6 +530,11 @@ impl<'a> ChunkDecoder<'a> {
         let columns = (0..ncols)
             .map(|_| self.string("column"))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = key_columns.iter().chain(&columns).map(|c| &c[..]).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(DecodeError::Malformed("column names (one named twice)"));
+        }
         self.rows_left = self.r.count("row count")?;
         self.nkey = nkey;
         self.ncols = ncols;
@@ -1052,6 +1057,34 @@ mod tests {
                 ],
             }],
         }
+    }
+
+    /// Two columns of one name would map two cells onto one local column, and which
+    /// value lands there would depend on the path the apply takes.
+    #[test]
+    fn a_table_naming_a_column_twice_is_refused() {
+        let secret = SecretIdentity::generate();
+        for (keys, columns) in [
+            (vec!["id"], vec!["a", "a"]),
+            (vec!["id"], vec!["a", "id"]),
+            (vec!["id", "id"], vec!["a"]),
+        ] {
+            let mut change = sample(&secret);
+            change.tables[0].key_columns = keys.iter().map(|c| c.to_string()).collect();
+            change.tables[0].columns = columns.iter().map(|c| c.to_string()).collect();
+            // Only the delete, with a key of the right width: it writes no cells.
+            change.tables[0].rows.remove(0);
+            change.tables[0].rows[0].key = vec![Value::Null; keys.len()];
+            let (manifest, chunks) = change.encode_with(CHUNK_TARGET);
+            let err = Change::decode(&manifest.encode(), &chunks).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Malformed(m) if m.contains("twice")),
+                "{err:?}"
+            );
+        }
+        let change = sample(&secret);
+        let (manifest, chunks) = change.encode_with(CHUNK_TARGET);
+        assert_eq!(Change::decode(&manifest.encode(), &chunks).unwrap(), change);
     }
 
     #[test]

@@ -1155,28 +1155,35 @@ impl Applier<'_, '_> {
             .collect();
         let conn = self.merger.conn;
         conn.execute_batch("SAVEPOINT tide_new_rows")?;
-        let inserted = {
+        let all_new = (|| -> Result<bool> {
             let refs: Vec<(&[Value], &[Value])> = rows
                 .iter()
                 .map(|(k, _, v)| (k.as_slice(), v.as_slice()))
                 .collect();
-            self.merger.insert_rows(t, &refs)
-        };
-        let all_new = match inserted {
-            Ok(()) => {
-                let keys: Vec<&[u8]> = rows.iter().map(|(_, kb, _)| kb.as_slice()).collect();
-                self.merger
-                    .write_fresh_where_new(t, &keys, self.insert_version())?
-                    == keys.len()
+            match self.merger.insert_rows(t, &refs) {
+                Ok(()) => {}
+                Err(e) if crate::merge::constraint_reason(&e).is_some() => return Ok(false),
+                Err(e) => return Err(e.into()),
             }
-            Err(e) if crate::merge::constraint_reason(&e).is_some() => false,
-            Err(e) => return Err(e.into()),
-        };
-        if all_new {
-            conn.execute_batch("RELEASE tide_new_rows")?;
-            return Ok(true);
+            let keys: Vec<&[u8]> = rows.iter().map(|(_, kb, _)| kb.as_slice()).collect();
+            let written = self
+                .merger
+                .write_fresh_where_new(t, &keys, self.insert_version())?;
+            Ok(written == keys.len())
+        })();
+        let rollback = "ROLLBACK TO tide_new_rows; RELEASE tide_new_rows";
+        match all_new {
+            Ok(true) => {
+                conn.execute_batch("RELEASE tide_new_rows")?;
+                return Ok(true);
+            }
+            Ok(false) => conn.execute_batch(rollback)?,
+            Err(e) => {
+                // Undone here too, so nothing of the batch outlives the error.
+                conn.execute_batch(rollback)?;
+                return Err(e);
+            }
         }
-        conn.execute_batch("ROLLBACK TO tide_new_rows; RELEASE tide_new_rows")?;
         self.optimistic = false;
         // The ops as they came: `map.columns` is a permutation here (every column written).
         batch.extend(rows.into_iter().map(|(key, key_bytes, mut values)| {

@@ -1182,7 +1182,8 @@ fn hundreds_of_waiting_changes_apply_across_pages_once_the_gap_is_filled() {
 /// A row's kept values are one blob next to its metadata, and SQLite caps a blob's
 /// length: three writers of large values to one cell would have made that blob too long
 /// to store, and every import of the changes would have failed. Values that do not fit
-/// are kept beside it; they are listed, resolved and cleaned up like any other.
+/// are kept beside it; they are listed, resolved and cleaned up like any other, and the
+/// doctor notices one missing or left behind.
 #[test]
 fn large_values_kept_for_one_conflict_are_listed_resolved_and_cleaned_up() {
     let mut c = Cluster::new(
@@ -1227,8 +1228,29 @@ fn large_values_kept_for_one_conflict_are_listed_resolved_and_cleaned_up() {
     c.replicas[0]
         .resolve(&conflict.id, Resolution::Keep(loser.id.clone()))
         .unwrap();
-    c.sync_all();
-    for i in 0..3 {
+    c.send(0, 1);
+    c.send(1, 0);
+
+    // r2 still keeps the spilled values: the doctor sees one that no row names, and a
+    // spilled one that is gone.
+    let doctor_says = |r: &mut Replica| {
+        let findings = r.doctor(false).unwrap();
+        let rows = findings
+            .iter()
+            .find(|f| f.check == "rows match metadata")
+            .unwrap();
+        (rows.ok, rows.detail.clone())
+    };
+    c.write(
+        2,
+        "INSERT INTO _tide_values SELECT tid, key, col, origin, seq + 1000, value FROM _tide_values LIMIT 1",
+    );
+    let (ok, detail) = doctor_says(&mut c.replicas[2]);
+    assert!(!ok && detail.contains("no row names"), "{detail}");
+    c.write(2, "DELETE FROM _tide_values");
+    let (ok, detail) = doctor_says(&mut c.replicas[2]);
+    assert!(!ok && detail.contains("unreadable kept values"), "{detail}");
+    for i in 0..2 {
         assert!(c.replicas[i].conflicts().unwrap().is_empty());
         let shown: Vec<u8> = query_one(&c.path(i), "SELECT data FROM files WHERE id='f'");
         assert_eq!(Value::Blob(shown), kept);
