@@ -271,12 +271,12 @@ impl<'c> Merger<'c> {
     }
 
     /// The values a row keeps for its heads that are not visible (`_tide_rows.vals`, and
-    /// `_tide_values` for those that spilled), and whether any had spilled.
+    /// `_tide_values` for those that spilled), and which had spilled.
     pub(crate) fn stored_values(
         &self,
         t: &TableInfo,
         key_bytes: &[u8],
-    ) -> Result<(CellValues, bool)> {
+    ) -> Result<(CellValues, Spilled)> {
         let blob: Option<Option<Vec<u8>>> = self
             .conn
             .prepare_cached("SELECT vals FROM _tide_rows WHERE tid=?1 AND key=?2")?
@@ -284,7 +284,7 @@ impl<'c> Merger<'c> {
             .optional()?;
         match blob.flatten() {
             Some(b) => read_kept(self.conn, t.tid, key_bytes, &b),
-            None => Ok((CellValues::new(), false)),
+            None => Ok((CellValues::new(), Spilled::new())),
         }
     }
 
@@ -391,7 +391,7 @@ impl<'c> Merger<'c> {
         let (stored, spilled_before) = if has_stored {
             self.stored_values(t, row.key_bytes)?
         } else {
-            (CellValues::new(), false)
+            (CellValues::new(), Spilled::new())
         };
 
         // The previously visible row, loaded only when some old winner's value must move
@@ -597,7 +597,7 @@ impl<'c> Merger<'c> {
         }
 
         let meta = m1.encode();
-        let vals = write_kept(self.conn, t.tid, row.key_bytes, &mut kept, spilled_before)?;
+        let vals = write_kept(self.conn, t.tid, row.key_bytes, &mut kept, &spilled_before)?;
         self.hot(
             "INSERT OR REPLACE INTO _tide_rows(tid, key, meta, vals) VALUES(?1, ?2, ?3, ?4)",
             |s| s.execute(rusqlite::params![t.tid, row.key_bytes, meta, vals]),
@@ -951,22 +951,25 @@ pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
     None
 }
 
+/// Where a spilled value is: (cell, local origin number, seq).
+pub(crate) type Spilled = Vec<(usize, i64, u64)>;
+
 /// A row's kept values from its `vals` blob, with those that spilled read back from
-/// `_tide_values`; and whether any had spilled. A spilled value that is not there is
-/// damage, reported as such.
+/// `_tide_values`; and which had spilled. A spilled value that is not there is damage,
+/// reported as such.
 pub(crate) fn read_kept(
     conn: &Connection,
     tid: i64,
     key_bytes: &[u8],
     blob: &[u8],
-) -> Result<(CellValues, bool)> {
-    let mut spilled = false;
+) -> Result<(CellValues, Spilled)> {
+    let mut spilled = Spilled::new();
     let mut out = CellValues::new();
     for (at, value) in decode_kept(blob)? {
         let value = match value {
             Some(v) => v,
             None => {
-                spilled = true;
+                spilled.push(at);
                 conn.prepare_cached(
                     "SELECT value FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
                 )?
@@ -983,21 +986,35 @@ pub(crate) fn read_kept(
     Ok((out, spilled))
 }
 
-/// The `vals` blob that keeps `kept` for a row, after writing the values that do not fit
-/// in it to `_tide_values` (and removing what the row had there before, if anything).
+/// The `vals` blob that keeps `kept` for a row, after putting the values that do not fit
+/// in it in `_tide_values`. `before` are the row's values there until now: a version's
+/// value never changes, so one still spilled stays as it is, and only those no longer
+/// spilled go.
 pub(crate) fn write_kept(
     conn: &Connection,
     tid: i64,
     key_bytes: &[u8],
     kept: &mut CellValues,
-    spilled_before: bool,
+    before: &[(usize, i64, u64)],
 ) -> Result<Option<Vec<u8>>> {
     let (blob, spilled) = encode_kept(kept);
-    if spilled_before {
-        conn.prepare_cached("DELETE FROM _tide_values WHERE tid=?1 AND key=?2")?
-            .execute(rusqlite::params![tid, key_bytes])?;
+    let now: Spilled = spilled.iter().map(|&i| kept[i].0).collect();
+    for (cell, origin, seq) in before.iter().filter(|at| !now.contains(at)) {
+        conn.prepare_cached(
+            "DELETE FROM _tide_values WHERE tid=?1 AND key=?2 AND col=?3 AND origin=?4 AND seq=?5",
+        )?
+        .execute(rusqlite::params![
+            tid,
+            key_bytes,
+            *cell as i64,
+            origin,
+            *seq as i64
+        ])?;
     }
-    for i in spilled {
+    for i in spilled
+        .into_iter()
+        .filter(|&i| !before.contains(&kept[i].0))
+    {
         let ((cell, origin, seq), value) = &kept[i];
         conn.prepare_cached(
             "INSERT OR REPLACE INTO _tide_values(tid, key, col, origin, seq, value) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",

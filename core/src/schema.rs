@@ -158,7 +158,7 @@ fn pack_kept_values(conn: &Connection) -> Result<()> {
                 |r| r.get(0),
             )?;
             if has_meta {
-                let vals = crate::merge::write_kept(conn, tid, &key, kept, false)?;
+                let vals = crate::merge::write_kept(conn, tid, &key, kept, &[])?;
                 conn.execute(
                     "UPDATE _tide_rows SET vals=?3 WHERE tid=?1 AND key=?2",
                     params![tid, key, vals],

@@ -1222,6 +1222,33 @@ fn large_values_kept_for_one_conflict_are_listed_resolved_and_cleaned_up() {
         spilled >= 1,
         "two 600 KB values do not both fit in the blob"
     );
+    // The writer of the shown value writes again: it replaces only what it saw, so the
+    // two kept values stay kept, and stay where they were.
+    let shown: Vec<u8> = query_one(&c.path(0), "SELECT data FROM files WHERE id='f'");
+    let writer = (0..3).find(|&i| big(i as u8 + 1) == shown).unwrap();
+    c.app(writer)
+        .execute("UPDATE files SET data=?1 WHERE id='f'", [big(9)])
+        .unwrap();
+    c.sync_all();
+    for i in 0..3 {
+        let k = c.replicas[i].conflicts().unwrap();
+        let mut values: Vec<Value> = k[0]
+            .candidates
+            .iter()
+            .filter_map(|x| x.value.clone())
+            .collect();
+        values.sort();
+        let mut want: Vec<Value> = (1..=3u8)
+            .filter(|&v| usize::from(v - 1) != writer)
+            .chain([9])
+            .map(|v| Value::Blob(big(v)))
+            .collect();
+        want.sort();
+        assert_eq!(values, want);
+        assert!(c.replicas[i].doctor(false).unwrap().iter().all(|f| f.ok));
+        let now: i64 = query_one(&c.path(i), "SELECT count(*) FROM _tide_values");
+        assert_eq!(now, spilled);
+    }
     let conflict = c.replicas[0].conflicts().unwrap().remove(0);
     let loser = conflict.candidates.iter().find(|x| !x.winner).unwrap();
     let kept = loser.value.clone().unwrap();
