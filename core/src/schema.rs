@@ -770,12 +770,7 @@ mod tests {
     #[test]
     fn a_log_of_change_format_2_is_refused_and_an_empty_one_migrates() {
         let old = |with_change: bool| {
-            let c = Connection::open_in_memory().unwrap();
-            for sql in &MIGRATIONS[..3] {
-                c.execute_batch(sql).unwrap();
-            }
-            c.execute("INSERT INTO _tide_meta VALUES('migration', 3)", [])
-                .unwrap();
+            let c = at_migration(3);
             if with_change {
                 c.execute(
                     "INSERT INTO _tide_log VALUES(1, 1, x'00', 1, x'02', x'00', 1, 0)",
@@ -804,12 +799,7 @@ mod tests {
     /// records under their id: migration 6 moves both, losing nothing.
     #[test]
     fn migration_6_packs_each_rows_kept_values_and_keeps_its_conflict_records() {
-        let c = Connection::open_in_memory().unwrap();
-        for sql in &MIGRATIONS[..5] {
-            c.execute_batch(sql).unwrap();
-        }
-        c.execute("INSERT INTO _tide_meta VALUES('migration', 5)", [])
-            .unwrap();
+        let c = at_migration(5);
         for (tid, key) in [(1, b"a"), (1, b"b"), (2, b"a")] {
             c.execute(
                 "INSERT INTO _tide_rows(tid, key, meta) VALUES(?1, ?2, x'00')",
@@ -916,12 +906,7 @@ mod tests {
     /// trip over the app's (a rename re-checks every one of them).
     #[test]
     fn migration_6_runs_beside_a_view_and_a_trigger_whose_table_is_gone() {
-        let c = Connection::open_in_memory().unwrap();
-        for sql in &MIGRATIONS[..5] {
-            c.execute_batch(sql).unwrap();
-        }
-        c.execute("INSERT INTO _tide_meta VALUES('migration', 5)", [])
-            .unwrap();
+        let c = at_migration(5);
         c.execute_batch(
             "CREATE TABLE app(x); CREATE TABLE log(y);
              CREATE VIEW v AS SELECT x FROM gone;
@@ -931,6 +916,17 @@ mod tests {
         .unwrap();
         migrate(&c).unwrap();
         assert_eq!(migrations_done(&c), MIGRATIONS.len());
+    }
+
+    /// A database as an earlier build left it: the first `n` migrations run.
+    fn at_migration(n: usize) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..n] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute("INSERT INTO _tide_meta VALUES('migration', ?1)", [n as i64])
+            .unwrap();
+        c
     }
 
     fn migrations_done(c: &Connection) -> usize {
