@@ -10,6 +10,15 @@ fn notes(n: usize) -> Cluster {
     Cluster::new(n, NOTES, &["notes"])
 }
 
+/// SQL inserting one row into `table` for each `x` from `from` to `to`, made of `select`
+/// (expressions of `x`).
+fn series(table: &str, from: i64, to: i64, select: &str) -> String {
+    format!(
+        "WITH RECURSIVE s(x) AS (SELECT {from} UNION ALL SELECT x + 1 FROM s WHERE x < {to})
+         INSERT INTO {table} SELECT {select} FROM s;"
+    )
+}
+
 fn exchange(c: &mut Cluster) {
     c.send(0, 1);
     c.send(1, 0);
@@ -271,9 +280,11 @@ fn unique_collisions_inside_a_large_change_are_held_alike_everywhere() {
     let schema = "CREATE TABLE users(id TEXT PRIMARY KEY, email TEXT UNIQUE, name TEXT);";
     let mut c = Cluster::new(3, schema, &["users"]);
     let collide = |from: i64, to: i64| {
-        format!(
-            "WITH RECURSIVE s(x) AS (SELECT {from} UNION ALL SELECT x + 1 FROM s WHERE x < {to})
-             INSERT INTO users SELECT printf('v%04d', x * 37), printf('e%04d', x * 37), 'r1' FROM s;"
+        series(
+            "users",
+            from,
+            to,
+            "printf('v%04d', x * 37), printf('e%04d', x * 37), 'r1'",
         )
     };
     // r1's first colliding rows are older than r0's (they keep their slots), its later
@@ -283,8 +294,12 @@ fn unique_collisions_inside_a_large_change_are_held_alike_everywhere() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     c.write(
         0,
-        "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < 999)
-         INSERT INTO users SELECT printf('u%04d', x), printf('e%04d', x), 'r0' FROM s;",
+        &series(
+            "users",
+            0,
+            999,
+            "printf('u%04d', x), printf('e%04d', x), 'r0'",
+        ),
     );
     c.replicas[0].seal().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -400,11 +415,7 @@ fn zero_and_negative_zero_keys_in_one_batch_give_one_op() {
 fn the_doctor_lists_a_log_chunk_that_does_not_unpack_or_is_missing() {
     let mut c = notes(1);
     c.replicas[0].set_chunk_target(2048).unwrap();
-    c.write(
-        0,
-        "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 200)
-         INSERT INTO notes SELECT 'n' || x, 'title', 'body', x FROM s;",
-    );
+    c.write(0, &series("notes", 1, 200, "'n' || x, 'title', 'body', x"));
     c.replicas[0].seal().unwrap();
     let chunks: i64 = query_one(&c.path(0), "SELECT count(*) FROM _tide_chunks");
     assert!(chunks > 2, "{chunks} chunks");
@@ -589,8 +600,7 @@ fn a_change_in_many_chunks_applies_whole_and_a_tampered_chunk_rejects_it() {
     c.replicas[0].set_chunk_target(1024).unwrap();
     c.write(
         0,
-        "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 300)
-         INSERT INTO notes SELECT 'n' || x, 'title ' || x, 'body', x FROM s;",
+        &series("notes", 1, 300, "'n' || x, 'title ' || x, 'body', x"),
     );
     let changes = c.replicas[0].changes_for(&VersionVector::new()).unwrap();
     assert_eq!(changes.len(), 1);
@@ -1303,10 +1313,7 @@ fn a_batch_of_new_rows_with_keys_known_here_falls_back_to_the_merge() {
     for (from, to) in [(0, 149), (150, 299)] {
         c.write(
             0,
-            &format!(
-                "WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to})
-                 INSERT INTO notes SELECT printf('k%04d', i), 'r0', 'bulk', i FROM n"
-            ),
+            &series("notes", from, to, "printf('k%04d', x), 'r0', 'bulk', x"),
         );
         c.replicas[0].seal().unwrap();
     }
