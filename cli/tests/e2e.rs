@@ -664,3 +664,121 @@ fn an_import_killed_at_any_moment_leaves_the_database_before_or_after() {
     }
     assert!(!outcomes.is_empty());
 }
+
+/// The field report: two replicas move two rows onto one UNIQUE value at once. The
+/// replica that receives the winning update (it carries only `x`) kept `name` NULL for
+/// good, and `doctor` passed.
+#[test]
+fn unique_collision_of_partial_updates_keeps_the_winners_other_columns() {
+    let s = Site::new();
+    for n in ["a", "b"] {
+        let db = format!("{n}.db");
+        s.ok(&["--db", &db, "init", "--name", n]);
+        s.sql(
+            &db,
+            "CREATE TABLE t(id TEXT PRIMARY KEY, name TEXT, x INTEGER UNIQUE)",
+        );
+        s.ok(&["--db", &db, "track", "t"]);
+        let card = s.ok(&["--db", &db, "id", "--card"]).stdout;
+        std::fs::write(s.path(&format!("{n}.card")), card).unwrap();
+    }
+    s.ok(&["--db", "a.db", "peers", "add", "b.card"]);
+    s.ok(&["--db", "b.db", "peers", "add", "a.card"]);
+    s.sql(
+        "a.db",
+        "INSERT INTO t VALUES ('r1', 'Alpha', 1), ('r2', 'Beta', 2)",
+    );
+    s.carry("a", "b", "1.tide");
+    s.sql("a.db", "UPDATE t SET x = 5 WHERE id = 'r1'");
+    s.sql("b.db", "UPDATE t SET x = 5 WHERE id = 'r2'");
+    s.carry("a", "b", "2.tide");
+    s.carry("b", "a", "3.tide");
+    let rows = |db: &str| {
+        let c = rusqlite::Connection::open(s.path(db)).unwrap();
+        let mut stmt = c.prepare("SELECT id, name, x FROM t ORDER BY id").unwrap();
+        stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap()
+    };
+    let want = vec![("r1".to_string(), Some("Alpha".to_string()), 5)];
+    for db in ["a.db", "b.db"] {
+        assert_eq!(rows(db), want, "{db}");
+        let listed = s.ok(&["--db", db, "conflicts", "list"]).stdout;
+        assert!(
+            listed.contains("Alpha") && listed.contains("Beta"),
+            "{db} lists:\n{listed}"
+        );
+        s.ok(&["--db", db, "doctor"]);
+    }
+    s.ok(&[
+        "--db",
+        "b.db",
+        "conflicts",
+        "resolve",
+        "--all",
+        "--keep",
+        "winner",
+    ]);
+    s.carry("b", "a", "4.tide");
+    s.carry("a", "b", "5.tide");
+    for db in ["a.db", "b.db"] {
+        assert_eq!(rows(db), want, "{db} after resolving");
+        s.ok(&["--db", db, "doctor"]);
+    }
+}
+
+/// A value changed behind tide's back (its triggers dropped, as a table rebuild does)
+/// is a table that no longer shows what the merge decided: the doctor says so, and
+/// restoring the triggers does not hide it.
+#[test]
+fn the_doctor_finds_shown_values_that_are_not_the_winners() {
+    let s = Site::new();
+    s.replicas(&["field"]);
+    s.sql(
+        "field.db",
+        "INSERT INTO sites VALUES ('well-7', 'planned', 3)",
+    );
+    s.ok(&["--db", "field.db", "status"]);
+    s.ok(&["--db", "field.db", "doctor"]);
+    let triggers: Vec<String> = {
+        let c = rusqlite::Connection::open(s.path("field.db")).unwrap();
+        let mut stmt = c
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '_tide_%'",
+            )
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    assert!(!triggers.is_empty());
+    for t in &triggers {
+        s.sql("field.db", &format!("DROP TRIGGER \"{t}\""));
+    }
+    s.sql(
+        "field.db",
+        "UPDATE sites SET visits = 4 WHERE id = 'well-7'",
+    );
+    for repair in [false, true] {
+        let args: &[&str] = if repair {
+            &["--db", "field.db", "doctor", "--repair"]
+        } else {
+            &["--db", "field.db", "doctor"]
+        };
+        let r = s.tide(args);
+        assert_ne!(r.code, 0, "doctor passed:\n{}{}", r.stdout, r.stderr);
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            said.contains("visits: shows 4, its winning value is 3"),
+            "doctor said:\n{said}"
+        );
+    }
+}

@@ -10,7 +10,8 @@ use crate::ids::{ChangeId, ReplicaId};
 use crate::log::LogChunks;
 use crate::replica::{Replica, origins_map};
 use crate::rowmeta::RowMeta;
-use crate::schema;
+use crate::schema::{self, TableInfo};
+use crate::value::{Value, decode_key, encode_key};
 
 /// The tables a change writes, in order, read a chunk at a time.
 fn change_tables(conn: &rusqlite::Connection, manifest: &Manifest) -> Result<Vec<String>> {
@@ -367,6 +368,8 @@ impl Replica {
         drop(spills);
         drop(stmt);
         add("rows match metadata", rows_bad, false);
+        let shown = shown_values_differ(&self.conn, &tables, &merger)?;
+        add("shown values are the winners", shown, false);
         drop(merger);
 
         // Capture triggers (invariant 9): the one safe repair.
@@ -406,4 +409,161 @@ impl Replica {
         add("identity", identity, false);
         Ok(out)
     }
+}
+
+/// Every value a live row shows against the value its winning head wrote, read from that
+/// head's change in the log: the merge decides which head wins each cell, and the table
+/// must show exactly that value (invariant 1). Rows with unsealed writes are left out:
+/// there the table is ahead of the log until the next seal.
+///
+/// One pass over the applied log, one metadata lookup per op; memory stays within one
+/// change's cells that are still winners.
+fn shown_values_differ(
+    conn: &rusqlite::Connection,
+    tables: &[TableInfo],
+    merger: &crate::merge::Merger<'_>,
+) -> Result<Vec<String>> {
+    use std::collections::{HashMap, HashSet};
+    let by_name: HashMap<&str, &TableInfo> = tables.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut pending: HashSet<(i64, Vec<u8>)> = HashSet::new();
+    for t in tables {
+        let keys = (0..t.key_columns.len())
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = conn.prepare(&format!("SELECT {keys} FROM {}", t.cap_table()))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key = (0..t.key_columns.len())
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            pending.insert((t.tid, encode_key(&key)));
+        }
+    }
+    let skip = |t: &TableInfo, key_bytes: &[u8]| pending.contains(&(t.tid, key_bytes.to_vec()));
+
+    // How many shown cells each table has: every one must be found in the log.
+    let mut expected: HashMap<i64, u64> = HashMap::new();
+    for t in tables {
+        let mut stmt = conn.prepare_cached("SELECT key, meta FROM _tide_rows WHERE tid = ?1")?;
+        let mut rows = stmt.query([t.tid])?;
+        while let Some(r) = rows.next()? {
+            let key_bytes: Vec<u8> = r.get(0)?;
+            let Ok(m) = RowMeta::decode(&r.get::<_, Vec<u8>>(1)?) else {
+                continue; // reported by the metadata check
+            };
+            if m.materialized(&merger.origins) && !skip(t, &key_bytes) {
+                *expected.entry(t.tid).or_default() += (1..=t.columns.len())
+                    .filter(|&c| m.winner(c, &merger.origins).is_some())
+                    .count() as u64;
+            }
+        }
+    }
+
+    let mut problems = Vec::new();
+    let mut found: HashMap<i64, u64> = HashMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT origin, seq, body, packing FROM _tide_log WHERE applied = 1 ORDER BY origin, seq",
+    )?;
+    let mut log = stmt.query([])?;
+    while let Some(r) = log.next()? {
+        let (origin, seq): (i64, i64) = (r.get(0)?, r.get(1)?);
+        let Ok(manifest) = crate::log::unpack(r.get(2)?, r.get(3)?)
+            .and_then(|body| Manifest::decode(&body).map_err(Error::from))
+        else {
+            continue; // reported by the hash-chain check
+        };
+        // The cells this change wrote that still win, with the value written last (a key
+        // may come back within one change).
+        let mut wins: HashMap<(i64, Vec<u8>, usize), Value> = HashMap::new();
+        let mut chunks = LogChunks { conn };
+        'chunks: for (i, want) in manifest.chunks.iter().enumerate() {
+            let Ok(chunk) = chunks.chunk(i, want) else {
+                break; // reported by the hash-chain check
+            };
+            let Ok(mut dec) = ChunkDecoder::new(&manifest.head.deps, &chunk) else {
+                break;
+            };
+            let mut table: Option<(&TableInfo, Vec<Option<usize>>)> = None;
+            loop {
+                let op = match dec.next() {
+                    Ok(Step::End) | Err(_) => continue 'chunks,
+                    Ok(Step::Table(ops)) => {
+                        table = by_name.get(ops.name.as_str()).map(|t| {
+                            let cols = ops
+                                .columns
+                                .iter()
+                                .map(|c| t.columns.iter().position(|x| x == c))
+                                .collect();
+                            (*t, cols)
+                        });
+                        continue;
+                    }
+                    Ok(Step::Row(op)) => op,
+                };
+                let Some((t, cols)) = &table else { continue };
+                let key_bytes = encode_key(&op.key);
+                if skip(t, &key_bytes) {
+                    continue;
+                }
+                let Some(m) = merger.load_meta(t, &key_bytes)? else {
+                    continue;
+                };
+                if !m.materialized(&merger.origins) {
+                    continue;
+                }
+                for cell in op.cells {
+                    let Some(Some(c)) = cols.get(cell.column) else {
+                        continue;
+                    };
+                    let wins_here = m
+                        .winner(c + 1, &merger.origins)
+                        .is_some_and(|w| w.origin == origin && w.seq == seq as u64);
+                    if wins_here {
+                        wins.insert((t.tid, key_bytes.clone(), *c), cell.value);
+                    }
+                }
+            }
+        }
+        for ((tid, key_bytes, c), want) in wins {
+            *found.entry(tid).or_default() += 1;
+            let t = tables.iter().find(|t| t.tid == tid).expect("tables by tid");
+            let key = decode_key(&key_bytes)?;
+            let shown = merger.read_row(t, &key)?;
+            let shown = shown.as_ref().map(|row| &row[c]);
+            if shown != Some(&want) && problems.len() < 20 {
+                problems.push(format!(
+                    "{} [{}].{}: shows {}, its winning value is {}",
+                    t.name,
+                    key.iter()
+                        .map(Value::display)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    t.columns[c],
+                    shown.map_or("no row".into(), Value::display),
+                    want.display()
+                ));
+            }
+        }
+    }
+    for t in tables {
+        let (want, got) = (
+            expected.get(&t.tid).copied().unwrap_or(0),
+            found.get(&t.tid).copied().unwrap_or(0),
+        );
+        if got < want {
+            problems.push(format!(
+                "{}: {} shown value(s) whose winning change is not in the log",
+                t.name,
+                want - got
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        problems.push(
+            "the tables differ from what the merge decided; keep a copy of the file and report it"
+                .into(),
+        );
+    }
+    Ok(problems)
 }

@@ -442,44 +442,42 @@ impl<'c> Merger<'c> {
                             })
                             .collect()
                     };
-                let row_values = values(self, &m1, &old_visible);
-                let result = if old_mat {
-                    let changed: Vec<usize> = (0..ncols)
-                        .filter(|&i| {
-                            m1.winner(i + 1, origins).map(|w| w.vref())
-                                != old_winners[i + 1].map(|w| w.vref())
-                        })
-                        .collect();
-                    self.update_row(t, row.key, &changed, &row_values)
-                } else {
-                    self.insert_row(t, row.key, &row_values)
+                // A shown row is updated in the columns whose winner changed; the values
+                // of the others may not be loaded (they are in the table already).
+                let mut row_values = values(self, &m1, &old_visible);
+                let changed: Vec<usize> = (0..ncols)
+                    .filter(|&i| {
+                        m1.winner(i + 1, origins).map(|w| w.vref())
+                            != old_winners[i + 1].map(|w| w.vref())
+                    })
+                    .collect();
+                let write = |this: &Self, row_values: &[Value]| {
+                    if old_mat {
+                        this.update_row(t, row.key, &changed, row_values)
+                    } else {
+                        this.insert_row(t, row.key, row_values)
+                    }
                 };
-                match result {
+                match write(self, &row_values) {
                     Ok(()) => {}
                     Err(failure) => {
                         let Some(reason) = constraint_reason(&failure) else {
                             return Err(failure.into());
                         };
+                        // Finding the rows in the way, holding this one and showing its
+                        // conflict all need the whole row: load the unchanged columns.
+                        if old_mat && old_visible.is_none() {
+                            old_visible = self.read_row(t, row.key)?;
+                            row_values = values(self, &m1, &old_visible);
+                        }
                         let won = reason == HELD_UNIQUE
                             && self.try_evict_blockers(row, &m1, &row_values)?;
                         let retried = if won {
-                            if old_mat {
-                                self.update_row(
-                                    t,
-                                    row.key,
-                                    &(0..ncols).collect::<Vec<_>>(),
-                                    &row_values,
-                                )
-                            } else {
-                                self.insert_row(t, row.key, &row_values)
-                            }
+                            write(self, &row_values)
                         } else {
                             Err(failure)
                         };
                         if retried.is_err() {
-                            if old_visible.is_none() && old_mat {
-                                old_visible = self.read_row(t, row.key)?;
-                            }
                             m1.held = true;
                             new_mat = false;
                             if old_mat {

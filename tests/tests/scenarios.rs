@@ -1351,3 +1351,84 @@ fn a_batch_of_new_rows_with_keys_known_here_falls_back_to_the_merge() {
         assert!(c.replicas[i].doctor(false).unwrap().iter().all(|f| f.ok));
     }
 }
+
+/// Two replicas move two rows onto one UNIQUE value at once; the older row keeps the slot.
+/// The winner's update carries only the changed column: the other columns must stay as
+/// they are on every replica, and the conflict must show the whole winning row.
+fn unique_collision_of_partial_updates(index_after_track: bool) -> Cluster {
+    let schema = if index_after_track {
+        "CREATE TABLE t(id TEXT PRIMARY KEY, name TEXT, x INTEGER);"
+    } else {
+        "CREATE TABLE t(id TEXT PRIMARY KEY, name TEXT, x INTEGER UNIQUE);"
+    };
+    let mut c = Cluster::new(2, schema, &["t"]);
+    if index_after_track {
+        for i in 0..2 {
+            c.write(i, "CREATE UNIQUE INDEX t_x ON t(x)");
+        }
+    }
+    c.write(
+        0,
+        "INSERT INTO t VALUES ('r1', 'Alpha', 1), ('r2', 'Beta', 2)",
+    );
+    c.send(0, 1);
+    c.write(0, "UPDATE t SET x = 5 WHERE id = 'r1'");
+    c.write(1, "UPDATE t SET x = 5 WHERE id = 'r2'");
+    c.replicas[0].seal().unwrap();
+    c.replicas[1].seal().unwrap();
+    c.send(0, 1);
+    c.send(1, 0);
+    c
+}
+
+fn rows_of_t(c: &Cluster, i: usize) -> Vec<(String, Option<String>, Option<i64>)> {
+    let app = c.app(i);
+    let mut stmt = app
+        .prepare("SELECT id, name, x FROM t ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+#[test]
+fn unique_collision_of_partial_updates_keeps_the_winners_other_columns() {
+    for index_after_track in [false, true] {
+        let mut c = unique_collision_of_partial_updates(index_after_track);
+        let want = vec![("r1".to_string(), Some("Alpha".to_string()), Some(5))];
+        for i in 0..2 {
+            assert_eq!(
+                rows_of_t(&c, i),
+                want,
+                "replica {i} (index after track: {index_after_track})"
+            );
+            let conflicts = c.replicas[i].conflicts().unwrap();
+            assert_eq!(conflicts.len(), 1, "replica {i}: {conflicts:?}");
+            // A constraint conflict's candidates are whole rows, shown as text.
+            let shown: Vec<Option<tide_core::Value>> = conflicts[0]
+                .candidates
+                .iter()
+                .map(|c| c.value.clone())
+                .collect();
+            for row in [r#""r1", "Alpha", 5"#, r#""r2", "Beta", 5"#] {
+                assert!(
+                    shown.contains(&Some(tide_core::Value::text(row))),
+                    "replica {i} shows the rows as {shown:?}, not {row}"
+                );
+            }
+        }
+        assert_eq!(c.hashes()[0], c.hashes()[1]);
+        // Keeping the winner frees nothing, and the replicas still agree afterwards.
+        let id = c.replicas[1].conflicts().unwrap()[0].id.clone();
+        c.replicas[1]
+            .resolve(&id, tide_core::Resolution::KeepWinner)
+            .unwrap();
+        c.sync_all();
+        for i in 0..2 {
+            assert_eq!(rows_of_t(&c, i), want, "replica {i} after resolving");
+            assert!(c.replicas[i].conflicts().unwrap().is_empty());
+        }
+        assert_eq!(c.hashes()[0], c.hashes()[1]);
+    }
+}
