@@ -1,11 +1,16 @@
 //! Convergence, idempotence and type fidelity over random histories (DESIGN §6,
 //! invariants 1, 5 and 10).
 //!
-//! Every case builds 3–5 replicas of the same two-table schema, lets "apps" write plain
-//! SQL through their own connections, exchanges changes between random pairs with loss,
-//! duplication and reordering, resolves some conflicts, and finally syncs everyone fully.
-//! Then every replica must hold the same tables (bit-exact), the same conflicts and the
-//! same state hash, and re-importing everything must change nothing.
+//! Every case builds 3–5 replicas of the same three-table schema (one table with a
+//! single-column and a two-column UNIQUE index and a foreign key to another), lets "apps"
+//! write plain SQL through their own connections (whole rows, some columns of a row,
+//! deletes and re-inserts, writes that collide on unique values; writes the app's own
+//! constraints refuse fail as they would), exchanges changes between random pairs with
+//! loss, duplication and reordering, resolves some conflicts, and finally syncs everyone
+//! fully. Then every replica must hold the same tables (bit-exact), the same conflicts
+//! and the same state hash, its doctor must find nothing (each shown value is the one its
+//! metadata says won), and re-importing everything must change nothing; again after
+//! resolutions, some concurrent, and after resolving every conflict.
 //!
 //! Runs 200 cases by default; set `TIDE_PROPTEST_CASES` for more and
 //! `TIDE_PROPTEST_SEED` to explore another fixed seed. Doc keys include values SQLite
@@ -176,6 +181,74 @@ enum Op {
         name: u8,
         part: u8,
     },
+    /// `INSERT OR IGNORE` (or `OR REPLACE`, which deletes the rows it collides with) into
+    /// tags, whose few UNIQUE values and foreign key make constraint conflicts common.
+    TagPut {
+        id: i64,
+        cells: [TagCell; 5],
+        replace: bool,
+    },
+    /// An update of some of a tag's columns: the op carries only those.
+    TagSet {
+        id: i64,
+        cells: Vec<TagCell>,
+    },
+    TagDel {
+        id: i64,
+    },
+}
+
+/// One cell of tags: a column and its value.
+#[derive(Clone, Debug)]
+enum TagCell {
+    /// UNIQUE on its own: 'x', 'y' or NULL.
+    Code(Option<u8>),
+    /// `a` and `b` are UNIQUE together: 0, 1 or NULL each.
+    A(Option<i64>),
+    B(Option<i64>),
+    Note(V),
+    /// REFERENCES items(id): an item id, maybe one that does not exist, or NULL.
+    Owner(Option<i64>),
+}
+
+impl TagCell {
+    fn column(&self) -> &'static str {
+        match self {
+            TagCell::Code(_) => "code",
+            TagCell::A(_) => "a",
+            TagCell::B(_) => "b",
+            TagCell::Note(_) => "note",
+            TagCell::Owner(_) => "owner",
+        }
+    }
+
+    fn value(&self) -> Value {
+        let int = |v: &Option<i64>| v.map_or(Value::Null, Value::Integer);
+        match self {
+            TagCell::Code(c) => c.map_or(Value::Null, |c| Value::text(["x", "y"][c as usize % 2])),
+            TagCell::A(v) | TagCell::B(v) | TagCell::Owner(v) => int(v),
+            TagCell::Note(v) => v.value(),
+        }
+    }
+}
+
+fn tag_cells() -> impl Strategy<Value = [TagCell; 5]> {
+    (
+        proptest::option::weighted(0.9, 0u8..2),
+        proptest::option::weighted(0.8, 0i64..2),
+        proptest::option::weighted(0.8, 0i64..2),
+        any_v(),
+        proptest::option::weighted(0.5, 1i64..=9),
+    )
+        .prop_map(|(code, a, b, note, owner)| {
+            [
+                TagCell::Code(code),
+                TagCell::A(a),
+                TagCell::B(b),
+                TagCell::Note(note),
+                TagCell::Owner(owner),
+            ]
+        })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -197,6 +270,14 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (name.clone(), part.clone(), 0usize..5, any_v())
             .prop_map(|(name, part, col, val)| Op::DocSet { name, part, col, val }),
         1 => (name, part).prop_map(|(name, part)| Op::DocDel { name, part }),
+        4 => (1i64..=3, tag_cells(), proptest::bool::weighted(0.3))
+            .prop_map(|(id, cells, replace)| Op::TagPut { id, cells, replace }),
+        5 => (1i64..=3, tag_cells(), proptest::sample::subsequence(vec![0usize, 1, 2, 3, 4], 1..=3))
+            .prop_map(|(id, cells, pick)| Op::TagSet {
+                id,
+                cells: pick.into_iter().map(|i| cells[i].clone()).collect(),
+            }),
+        1 => (1i64..=3).prop_map(|id| Op::TagDel { id }),
     ]
 }
 
@@ -252,7 +333,12 @@ fn step() -> impl Strategy<Value = Step> {
 const SCHEMA: &str = "
     CREATE TABLE items(id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, price REAL, data BLOB, any_col);
     CREATE TABLE docs(name TEXT NOT NULL, part BLOB NOT NULL, i INTEGER, r REAL, t TEXT, b BLOB, u,
-                      PRIMARY KEY(name, part)) WITHOUT ROWID;";
+                      PRIMARY KEY(name, part)) WITHOUT ROWID;
+    CREATE TABLE tags(id INTEGER PRIMARY KEY, code TEXT UNIQUE, a INTEGER, b INTEGER, note,
+                      owner INTEGER REFERENCES items(id), UNIQUE(a, b));";
+
+/// The tables every replica tracks, and the order their rows are compared in.
+const TABLES: [(&str, &str); 3] = [("items", "id"), ("docs", "name, part"), ("tags", "id")];
 
 struct World {
     _dir: tempfile::TempDir,
@@ -293,8 +379,9 @@ fn world(n: usize) -> Result<World, TestCaseError> {
         r.connection()
             .execute_batch(SCHEMA)
             .ctx(|| "schema".into())?;
-        r.track("items").ctx(|| "track items".into())?;
-        r.track("docs").ctx(|| "track docs".into())?;
+        for (table, _) in TABLES {
+            r.track(table).ctx(|| format!("track {table}"))?;
+        }
         // Odd replicas close chunks past 300 bytes, so their bulk changes span many
         // chunks (and tables resume across chunk boundaries) while even ones use the
         // default: both must converge alike.
@@ -321,6 +408,9 @@ fn world(n: usize) -> Result<World, TestCaseError> {
         let c = Connection::open(p).ctx(|| "app connection".into())?;
         c.busy_timeout(std::time::Duration::from_secs(10))
             .ctx(|| "busy_timeout".into())?;
+        // Apps enforce their foreign keys: a write that breaks one fails, as it would.
+        c.execute_batch("PRAGMA foreign_keys = ON")
+            .ctx(|| "foreign_keys".into())?;
         apps.push(c);
     }
     Ok(World {
@@ -407,7 +497,37 @@ fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
             "DELETE FROM docs WHERE name = ?1 AND part = ?2",
             rusqlite::params![DOC_NAMES[*name as usize], doc_part(*part)],
         ),
+        Op::TagPut { id, cells, replace } => {
+            let verb = if *replace { "REPLACE" } else { "IGNORE" };
+            let v: Vec<Value> = cells.iter().map(TagCell::value).collect();
+            c.execute(
+                &format!("INSERT OR {verb} INTO tags(id, code, a, b, note, owner) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"),
+                rusqlite::params![id, v[0], v[1], v[2], v[3], v[4]],
+            )
+        }
+        Op::TagSet { id, cells } => {
+            let sets = cells
+                .iter()
+                .enumerate()
+                .map(|(i, cell)| format!("{} = ?{}", cell.column(), i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut args = vec![Value::Integer(*id)];
+            args.extend(cells.iter().map(TagCell::value));
+            c.execute(
+                &format!("UPDATE tags SET {sets} WHERE id = ?1"),
+                rusqlite::params_from_iter(args),
+            )
+        }
+        Op::TagDel { id } => c.execute("DELETE FROM tags WHERE id = ?1", [id]),
     }
+}
+
+/// A write the app's own constraints refuse (a UNIQUE value taken, a missing parent, a
+/// parent still referenced) fails for the app, as it would in production; the history
+/// goes on.
+fn refused_by_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
 fn deliver<T: Clone>(batch: &[T], how: &Delivery) -> Vec<T> {
@@ -438,7 +558,12 @@ impl World {
                         .ctx(|| format!("step {no}: BEGIN"))?;
                 }
                 for op in ops {
-                    run_op(app, op).ctx(|| format!("step {no}: app write {op:?}"))?;
+                    match run_op(app, op) {
+                        Err(e) if refused_by_constraint(&e) => {}
+                        done => {
+                            done.ctx(|| format!("step {no}: app write {op:?}"))?;
+                        }
+                    }
                 }
                 if ops.len() > 1 {
                     app.execute_batch("COMMIT")
@@ -622,7 +747,7 @@ fn show_conflict(c: &Conflict) -> String {
     )
 }
 
-fn check_converged(w: &World) -> Result<(), TestCaseError> {
+fn check_converged(w: &mut World) -> Result<(), TestCaseError> {
     let n = w.n();
     let vv = w.vectors()?;
     for i in 1..n {
@@ -634,7 +759,7 @@ fn check_converged(w: &World) -> Result<(), TestCaseError> {
         let q = r.quarantine().ctx(|| "quarantine".into())?;
         prop_assert!(q.is_empty(), "r{} quarantined changes: {:?}", i, q);
     }
-    for (table, order) in [("items", "id"), ("docs", "name, part")] {
+    for (table, order) in TABLES {
         let base = dump(&w.replicas[0], table, order)?;
         for i in 1..n {
             let other = dump(&w.replicas[i], table, order)?;
@@ -675,6 +800,16 @@ fn check_converged(w: &World) -> Result<(), TestCaseError> {
     for i in 1..n {
         let h = w.replicas[i].state_hash().ctx(|| "state_hash".into())?;
         prop_assert!(h0 == h, "state hash of r{} differs from r0's", i);
+    }
+    // Agreeing is not enough: every replica must show what its own metadata says won.
+    for (i, r) in w.replicas.iter_mut().enumerate() {
+        let findings = r.doctor(false).ctx(|| format!("r{i}.doctor"))?;
+        let failed: Vec<String> = findings
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| format!("    {}: {}\n", f.check, f.detail))
+            .collect();
+        prop_assert!(failed.is_empty(), "doctor on r{}:\n{}", i, failed.concat());
     }
     Ok(())
 }
@@ -752,11 +887,11 @@ fn run_history(n: usize, steps: &[Step], finale: &Finale) -> Result<(), TestCase
         w.step(no, s)?;
     }
     w.sync_all()?;
-    check_converged(&w)?;
+    check_converged(&mut w)?;
     check_idempotent(&mut w)?;
     // A last full exchange after the re-imports must still agree.
     w.sync_all()?;
-    check_converged(&w)?;
+    check_converged(&mut w)?;
 
     // Resolutions on a converged state (every kind of conflict exists by now), some of
     // them concurrent, then convergence again.
@@ -764,7 +899,7 @@ fn run_history(n: usize, steps: &[Step], finale: &Finale) -> Result<(), TestCase
         w.step(steps.len() + i, &Step::Resolve { at, pick, keep })?;
     }
     w.sync_all()?;
-    check_converged(&w)?;
+    check_converged(&mut w)?;
 
     // Resolving every conflict on one replica closes them everywhere.
     for round in 0.. {
@@ -785,7 +920,7 @@ fn run_history(n: usize, steps: &[Step], finale: &Finale) -> Result<(), TestCase
             })?;
     }
     w.sync_all()?;
-    check_converged(&w)?;
+    check_converged(&mut w)?;
     for (i, r) in w.replicas.iter().enumerate() {
         let left = r.conflicts().ctx(|| "conflicts".into())?;
         prop_assert!(
