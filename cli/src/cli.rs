@@ -38,10 +38,13 @@ TIDE_PASSPHRASE (a bundle passphrase; never pass one as an argument).
 ",
         "Exit codes:
   0  success (an import that records new conflicts succeeds too)
-  1  internal error (disk, database, a bug)
-  2  usage error (a wrong flag, no --db, an unknown peer or conflict)
-  3  input rejected: bad signature, tampering, truncation, wrong key, unknown sender,
-     a bundle addressed to another replica; nothing was changed
+  1  internal error (disk, database, a bug; `tide doctor` finding a failed check)
+  2  usage error, nothing was changed: a wrong flag or size, no --db, a database that is
+     missing, not SQLite or never initialised (`tide init`), a file argument that is
+     missing or a folder, an unknown peer, table or conflict
+  3  input rejected, nothing was changed: a damaged or empty bundle or card, bad
+     signature, tampering, truncation, wrong key, unknown sender, a bundle addressed to
+     another replica, card keys that are not valid keys
   4  prerequisites missing: the bundle needs changes this replica does not have yet
   5  conflicts open (`tide status --check`)"
     )
@@ -246,7 +249,7 @@ pub struct ExportArgs {
     /// Encrypt under a passphrase read from $TIDE_PASSPHRASE or asked on the terminal.
     #[arg(long)]
     pub passphrase: bool,
-    /// Cut into parts of at most this size (like 10M, 512K); needs -o.
+    /// Cut into parts of at most this size (at least 1K; like 10M, 512K, 1G); needs -o.
     #[arg(long, value_name = "SIZE", requires = "output")]
     pub split: Option<String>,
     /// Everything, not only what the peer lacks.

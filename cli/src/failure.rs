@@ -26,6 +26,29 @@ pub fn usage(message: impl Into<String>, next: Option<&str>) -> anyhow::Error {
     .into()
 }
 
+/// An input file's contents refused (a damaged card, say): exit 3, nothing changed.
+#[derive(Debug)]
+pub struct Rejected {
+    pub message: String,
+    pub next: Option<String>,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+pub fn rejected(message: impl Into<String>, next: Option<&str>) -> anyhow::Error {
+    Rejected {
+        message: message.into(),
+        next: next.map(String::from),
+    }
+    .into()
+}
+
 /// Prerequisites missing: exit 4.
 #[derive(Debug)]
 pub struct Prerequisites(pub String);
@@ -59,6 +82,14 @@ pub fn describe(e: &anyhow::Error) -> Failure {
             unchanged: true,
             next: u.next.clone(),
             code: USAGE,
+        };
+    }
+    if let Some(r) = e.downcast_ref::<Rejected>() {
+        return Failure {
+            message,
+            unchanged: true,
+            next: r.next.clone(),
+            code: REJECTED,
         };
     }
     if e.downcast_ref::<Prerequisites>().is_some() {
@@ -114,6 +145,9 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
     let (unchanged, next, code): (bool, Option<String>, u8) = match c {
         NotInitialized => (true, Some("tide --db FILE init --name NAME".into()), USAGE),
         OldLogFormat => (true, None, USAGE),
+        NoDatabase(_) => (true, Some("check the path, or create a replica there: tide --db FILE init --name NAME".into()), USAGE),
+        NotADatabase { .. } => (true, Some("check the path: --db names the replica's SQLite file".into()), USAGE),
+        OlderLayout { .. } => (true, Some("any command that writes upgrades the file in place, such as `tide --db FILE status`; then run this again".into()), USAGE),
         IdentityMissing { .. } | IdentityConflict { .. } => (
             true,
             Some("if this file is a copy or a restored backup, give it its own identity: `tide --db FILE init --new-identity`; if you moved the original, point TIDE_HOME at its key store".into()),

@@ -50,6 +50,29 @@ pub enum Error {
     /// The database has no tide identity yet.
     #[error("this database has no tide identity yet; initialise it first")]
     NotInitialized,
+    /// No file at the database path (only `Replica::open` creates one).
+    #[error("no database at {}", .0.display())]
+    NoDatabase(PathBuf),
+    /// The path is not a SQLite database: a folder, or a file SQLite cannot read.
+    #[error("{} is not a SQLite database: {reason}", path.display())]
+    NotADatabase {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+    /// The database's tide metadata has an earlier layout than this build's, and it was
+    /// opened read-only, so it was not upgraded.
+    #[error(
+        "this database's tide metadata was written by an earlier version of tide (layout \
+         {found}; this build uses layout {current}); a read-only command does not upgrade it"
+    )]
+    OlderLayout {
+        /// The layout (number of metadata migrations) the file has.
+        found: u64,
+        /// The layout this build writes.
+        current: u64,
+    },
     /// The database names an identity whose secret key is not in this key store: it was
     /// copied or restored from another machine or key store.
     #[error(

@@ -54,8 +54,8 @@ impl Card {
         }
         let sign_key = parse_hex_array(parts.next().unwrap_or(""), "card signing key")?;
         let box_key = parse_hex_array(parts.next().unwrap_or(""), "card encryption key")?;
-        VerifyingKey::from_bytes(&sign_key)
-            .map_err(|_| DecodeError::Malformed("card signing key"))?;
+        check_sign_key(&sign_key)?;
+        check_box_key(&box_key)?;
         let name = parts.next().unwrap_or("").to_string();
         Ok(Card {
             id: ReplicaId::for_signing_key(&sign_key),
@@ -64,6 +64,32 @@ impl Card {
             box_key,
         })
     }
+}
+
+/// An Ed25519 public key must be the canonical encoding of a curve point outside the
+/// small subgroup: signatures under a small-order key prove nothing, and a non-canonical
+/// encoding names the same point as another key.
+fn check_sign_key(key: &[u8; 32]) -> Result<(), DecodeError> {
+    let bad = || DecodeError::Malformed("card signing key (not a valid Ed25519 public key)");
+    let point = VerifyingKey::from_bytes(key).map_err(|_| bad())?;
+    if point.is_weak() || point.to_edwards().compress().to_bytes() != *key {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// An X25519 public key must not be of low order (all-zero among them): a key exchange
+/// with it yields the all-zero secret whatever the other side's key, so anyone could
+/// open what is encrypted to it.
+fn check_box_key(key: &[u8; 32]) -> Result<(), DecodeError> {
+    let probe = x25519_dalek::StaticSecret::from([0x5a; 32]);
+    let shared = probe.diffie_hellman(&x25519_dalek::PublicKey::from(*key));
+    if !shared.was_contributory() {
+        return Err(DecodeError::Malformed(
+            "card encryption key (not a valid X25519 public key)",
+        ));
+    }
+    Ok(())
 }
 
 /// The secret half of an identity. Never stored in the database.
@@ -323,6 +349,24 @@ mod tests {
         let parsed = Card::parse(&card.to_line()).unwrap();
         assert_eq!(parsed, card);
         assert_eq!(parsed.id, s.id());
+    }
+
+    #[test]
+    fn cards_with_keys_that_are_not_curve_points_are_refused() {
+        let good = SecretIdentity::generate().card("x");
+        let sign = hex(&good.sign_key);
+        let boxk = hex(&good.box_key);
+        let identity = format!("01{}", "00".repeat(31));
+        for (sign, boxk) in [
+            ("ff".repeat(32), boxk.clone()),
+            ("00".repeat(32), boxk.clone()),
+            (identity.clone(), boxk.clone()),
+            (sign.clone(), "00".repeat(32)),
+            (sign.clone(), identity.clone()),
+        ] {
+            let line = format!("{CARD_PREFIX} {sign} {boxk} x");
+            assert!(Card::parse(&line).is_err(), "{line}");
+        }
     }
 
     #[test]

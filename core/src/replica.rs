@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::identity::{Binding, Card, KeyStore, SecretIdentity};
@@ -22,6 +22,8 @@ pub struct Replica {
     pub(crate) conn: Connection,
     pub(crate) keys: KeyStore,
     pub(crate) path: PathBuf,
+    /// The metadata layouts (from, to) opening upgraded between, if it did.
+    upgraded: Option<(u64, u64)>,
     /// Test hook: make the apply fail after this many row ops (atomicity tests).
     pub(crate) fail_after_ops: Option<usize>,
     /// Told how long exports and imports are getting on (see [`Replica::set_progress`]).
@@ -36,30 +38,84 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     /// Opens (creating if absent) the database at `path` and makes sure tide's metadata
-    /// tables exist. Secret keys are looked up in `keys`.
+    /// tables exist. Secret keys are looked up in `keys`. This is how a database becomes
+    /// a replica (with [`Replica::init`]); to work on one that already is, use
+    /// [`Replica::open_existing`] or [`Replica::open_read_only`], which never create.
     pub fn open(path: impl AsRef<Path>, keys: KeyStore) -> Result<Replica> {
         let path = path.as_ref().to_path_buf();
+        refuse_folder(&path)?;
         let conn = Connection::open(&path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        // Sealing and applying cycle through a few dozen statements per table; the
-        // default cache of 16 would re-prepare them over and over.
-        conn.set_prepared_statement_cache_capacity(64);
-        // tide's connection leaves foreign keys off (SQLite's default): an apply must not
-        // cascade deletes or set NULLs the origin did not capture. Foreign keys are
-        // settled explicitly after every apply and seal (`log::settle`). Said explicitly:
-        // rusqlite's bundled SQLite turns them on by default.
-        conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
+        probe(&conn, &path)?;
+        configure(&conn)?;
         let tx = conn.unchecked_transaction()?;
         schema::migrate(&tx)?;
         tx.commit()?;
-        let path = std::fs::canonicalize(&path).unwrap_or(path);
-        Ok(Replica {
+        Ok(Replica::new(conn, keys, path, None))
+    }
+
+    /// Opens an existing replica for reading and writing. Nothing is created: a path with
+    /// no file is [`Error::NoDatabase`], a folder or a file SQLite cannot read is
+    /// [`Error::NotADatabase`], and a database with no tide identity (a plain SQLite
+    /// file, never initialised) is [`Error::NotInitialized`]; each leaves the file as it
+    /// was. Metadata of an earlier layout is upgraded in place, and
+    /// [`Replica::upgraded`] says so.
+    pub fn open_existing(path: impl AsRef<Path>, keys: KeyStore) -> Result<Replica> {
+        let path = path.as_ref().to_path_buf();
+        let conn = connect_existing(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let found = layout(&conn)?;
+        let tx = conn.unchecked_transaction()?;
+        schema::migrate(&tx)?;
+        tx.commit()?;
+        let now = layout(&conn)?;
+        Ok(Replica::new(
             conn,
             keys,
             path,
+            (now != found).then_some((found, now)),
+        ))
+    }
+
+    /// Opens an existing replica read-only (SQLite refuses every write through it): for
+    /// commands that only look. Refuses what [`Replica::open_existing`] refuses, and
+    /// metadata of an earlier layout too ([`Error::OlderLayout`]): upgrading is a write,
+    /// so it is left to a command that writes.
+    pub fn open_read_only(path: impl AsRef<Path>, keys: KeyStore) -> Result<Replica> {
+        let path = path.as_ref().to_path_buf();
+        let conn = connect_existing(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let found = layout(&conn)?;
+        let current = current_layout()?;
+        if found < current {
+            return Err(Error::OlderLayout { found, current });
+        }
+        Ok(Replica::new(conn, keys, path, None))
+    }
+
+    fn new(
+        conn: Connection,
+        keys: KeyStore,
+        path: PathBuf,
+        upgraded: Option<(u64, u64)>,
+    ) -> Replica {
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        Replica {
+            conn,
+            keys,
+            path,
+            upgraded,
             fail_after_ops: None,
             progress: None,
-        })
+        }
+    }
+
+    /// When opening upgraded tide's metadata to this build's layout: (from, to).
+    pub fn upgraded(&self) -> Option<(u64, u64)> {
+        self.upgraded
     }
 
     /// The underlying connection, for reading tide's view or writing like an app would.
@@ -416,6 +472,99 @@ impl Replica {
         )?;
         Ok(())
     }
+}
+
+/// Connection settings every replica handle uses.
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Sealing and applying cycle through a few dozen statements per table; the
+    // default cache of 16 would re-prepare them over and over.
+    conn.set_prepared_statement_cache_capacity(64);
+    // tide's connection leaves foreign keys off (SQLite's default): an apply must not
+    // cascade deletes or set NULLs the origin did not capture. Foreign keys are
+    // settled explicitly after every apply and seal (`log::settle`). Said explicitly:
+    // rusqlite's bundled SQLite turns them on by default.
+    conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
+    Ok(())
+}
+
+fn refuse_folder(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::NotADatabase {
+            path: path.to_path_buf(),
+            reason: "it is a folder".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the schema, so that a file SQLite cannot read fails here, as itself.
+fn probe(conn: &Connection, path: &Path) -> Result<()> {
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
+            Err(Error::NotADatabase {
+                path: path.to_path_buf(),
+                reason: "SQLite cannot read it (it is some other kind of file, or damaged)".into(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens a file that must already be a tide replica, without creating or writing
+/// anything: refused when absent, not a database, or without a tide identity.
+fn connect_existing(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    if !path.exists() {
+        return Err(Error::NoDatabase(path.to_path_buf()));
+    }
+    refuse_folder(path)?;
+    let conn = Connection::open_with_flags(path, flags)?;
+    probe(&conn, path)?;
+    configure(&conn)?;
+    let has_metadata = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN ('_tide_meta', '_tide_origins')",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? == 2;
+    if !has_metadata {
+        return Err(Error::NotInitialized);
+    }
+    let identity: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT o.id FROM _tide_meta m JOIN _tide_origins o ON o.idx = m.v WHERE m.k='self'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if identity.is_none() {
+        return Err(Error::NotInitialized);
+    }
+    Ok(conn)
+}
+
+/// How many metadata migrations the database has had.
+fn layout(conn: &Connection) -> Result<u64> {
+    Ok(conn
+        .query_row("SELECT v FROM _tide_meta WHERE k='migration'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+/// The layout this build writes: what migrating an empty database reaches.
+fn current_layout() -> Result<u64> {
+    static CURRENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(n) = CURRENT.get() {
+        return Ok(*n);
+    }
+    let conn = Connection::open_in_memory()?;
+    schema::migrate(&conn)?;
+    let n = layout(&conn)?;
+    Ok(*CURRENT.get_or_init(|| n))
 }
 
 fn bump_epoch(conn: &Connection) -> Result<()> {

@@ -9,9 +9,9 @@ use serde_json::json;
 use tide_bundle::{BundleError, Header, PART_MAGIC, WriteOptions};
 use tide_core::{Card, VersionVector};
 
-use super::{Out, find_peer, open_path, passphrase, peer_name};
+use super::{Out, find_peer, input_file, open_path, open_read_path, passphrase, peer_name};
 use crate::cli::{BundleCommand, ExportArgs, ImportArgs};
-use crate::failure::{Prerequisites, usage};
+use crate::failure::{Prerequisites, rejected, usage};
 use crate::progress::Progress;
 use crate::render::{parse_size, time};
 
@@ -32,6 +32,42 @@ pub fn run(out: &Out, db: Option<&Path>, cmd: BundleCommand) -> Result<u8> {
     }
 }
 
+/// The smallest `--split` part: a part carries a 66-byte header, and 65535 parts at most.
+const MIN_PART: u64 = 1 << 10;
+
+fn split_size(s: &str) -> Result<u64> {
+    match parse_size(s) {
+        Some(n) if n >= MIN_PART => Ok(n),
+        _ => Err(usage(
+            format!("--split {s:?} is not a part size tide can cut to"),
+            Some(
+                "give at least 1K (1024 bytes), like 512K, 10M or 1G: suffixes K, M and G (powers of 1024); a bare number counts bytes",
+            ),
+        )),
+    }
+}
+
+/// Where `-o` writes: a file in a folder that exists.
+fn output_file(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(usage(
+            format!("-o {}: that is a folder", path.display()),
+            Some("give a file name, like -o to-hq.tide"),
+        ));
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(usage(
+            format!("-o {}: no folder {}", path.display(), dir.display()),
+            Some("check the path, or create the folder first"),
+        ));
+    }
+    Ok(())
+}
+
 fn vector_json(v: &VersionVector) -> serde_json::Value {
     json!(
         v.iter()
@@ -41,9 +77,27 @@ fn vector_json(v: &VersionVector) -> serde_json::Value {
 }
 
 fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
-    let mut r = open_path(db)?;
+    if let Some(f) = &args.passphrase_file {
+        input_file(f, "passphrase file")?;
+    }
+    if let Some(path) = &args.output {
+        output_file(path)?;
+    }
+    let split = args.split.as_deref().map(split_size).transpose()?;
+    let mut r = open_path(out, db)?;
     crate::progress::attach(&mut r, !out.json && !out.quiet);
     let peer = args.peer.as_deref().map(|p| find_peer(&r, p)).transpose()?;
+    if let Some(p) = &peer
+        && r.id().ok() == Some(p.id)
+    {
+        return Err(usage(
+            format!(
+                "--peer {}: that is this replica itself; a bundle is for another replica",
+                args.peer.as_deref().unwrap_or_default()
+            ),
+            Some("name a peer (tide peers list), or use --all for a bundle any peer can import"),
+        ));
+    }
     if args.encrypt && peer.is_none() {
         return Err(usage(
             "--encrypt needs --peer (the bundle is encrypted to the peer's key)",
@@ -73,18 +127,6 @@ fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
         passphrase: pass,
         ..Default::default()
     };
-    let split = args
-        .split
-        .as_deref()
-        .map(|s| {
-            parse_size(s).ok_or_else(|| {
-                usage(
-                    format!("--split {s:?} is not a size"),
-                    Some("use a size like 10M or 512K"),
-                )
-            })
-        })
-        .transpose()?;
     let to = args.output.clone();
     let bar = !out.json && !out.quiet;
     if to.is_none() && std::io::stdout().is_terminal() {
@@ -110,7 +152,16 @@ fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
             )?;
             tmp.as_file().sync_all()?;
             if let Some(size) = split {
-                let parts = tide_bundle::split(tmp.path(), size, path)?;
+                let parts = tide_bundle::split(tmp.path(), size, path).map_err(|e| match e {
+                    BundleError::Parts(why) => usage(
+                        format!(
+                            "--split {}: {why}",
+                            args.split.as_deref().unwrap_or_default()
+                        ),
+                        Some("give a larger --split size"),
+                    ),
+                    other => other.into(),
+                })?;
                 for p in &parts {
                     out.data(p.display().to_string());
                 }
@@ -158,7 +209,13 @@ fn export(out: &Out, db: &Path, args: ExportArgs) -> Result<u8> {
 /// Reads all inputs: whole bundles are imported one by one; parts are grouped and
 /// reassembled first.
 fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
-    let mut r = open_path(db)?;
+    if let Some(f) = &args.passphrase_file {
+        input_file(f, "passphrase file")?;
+    }
+    for f in args.files.iter().filter(|f| *f != "-") {
+        input_file(Path::new(f), "bundle file")?;
+    }
+    let mut r = open_path(out, db)?;
     crate::progress::attach(&mut r, !out.json && !out.quiet);
     let scratch = tempfile::tempdir()?;
     let mut bundles: Vec<PathBuf> = Vec::new();
@@ -171,11 +228,7 @@ fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
                 .context("reading the bundle from stdin")?;
             p
         } else {
-            let p = PathBuf::from(f);
-            if !p.exists() {
-                return Err(usage(format!("no file {f}"), Some("check the path")));
-            }
-            p
+            PathBuf::from(f)
         };
         let mut magic = [0u8; 8];
         let n = File::open(&path)?.read(&mut magic)?;
@@ -304,10 +357,12 @@ fn header_json(h: &Header) -> serde_json::Value {
 }
 
 fn inspect(out: &Out, db: Option<&Path>, file: &Path) -> Result<u8> {
+    input_file(file, "bundle file")?;
     let mut input =
         BufReader::new(File::open(file).with_context(|| format!("opening {}", file.display()))?);
-    let (h, _) = tide_bundle::read_header(&mut input, 0)?;
-    let replica = db.filter(|p| p.exists()).map(open_path).transpose()?;
+    let (h, _) =
+        tide_bundle::read_header(&mut input, 0).with_context(|| format!("{}", file.display()))?;
+    let replica = db.map(open_read_path).transpose()?;
     let missing = replica
         .as_ref()
         .map(|r| tide_bundle::prerequisites_missing(r, &h))
@@ -371,23 +426,28 @@ fn inspect(out: &Out, db: Option<&Path>, file: &Path) -> Result<u8> {
 }
 
 fn verify(out: &Out, db: Option<&Path>, file: &Path, card: Option<&Path>) -> Result<u8> {
-    let replica = db.filter(|p| p.exists()).map(open_path).transpose()?;
+    input_file(file, "bundle file")?;
+    if let Some(c) = card {
+        input_file(c, "card file")?;
+    }
+    let replica = db.map(open_read_path).transpose()?;
     let mut known: Vec<Card> = replica
         .as_ref()
         .map(|r| r.known_cards())
         .transpose()?
         .unwrap_or_default();
     if let Some(c) = card {
-        let text =
-            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        let bytes = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
         let line = text
             .lines()
             .find(|l| l.starts_with("tide-card-v1"))
-            .ok_or_else(|| usage(format!("{} holds no tide card", c.display()), None))?;
-        known
-            .push(Card::parse(line).map_err(|e| {
-                usage(format!("the card in {} is damaged: {e}", c.display()), None)
-            })?);
+            .ok_or_else(|| rejected(format!("{} holds no tide card", c.display()), None))?;
+        known.push(
+            Card::parse(line).map_err(|e| {
+                rejected(format!("the card in {} is damaged: {e}", c.display()), None)
+            })?,
+        );
     }
     if known.is_empty() {
         return Err(usage(

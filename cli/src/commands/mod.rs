@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tide_core::{Card, KeyStore, Replica, ReplicaId};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ConflictsCommand, PeersCommand, QuarantineCommand};
 use crate::failure::usage;
 
 /// Where output goes: data on stdout, messages on stderr (unless --quiet).
@@ -53,23 +53,48 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Init { name, new_identity } => {
             replica::init(&out, &db_path(&db)?, name, new_identity)
         }
-        Command::Track { tables } => replica::track(&out, &mut open(&db)?, &tables),
-        Command::Untrack { table } => replica::untrack(&out, &mut open(&db)?, &table),
-        Command::Status { check } => replica::status(&out, &mut open(&db)?, check),
-        Command::Id { card } => replica::id(&out, &open(&db)?, card),
-        Command::Peers(cmd) => replica::peers(&out, &mut open(&db)?, cmd),
+        Command::Track { tables } => replica::track(&out, &mut open(&out, &db)?, &tables),
+        Command::Untrack { table } => replica::untrack(&out, &mut open(&out, &db)?, &table),
+        Command::Status { check } => replica::status(&out, &mut open(&out, &db)?, check),
+        Command::Id { card } => replica::id(&out, &open_read(&db)?, card),
+        Command::Peers(cmd) => {
+            let mut r = match cmd {
+                PeersCommand::List | PeersCommand::Show { .. } => open_read(&db)?,
+                PeersCommand::Add { .. } | PeersCommand::Remove { .. } => open(&out, &db)?,
+            };
+            replica::peers(&out, &mut r, cmd)
+        }
         Command::Log {
             origin,
             table,
             limit,
-        } => replica::log(&out, &open(&db)?, origin, table, limit),
+        } => replica::log(&out, &open_read(&db)?, origin, table, limit),
         Command::Watch { interval, count } => {
-            replica::watch(&out, &mut open(&db)?, interval, count)
+            replica::watch(&out, &mut open(&out, &db)?, interval, count)
         }
-        Command::Quarantine(cmd) => replica::quarantine(&out, &mut open(&db)?, cmd),
-        Command::Doctor { repair } => replica::doctor(&out, &mut open(&db)?, repair),
+        Command::Quarantine(cmd) => {
+            let mut r = match cmd {
+                QuarantineCommand::List => open_read(&db)?,
+                QuarantineCommand::Retry | QuarantineCommand::Discard { .. } => open(&out, &db)?,
+            };
+            replica::quarantine(&out, &mut r, cmd)
+        }
+        Command::Doctor { repair } => {
+            let mut r = if repair {
+                open(&out, &db)?
+            } else {
+                open_read(&db)?
+            };
+            replica::doctor(&out, &mut r, repair)
+        }
         Command::Bundle(cmd) => bundle::run(&out, db.as_deref(), cmd),
-        Command::Conflicts(cmd) => conflicts::run(&out, &mut open(&db)?, cmd),
+        Command::Conflicts(cmd) => {
+            let mut r = match cmd {
+                ConflictsCommand::List { .. } | ConflictsCommand::Show { .. } => open_read(&db)?,
+                ConflictsCommand::Resolve { .. } => open(&out, &db)?,
+            };
+            conflicts::run(&out, &mut r, cmd)
+        }
     }
 }
 
@@ -82,25 +107,93 @@ fn db_path(db: &Option<PathBuf>) -> Result<PathBuf> {
     })
 }
 
-/// Opens an existing replica (never creates a file: a typo must not make an empty one).
-pub fn open(db: &Option<PathBuf>) -> Result<Replica> {
-    let path = db_path(db)?;
-    open_path(&path)
+/// Opens an existing replica to write (never creates a file: a typo must not make an
+/// empty one). Metadata an earlier tide wrote is upgraded, and that is said.
+pub fn open(out: &Out, db: &Option<PathBuf>) -> Result<Replica> {
+    open_path(out, &db_path(db)?)
 }
 
-pub fn open_path(path: &Path) -> Result<Replica> {
-    if !path.exists() {
-        return Err(usage(
-            format!("no database at {}", path.display()),
-            Some(&format!(
-                "check the path, or create a replica there: tide --db {} init --name NAME",
-                path.display()
-            )),
+pub fn open_path(out: &Out, path: &Path) -> Result<Replica> {
+    let r = opened(path, Replica::open_existing(path, KeyStore::from_env()))?;
+    if let Some((from, to)) = r.upgraded() {
+        out.say(format!(
+            "Upgraded tide's metadata in {} from layout {from} (an earlier version of tide) to layout {to}.",
+            path.display()
         ));
     }
-    let replica = Replica::open(path, KeyStore::from_env())
-        .with_context(|| format!("opening {}", path.display()))?;
-    Ok(replica)
+    Ok(r)
+}
+
+/// Opens an existing replica read-only: commands that only look never write the file,
+/// not even to upgrade it.
+pub fn open_read(db: &Option<PathBuf>) -> Result<Replica> {
+    open_read_path(&db_path(db)?)
+}
+
+pub fn open_read_path(path: &Path) -> Result<Replica> {
+    opened(path, Replica::open_read_only(path, KeyStore::from_env()))
+}
+
+/// Says what is wrong with the path, and the exact command that fixes it.
+fn opened(path: &Path, result: tide_core::Result<Replica>) -> Result<Replica> {
+    let shown = shell_word(path);
+    result.map_err(|e| match e {
+        tide_core::Error::NoDatabase(_) => usage(
+            format!("no database at {}", path.display()),
+            Some(&format!(
+                "check the path, or create a replica there: tide --db {shown} init --name NAME"
+            )),
+        ),
+        tide_core::Error::NotInitialized => usage(
+            format!(
+                "{} has no tide identity: it is not a tide replica yet",
+                path.display()
+            ),
+            Some(&format!("tide --db {shown} init --name NAME")),
+        ),
+        tide_core::Error::NotADatabase { .. } => usage(
+            e.to_string(),
+            Some("check the path: --db names the replica's SQLite file"),
+        ),
+        tide_core::Error::OlderLayout { .. } => usage(
+            format!("{}: {e}", path.display()),
+            Some(&format!(
+                "any command that writes upgrades it in place, such as `tide --db {shown} status`; then run this again"
+            )),
+        ),
+        other => anyhow::Error::new(other).context(format!("opening {}", path.display())),
+    })
+}
+
+/// A path as it would be typed in a shell command.
+pub fn shell_word(path: &Path) -> String {
+    let s = path.display().to_string();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./+,:@%".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// A file a command reads: refused as a usage error when absent or a folder, before
+/// anything is opened.
+pub fn input_file(path: &Path, what: &str) -> Result<()> {
+    if path.is_dir() {
+        return Err(usage(
+            format!("{} is a folder, not a {what}", path.display()),
+            Some("name the file itself"),
+        ));
+    }
+    if !path.exists() {
+        return Err(usage(
+            format!("no {what} at {}", path.display()),
+            Some("check the path"),
+        ));
+    }
+    Ok(())
 }
 
 /// A peer by name, full id or id prefix.
@@ -116,6 +209,12 @@ pub fn find_peer(replica: &Replica, which: &str) -> Result<Card> {
     } else {
         by_name
     };
+    if wanted.is_empty() {
+        return Err(usage(
+            "an empty peer name",
+            Some("give a peer's name or id (tide peers list)"),
+        ));
+    }
     match matches.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(usage(
@@ -141,16 +240,18 @@ pub fn peer_name(replica: &Replica, id: ReplicaId) -> String {
 /// terminal) a prompt that does not echo. Never from an argument.
 pub fn passphrase(file: Option<&Path>, prompt: bool) -> Result<Option<Vec<u8>>> {
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f)
+        input_file(f, "passphrase file")?;
+        let bytes = std::fs::read(f)
             .with_context(|| format!("reading the passphrase file {}", f.display()))?;
-        let line = text.lines().next().unwrap_or("").to_string();
+        let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             return Err(usage(
                 format!("the passphrase file {} is empty", f.display()),
-                None,
+                Some("its first line is the passphrase"),
             ));
         }
-        return Ok(Some(line.into_bytes()));
+        return Ok(Some(line.to_vec()));
     }
     if let Ok(p) = std::env::var("TIDE_PASSPHRASE")
         && !p.is_empty()

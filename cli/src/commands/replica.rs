@@ -6,15 +6,45 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tide_core::{Card, KeyStore, Replica, VersionVector};
 
-use super::{Out, find_peer, peer_name};
+use super::{Out, find_peer, input_file, peer_name};
 use crate::cli::{PeersCommand, QuarantineCommand};
-use crate::failure::{CONFLICTS_OPEN, usage};
+use crate::failure::{CONFLICTS_OPEN, rejected, usage};
 use crate::render::time;
 
 pub fn init(out: &Out, db: &Path, name: Option<String>, new_identity: bool) -> Result<u8> {
     let existed = db.exists();
-    let mut r = Replica::open(db, KeyStore::from_env())
-        .with_context(|| format!("opening {}", db.display()))?;
+    let folder = db
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(usage(
+            format!(
+                "no folder {} to create {} in",
+                folder.display(),
+                db.display()
+            ),
+            Some("check the path, or create the folder first"),
+        ));
+    }
+    // A replica already: opened as any command that writes would (an earlier layout is
+    // upgraded, and said). Otherwise the file becomes one (created when absent).
+    let mut r = match Replica::open_existing(db, KeyStore::from_env()) {
+        Ok(r) => {
+            if let Some((from, to)) = r.upgraded() {
+                out.say(format!(
+                    "Upgraded tide's metadata in {} from layout {from} (an earlier version of tide) to layout {to}.",
+                    db.display()
+                ));
+            }
+            r
+        }
+        Err(tide_core::Error::NotInitialized | tide_core::Error::NoDatabase(_)) => {
+            Replica::open(db, KeyStore::from_env())
+                .with_context(|| format!("opening {}", db.display()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", db.display())),
+    };
     let name = name.unwrap_or_else(|| {
         db.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -198,23 +228,27 @@ fn card_json(c: &Card) -> serde_json::Value {
 pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
     match cmd {
         PeersCommand::Add { card, name } => {
-            let text = if card == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading the card from stdin")?
+            let bytes = if card == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .context("reading the card from stdin")?;
+                b
             } else {
-                std::fs::read_to_string(&card)
-                    .with_context(|| format!("reading the card {card}"))?
+                input_file(Path::new(&card), "card file")?;
+                std::fs::read(&card).with_context(|| format!("reading the card {card}"))?
             };
+            let text = String::from_utf8_lossy(&bytes);
             let line = text
                 .lines()
                 .find(|l| l.starts_with("tide-card-v1"))
                 .ok_or_else(|| {
-                    usage(
+                    rejected(
                         format!("{card} holds no tide card"),
                         Some("on the peer, run `tide --db FILE id --card > peer.card`"),
                     )
                 })?;
             let mut c = Card::parse(line).map_err(|e| {
-                usage(
+                rejected(
                     format!("the card in {card} is damaged: {e}"),
                     Some("ask the peer for its card again"),
                 )
@@ -228,12 +262,40 @@ pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
                     Some("add the card of another replica"),
                 ));
             }
+            let known = r.known_cards()?.into_iter().find(|k| k.id == c.id);
+            if known.as_ref() == Some(&c) {
+                out.say(format!(
+                    "{} ({}) is already a peer with this card; nothing changed.",
+                    c.name,
+                    c.id.short()
+                ));
+                return Ok(0);
+            }
             r.add_peer(&c)?;
-            out.say(format!(
-                "Added peer {} ({}); bundles it signs are accepted from now on.",
-                c.name,
-                c.id.short()
-            ));
+            match known {
+                Some(old) => {
+                    if old.name != c.name {
+                        out.say(format!(
+                            "Renamed peer {} → {} ({}).",
+                            old.name,
+                            c.name,
+                            c.id.short()
+                        ));
+                    }
+                    if old.box_key != c.box_key {
+                        out.say(format!(
+                            "Peer {} ({}) has a new encryption key: bundles encrypted to it use the new one.",
+                            c.name,
+                            c.id.short()
+                        ));
+                    }
+                }
+                None => out.say(format!(
+                    "Added peer {} ({}); bundles it signs are accepted from now on.",
+                    c.name,
+                    c.id.short()
+                )),
+            }
             if !r.quarantine()?.is_empty() {
                 out.say("Changes from it may be waiting in quarantine: tide quarantine retry");
             }
@@ -285,6 +347,12 @@ pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
         }
         PeersCommand::Remove { peer } => {
             let p = find_peer(r, &peer)?;
+            if r.id().ok() == Some(p.id) {
+                return Err(usage(
+                    format!("{peer:?} is this replica itself, not a peer"),
+                    Some("tide peers list"),
+                ));
+            }
             r.remove_peer(p.id)?;
             out.say(format!(
                 "Removed {} ({}): changes it signs are refused from now on; what it wrote stays.",
