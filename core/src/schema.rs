@@ -434,6 +434,11 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
         .collect::<Vec<_>>()
         .join(" AND ");
     // Bit i marks column i changed; columns past 61 share bit 62 (sealing then rereads them all).
+    // SQL cannot tell 0.0 from -0.0, so an untyped column (one that keeps any value as
+    // given) holding a REAL zero before and after may or may not have changed: its bit
+    // stays clear, and the update's capture keeps the old zero in the column's value slot
+    // instead; sealing compares it bit for bit with the row (see `seal::each_pending`).
+    let ambiguous = |i: usize, untyped: bool| untyped && i < 62;
     let mask = if t.columns.is_empty() {
         "0".to_string()
     } else {
@@ -441,10 +446,36 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
             .iter()
             .zip(&t.untyped)
             .enumerate()
-            .map(|(i, (c, u))| format!("({} << {})", differs(c, *u), i.min(62)))
+            .map(|(i, (c, u))| {
+                let changed = if ambiguous(i, *u) {
+                    format!(
+                        "(NEW.{c} IS NOT OLD.{c} COLLATE BINARY OR typeof(NEW.{c}) IS NOT typeof(OLD.{c}))",
+                        c = q(c)
+                    )
+                } else {
+                    differs(c, *u)
+                };
+                format!("({changed} << {})", i.min(62))
+            })
             .collect::<Vec<_>>()
             .join(" | ")
     };
+    let (zero_cols, zero_vals): (String, String) = t
+        .columns
+        .iter()
+        .zip(&t.untyped)
+        .enumerate()
+        .filter(|(i, (_, u))| ambiguous(*i, **u))
+        .map(|(i, (c, _))| {
+            (
+                format!(", v{i}"),
+                format!(
+                    ", CASE WHEN typeof(OLD.{c}) = 'real' AND OLD.{c} = 0 AND typeof(NEW.{c}) = 'real' AND NEW.{c} = 0 THEN OLD.{c} END",
+                    c = q(c)
+                ),
+            )
+        })
+        .unzip();
     let (new_keys, old_keys) = (keys("NEW"), keys("OLD"));
     // A delete keeps the row's last values: should a concurrent update win over the
     // delete, every replica must be able to bring the whole row back.
@@ -497,7 +528,7 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
         "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN
            INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;
          CREATE TRIGGER _tide_upd_{tid} AFTER UPDATE ON {tname} WHEN {key_same} BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}) VALUES (2, {mask}, {new_keys}); END;
+           INSERT INTO {cap}(op, mask, {kcols}{zero_cols}) VALUES (2, {mask}, {new_keys}{zero_vals}); END;
          CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN
            INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols});
            INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;

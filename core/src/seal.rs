@@ -69,6 +69,27 @@ struct Pending {
     last_delete: Option<Vec<Value>>,
     /// The row's values now, `None` when it is not in the table.
     current: Option<Vec<Value>>,
+    /// Untyped columns that held a REAL zero before and after an update, with the zero
+    /// they held before the first such update: written or not depends on the sign, which
+    /// only a bit-for-bit comparison with the row can tell (see `schema::create_triggers`).
+    zeros: Vec<(usize, Value)>,
+}
+
+impl Pending {
+    /// Folds the zeros into the mask: a column whose bit no capture set was written only
+    /// if its zero is no longer the one it held before.
+    fn settle_zeros(&mut self) {
+        for (i, before) in std::mem::take(&mut self.zeros) {
+            let bit = 1u64 << i;
+            if self.mask & bit != 0 {
+                continue;
+            }
+            let same = self.current.as_ref().is_some_and(|row| row[i] == before);
+            if !same {
+                self.mask |= bit;
+            }
+        }
+    }
 }
 
 /// Streams a table's captures, one [`Pending`] per row, joined with the row's current
@@ -85,6 +106,8 @@ fn each_pending(
     let nk = t.key_columns.len();
     let nc = t.columns.len();
     let sql = pending_sql(conn, t)?;
+    // Columns whose update captures may carry the zero they held (see `Pending::zeros`).
+    let zero_cols: Vec<usize> = (0..nc.min(62)).filter(|&i| t.untyped[i]).collect();
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query([])?;
     // Rows whose keys SQLite calls equal to the first one's, each exact key once.
@@ -99,7 +122,8 @@ fn each_pending(
         let mask: Option<i64> = r.get(1)?;
         let key = values(r, 2, nk)?;
         if run.first().is_some_and(|p| !sql_equal_keys(&p.key, &key)) {
-            for p in run.drain(..) {
+            for mut p in run.drain(..) {
+                p.settle_zeros();
                 each(p)?;
             }
         }
@@ -121,6 +145,7 @@ fn each_pending(
                     mask: 0,
                     last_delete: None,
                     current,
+                    zeros: Vec::new(),
                 });
                 run.len() - 1
             }
@@ -129,10 +154,22 @@ fn each_pending(
         match op {
             OP_INSERT => p.mask = u64::MAX,
             OP_DELETE => p.last_delete = Some(values(r, 2 + nk, nc)?),
-            _ => p.mask |= mask.unwrap_or(-1) as u64,
+            _ => {
+                p.mask |= mask.unwrap_or(-1) as u64;
+                for &i in &zero_cols {
+                    if p.zeros.iter().any(|(c, _)| *c == i) {
+                        continue;
+                    }
+                    let before: Value = r.get(2 + nk + i)?;
+                    if before != Value::Null {
+                        p.zeros.push((i, before));
+                    }
+                }
+            }
         }
     }
-    for p in run {
+    for mut p in run {
+        p.settle_zeros();
         each(p)?;
     }
     Ok(())

@@ -1432,3 +1432,65 @@ fn unique_collision_of_partial_updates_keeps_the_winners_other_columns() {
         assert_eq!(c.hashes()[0], c.hashes()[1]);
     }
 }
+
+/// The cells each of replica `i`'s own changes wrote, oldest first, as column names.
+fn own_cells(c: &mut Cluster, i: usize) -> Vec<Vec<String>> {
+    let card = c.replicas[i].card().unwrap();
+    c.replicas[i]
+        .changes_for(&tide_core::VersionVector::new())
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let v = s.verify(&card.sign_key).unwrap();
+            v.change()
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.rows.iter().flat_map(move |r| {
+                        r.cells
+                            .iter()
+                            .map(move |cell| t.columns[cell.column].clone())
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn negative_zero_in_an_untyped_column_is_not_sent_again_by_later_updates() {
+    let mut c = Cluster::new(
+        2,
+        "CREATE TABLE t(id TEXT PRIMARY KEY, u, n INTEGER);",
+        &["t"],
+    );
+    c.app(0)
+        .execute("INSERT INTO t VALUES ('a', ?1, 0)", [-0.0f64])
+        .unwrap();
+    c.replicas[0].seal().unwrap();
+    c.write(0, "UPDATE t SET n = 1 WHERE id = 'a'");
+    c.replicas[0].seal().unwrap();
+    // The sign flips: that is a change of u, and must travel.
+    c.app(0)
+        .execute("UPDATE t SET u = ?1, n = 2 WHERE id = 'a'", [0.0f64])
+        .unwrap();
+    c.replicas[0].seal().unwrap();
+    c.app(0)
+        .execute("UPDATE t SET u = ?1 WHERE id = 'a'", [-0.0f64])
+        .unwrap();
+    c.replicas[0].seal().unwrap();
+    // Zero written over zero of the same sign, several times: nothing to send.
+    c.app(0)
+        .execute("UPDATE t SET u = ?1, n = 3 WHERE id = 'a'", [-0.0f64])
+        .unwrap();
+    c.replicas[0].seal().unwrap();
+    let cells = own_cells(&mut c, 0);
+    assert_eq!(
+        cells[1..],
+        [vec!["n"], vec!["u", "n"], vec!["u"], vec!["n"]],
+        "cells of each change after the insert"
+    );
+    c.sync_all();
+    let u: f64 = query_one(&c.path(1), "SELECT u FROM t");
+    assert!(u == 0.0 && u.is_sign_negative(), "r1 shows {u}");
+}
