@@ -782,3 +782,38 @@ fn the_doctor_finds_shown_values_that_are_not_the_winners() {
         );
     }
 }
+
+/// field updates a site while hq deletes it later; the delete wins. field writes the
+/// site again: that write supersedes field's own update, so `conflicts list` never
+/// shows field's two writes against each other, and nothing is left to resolve.
+#[test]
+fn a_reinsert_after_a_remote_delete_won_is_not_a_conflict_with_ones_own_update() {
+    let s = Site::new();
+    s.replicas(&["field", "hq"]);
+    s.sql(
+        "field.db",
+        "INSERT INTO sites VALUES ('well-7', 'planned', 0)",
+    );
+    s.carry("field", "hq", "1.tide");
+    s.sql(
+        "field.db",
+        "UPDATE sites SET status = 'visited' WHERE id = 'well-7'",
+    );
+    s.ok(&["--db", "field.db", "status"]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    s.sql("hq.db", "DELETE FROM sites WHERE id = 'well-7'");
+    s.carry("hq", "field", "2.tide");
+    s.carry("field", "hq", "3.tide");
+    let listed = s.ok(&["--db", "field.db", "conflicts", "list"]).stdout;
+    assert!(listed.contains("delete"), "field lists:\n{listed}");
+    s.sql(
+        "field.db",
+        "INSERT INTO sites VALUES ('well-7', 'rebuilt', 1)",
+    );
+    s.carry("field", "hq", "4.tide");
+    for db in ["field.db", "hq.db"] {
+        let r = s.tide(&["--db", db, "status", "--check"]);
+        assert_eq!(r.code, 0, "{db}: {}{}", r.stdout, r.stderr);
+        assert_eq!(s.one(db, "SELECT status FROM sites"), "Text(\"rebuilt\")");
+    }
+}

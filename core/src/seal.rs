@@ -439,10 +439,13 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
         } else {
             deletion_contexts(self.conn, &m0)?
         };
-        // The app saw the visible state: it overwrote the heads showing it, no others.
+        // The app saw the visible state: it overwrote the heads showing it, and this
+        // replica's own earlier writes (a replica's later write supersedes its earlier
+        // ones, shown or kept), no others.
+        let me = self.v.origin;
         let row_preds: Vec<VRef> = m0.cells[ROW]
             .iter()
-            .filter(|h| h.alive == was_live)
+            .filter(|h| h.alive == was_live || h.origin == me)
             .map(|h| h.vref())
             .collect();
         let mut cells: Vec<(usize, Vec<VRef>)> = Vec::new();
@@ -455,14 +458,20 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
                 let preds: Vec<VRef> = if !was_live {
                     heads
                         .iter()
-                        .filter(|h| deleted_over.iter().any(|d| d.covers(h, &origins)))
+                        .filter(|h| {
+                            h.origin == me || deleted_over.iter().any(|d| d.covers(h, &origins))
+                        })
                         .map(|h| h.vref())
                         .collect()
                 } else if heads.len() > 1 && in_conflict(self.conn, t, key_bytes, c)? {
-                    // Only the value the app saw is overwritten; the other candidates stay.
-                    m0.winner(c + 1, &origins)
-                        .map(|w| vec![w.vref()])
-                        .unwrap_or_default()
+                    // Only the value the app saw is overwritten, with this replica's own
+                    // earlier candidates; the others' candidates stay.
+                    let shown = m0.winner(c + 1, &origins).map(|w| w.vref());
+                    heads
+                        .iter()
+                        .map(|h| h.vref())
+                        .filter(|h| Some(*h) == shown || h.0 == me)
+                        .collect()
                 } else {
                     heads.iter().map(|h| h.vref()).collect()
                 };

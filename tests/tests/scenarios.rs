@@ -194,27 +194,55 @@ fn a_resolution_on_one_replica_closes_the_conflict_everywhere() {
     assert!(h.iter().all(|x| *x == h[0]));
 }
 
-#[test]
-fn a_local_app_write_to_a_conflicted_cell_keeps_the_other_candidate() {
+/// r0 and r1 write one cell concurrently (`r1_first`: r1's write is older, so r0's is
+/// shown), then r0's app writes it again over what it shows.
+fn conflicted_then_written_again_on_r0(r1_first: bool) -> Cluster {
     let mut c = notes(2);
     c.write(0, "INSERT INTO notes VALUES ('a', 't', 'b', 0)");
     c.send(0, 1);
-    c.write(0, "UPDATE notes SET n = 1 WHERE id='a'");
-    c.write(1, "UPDATE notes SET n = 2 WHERE id='a'");
+    let (first, second) = if r1_first { (1, 0) } else { (0, 1) };
+    c.write(
+        first,
+        &format!("UPDATE notes SET n = {} WHERE id='a'", first + 1),
+    );
+    c.replicas[first].seal().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    c.write(
+        second,
+        &format!("UPDATE notes SET n = {} WHERE id='a'", second + 1),
+    );
     exchange(&mut c);
-    // The app on r0 writes over what it sees; the other replica's value must not vanish.
+    assert_eq!(c.replicas[0].conflicts().unwrap().len(), 1);
     c.write(0, "UPDATE notes SET n = 3 WHERE id='a'");
     exchange(&mut c);
+    c
+}
+
+#[test]
+fn a_local_app_write_to_a_conflicted_cell_keeps_the_other_replicas_candidate() {
+    // r0 shows its own 1 and writes 3 over it: r1's 2, never shown there, stays.
+    let c = conflicted_then_written_again_on_r0(true);
     for i in 0..2 {
         let k = c.replicas[i].conflicts().unwrap();
         assert_eq!(k.len(), 1);
-        let values: Vec<Value> = k[0]
+        let mut values: Vec<Value> = k[0]
             .candidates
             .iter()
             .filter_map(|c| c.value.clone())
             .collect();
-        assert!(values.contains(&Value::Integer(3)));
-        assert_eq!(values.len(), 2, "{values:?}");
+        values.sort_by_key(|v| v.display());
+        assert_eq!(values, [Value::Integer(2), Value::Integer(3)]);
+    }
+}
+
+#[test]
+fn a_local_app_write_over_the_shown_candidate_supersedes_its_own_earlier_one() {
+    // r0 shows r1's 2 and writes 3 over it: that and r0's own earlier 1 are overwritten,
+    // and r0's own two writes are never at odds.
+    let c = conflicted_then_written_again_on_r0(false);
+    for i in 0..2 {
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+        assert_eq!(query_one::<i64>(&c.path(i), "SELECT n FROM notes"), 3);
     }
 }
 
@@ -1493,4 +1521,42 @@ fn negative_zero_in_an_untyped_column_is_not_sent_again_by_later_updates() {
     c.sync_all();
     let u: f64 = query_one(&c.path(1), "SELECT u FROM t");
     assert!(u == 0.0 && u.is_sign_negative(), "r1 shows {u}");
+}
+
+#[test]
+fn a_replicas_reinsert_after_a_remote_delete_won_supersedes_its_own_earlier_write() {
+    let mut c = Cluster::new(2, "CREATE TABLE t(id TEXT PRIMARY KEY, v TEXT);", &["t"]);
+    c.write(0, "INSERT INTO t VALUES ('a', 'one')");
+    c.sync_all();
+    c.write(0, "UPDATE t SET v = 'two' WHERE id = 'a'");
+    c.replicas[0].seal().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    c.write(1, "DELETE FROM t WHERE id = 'a'");
+    c.replicas[1].seal().unwrap();
+    c.sync_all();
+    // The delete is later: it wins, and the update is kept as a candidate.
+    let open = c.replicas[0].conflicts().unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].kind, "delete");
+    // r0 writes the row again: its new write overwrites everything it saw, its own
+    // update included, so only the delete and this write can still be at odds.
+    c.write(0, "INSERT INTO t VALUES ('a', 'three')");
+    c.replicas[0].seal().unwrap();
+    let open = c.replicas[0].conflicts().unwrap();
+    for conflict in &open {
+        let local = conflict.candidates.iter().filter(|x| x.local).count();
+        assert!(
+            local <= 1,
+            "r0's own writes conflict with each other: {conflict:?}"
+        );
+    }
+    c.sync_all();
+    for i in 0..2 {
+        assert_eq!(query_one::<String>(&c.path(i), "SELECT v FROM t"), "three");
+    }
+    // The re-insert saw the delete and wrote over r0's own update: nothing is open.
+    for i in 0..2 {
+        assert_eq!(c.replicas[i].conflicts().unwrap(), []);
+    }
+    assert_eq!(c.hashes()[0], c.hashes()[1]);
 }
