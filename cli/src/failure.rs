@@ -144,6 +144,10 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
     use tide_core::Error::*;
     let (unchanged, next, code): (bool, Option<String>, u8) = match c {
         NotInitialized => (true, Some("tide --db FILE init --name NAME".into()), USAGE),
+        Damaged(_) => (true, Some(tide_core::DAMAGED_NEXT.into()), INTERNAL),
+        Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseCorrupt => {
+            (false, Some(tide_core::DAMAGED_NEXT.into()), INTERNAL)
+        }
         OldLogFormat => (true, None, USAGE),
         NoDatabase(_) => (true, Some("check the path, or create a replica there: tide --db FILE init --name NAME".into()), USAGE),
         NotADatabase { .. } => (true, Some("check the path: --db names the replica's SQLite file".into()), USAGE),

@@ -817,3 +817,67 @@ fn a_reinsert_after_a_remote_delete_won_is_not_a_conflict_with_ones_own_update()
         assert_eq!(s.one(db, "SELECT status FROM sites"), "Text(\"rebuilt\")");
     }
 }
+
+/// Overwrites the first bytes after the header of the page that holds `table`'s root.
+fn damage_page_of(s: &Site, db: &str, table: &str) {
+    let (root, page_size): (i64, i64) = {
+        let c = rusqlite::Connection::open(s.path(db)).unwrap();
+        let root = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (
+            root,
+            c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap(),
+        )
+    };
+    let mut bytes = std::fs::read(s.path(db)).unwrap();
+    let at = ((root - 1) * page_size + 8) as usize;
+    bytes[at..at + 200].fill(7);
+    std::fs::write(s.path(db), bytes).unwrap();
+}
+
+/// A damaged page is one clear finding with what to do next, not a raw SQLite error
+/// repeated by every check; a damage that hides the identity is named as damage, not
+/// as a database that was never initialised.
+#[test]
+fn a_damaged_database_gets_one_clear_finding_with_the_next_step() {
+    let s = Site::new();
+    s.replicas(&["field"]);
+    s.sql(
+        "field.db",
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000)
+         INSERT INTO sites SELECT 'site-' || x, printf('%080d', x), x FROM n",
+    );
+    s.ok(&["--db", "field.db", "status"]);
+    let whole = std::fs::read(s.path("field.db")).unwrap();
+    for table in ["sites", "_tide_rows", "_tide_meta"] {
+        std::fs::write(s.path("field.db"), &whole).unwrap();
+        damage_page_of(&s, "field.db", table);
+        let damaged = std::fs::read(s.path("field.db")).unwrap();
+        let r = s.tide(&["--db", "field.db", "doctor"]);
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert_eq!(r.code, 1, "{table}: {said}");
+        assert_eq!(
+            said.matches("damaged").count(),
+            1,
+            "{table}: one finding about the damage:\n{said}"
+        );
+        assert!(
+            said.matches("malformed").count() <= 1,
+            "{table}: a raw error repeated:\n{said}"
+        );
+        assert!(
+            said.contains("from a backup") && !said.contains("init --name"),
+            "{table}: no next step, or the wrong one:\n{said}"
+        );
+        assert_eq!(
+            std::fs::read(s.path("field.db")).unwrap(),
+            damaged,
+            "{table}"
+        );
+    }
+}

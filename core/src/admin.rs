@@ -87,7 +87,15 @@ pub struct Finding {
     pub detail: String,
     /// True when the doctor repaired it.
     pub repaired: bool,
+    /// What a person does about it when it fails (`FILE` stands for the database).
+    pub next: &'static str,
 }
+
+/// What to do about a damaged database file.
+pub const DAMAGED_NEXT: &str = "keep a copy of the file as it is; restore the replica from a backup, or make a new replica (`tide init`) and import from its peers: they hold every change this replica sent them";
+
+/// What to do when the log or the tables differ from what tide wrote.
+const ALTERED_NEXT: &str = "keep a copy of the file and report it; a new replica (`tide init`) that imports from this one's peers holds every change they received";
 
 impl Replica {
     /// The peers: known replicas other than this one, with their cards.
@@ -207,7 +215,7 @@ impl Replica {
     /// (the one repair that is always safe).
     pub fn doctor(&mut self, repair: bool) -> Result<Vec<Finding>> {
         let mut out = Vec::new();
-        let mut add = |check: &'static str, problems: Vec<String>, repaired: bool| {
+        let mut add = |check: &'static str, problems: Vec<String>, repaired: bool, next| {
             out.push(Finding {
                 check,
                 ok: problems.is_empty() || repaired,
@@ -217,20 +225,19 @@ impl Replica {
                     problems.join("; ")
                 },
                 repaired,
+                next,
             });
         };
-        let integrity: String = self
-            .conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-        add(
-            "sqlite integrity",
-            if integrity == "ok" {
-                vec![]
-            } else {
-                vec![integrity]
-            },
-            false,
-        );
+        // A damaged file is one finding: every other check would read damaged pages and
+        // fail on them, or worse, pass on what they misread.
+        if let Some(damage) = damage(&self.conn)? {
+            let damage = format!(
+                "the file is damaged: {damage}; no other check ran, as they would read those pages"
+            );
+            add("sqlite integrity", vec![damage], false, DAMAGED_NEXT);
+            return Ok(out);
+        }
+        add("sqlite integrity", vec![], false, DAMAGED_NEXT);
 
         // Hash chains and signatures (invariants 3 and 7).
         let mut chain = Vec::new();
@@ -293,8 +300,8 @@ impl Replica {
                 prev = Some((id, seq, hash));
             }
         }
-        add("hash chains", chain, false);
-        add("signatures", sigs, false);
+        add("hash chains", chain, false, ALTERED_NEXT);
+        add("signatures", sigs, false, ALTERED_NEXT);
 
         // Row metadata against the tables (what the merge says is shown is shown).
         let origins = origins_map(&self.conn)?;
@@ -367,9 +374,9 @@ impl Replica {
         }
         drop(spills);
         drop(stmt);
-        add("rows match metadata", rows_bad, false);
+        add("rows match metadata", rows_bad, false, ALTERED_NEXT);
         let shown = shown_values_differ(&self.conn, &tables, &merger)?;
-        add("shown values are the winners", shown, false);
+        add("shown values are the winners", shown, false, ALTERED_NEXT);
         drop(merger);
 
         // Capture triggers (invariant 9): the one safe repair.
@@ -398,7 +405,12 @@ impl Replica {
         } else {
             false
         };
-        add("capture triggers", missing, repaired);
+        add(
+            "capture triggers",
+            missing,
+            repaired,
+            "tide --db FILE doctor --repair  # re-creates them",
+        );
 
         // Identity (invariant 11).
         let identity = match self.secret_for_sealing() {
@@ -406,7 +418,12 @@ impl Replica {
             Err(Error::NotInitialized) => vec!["no identity yet (run init)".into()],
             Err(e) => vec![e.to_string()],
         };
-        add("identity", identity, false);
+        add(
+            "identity",
+            identity,
+            false,
+            "if this file is a copy or a restored backup, give it its own identity: tide --db FILE init --new-identity",
+        );
         Ok(out)
     }
 }
@@ -559,11 +576,49 @@ fn shown_values_differ(
             ));
         }
     }
-    if !problems.is_empty() {
-        problems.push(
-            "the tables differ from what the merge decided; keep a copy of the file and report it"
-                .into(),
-        );
-    }
     Ok(problems)
+}
+
+/// What SQLite's quick check finds wrong with the file, summed up in one line, or `None`
+/// when the file is whole. A check that cannot even run is damage too.
+pub(crate) fn damage(conn: &rusqlite::Connection) -> Result<Option<String>> {
+    let mut problems: Vec<String> = Vec::new();
+    let checked = conn
+        .prepare("PRAGMA quick_check(100)")
+        .and_then(|mut stmt| {
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                problems.push(r.get(0)?);
+            }
+            Ok(())
+        });
+    match checked {
+        Ok(()) if problems.iter().all(|p| p == "ok") => return Ok(None),
+        Ok(()) => {}
+        Err(rusqlite::Error::SqliteFailure(e, detail))
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            let why = detail.unwrap_or_else(|| e.to_string());
+            problems = vec![format!("the check stops at a page it cannot read ({why})")];
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let problems: Vec<&str> = problems
+        .iter()
+        .flat_map(|p| p.lines())
+        .filter(|l| !l.starts_with("*** in database"))
+        .collect();
+    let first = problems.first().copied().unwrap_or("unreadable pages");
+    Ok(Some(format!(
+        "SQLite's check finds {}{} problem(s), the first: {first}",
+        problems.len(),
+        if problems.len() >= 100 {
+            " or more"
+        } else {
+            ""
+        },
+    )))
 }

@@ -50,6 +50,9 @@ pub enum Error {
     /// The database has no tide identity yet.
     #[error("this database has no tide identity yet; initialise it first")]
     NotInitialized,
+    /// SQLite finds the database file damaged (pages that do not read back as written).
+    #[error("the database file is damaged: {0}")]
+    Damaged(String),
     /// No file at the database path (only `Replica::open` creates one).
     #[error("no database at {}", .0.display())]
     NoDatabase(PathBuf),

@@ -68,7 +68,7 @@ mod seal;
 mod state;
 mod value;
 
-pub use admin::{Finding, LogEntry};
+pub use admin::{DAMAGED_NEXT, Finding, LogEntry};
 pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Chunks, Lineage, Manifest, OpKind, RowOp,
     SignedChange, SignedHead, TableOps, VerifiedChange, VerifyError,

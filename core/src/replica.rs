@@ -540,6 +540,10 @@ fn connect_existing(path: &Path, flags: OpenFlags) -> Result<Connection> {
         )
         .optional()?;
     if identity.is_none() {
+        // Metadata with no identity in it: never initialised, or a damaged page.
+        if let Some(damage) = crate::admin::damage(&conn)? {
+            return Err(Error::Damaged(damage));
+        }
         return Err(Error::NotInitialized);
     }
     Ok(conn)

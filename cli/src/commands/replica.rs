@@ -468,7 +468,7 @@ pub fn quarantine(out: &Out, r: &mut Replica, cmd: QuarantineCommand) -> Result<
 pub fn doctor(out: &Out, r: &mut Replica, repair: bool) -> Result<u8> {
     let findings = r.doctor(repair)?;
     if out.json {
-        out.json(&json!(findings.iter().map(|f| json!({"check": f.check, "ok": f.ok, "detail": f.detail, "repaired": f.repaired})).collect::<Vec<_>>()));
+        out.json(&json!(findings.iter().map(|f| json!({"check": f.check, "ok": f.ok, "detail": f.detail, "repaired": f.repaired, "next": (!f.ok).then_some(f.next)})).collect::<Vec<_>>()));
     } else {
         for f in &findings {
             out.data(format!(
@@ -485,16 +485,18 @@ pub fn doctor(out: &Out, r: &mut Replica, repair: bool) -> Result<u8> {
             ));
         }
     }
-    let failing = findings.iter().filter(|f| !f.ok).count();
-    if failing > 0 {
-        out.say(format!(
-            "{failing} check(s) failed.{}",
-            if repair {
-                ""
-            } else {
-                " `tide doctor --repair` fixes what is safe to fix."
-            }
-        ));
+    let failing: Vec<_> = findings.iter().filter(|f| !f.ok).collect();
+    if !failing.is_empty() {
+        let db = r.path().display().to_string();
+        let mut said = format!("{} check(s) failed.", failing.len());
+        for f in &failing {
+            said.push_str(&format!(
+                "\n  Next ({}): {}",
+                f.check,
+                f.next.replace("FILE", &db)
+            ));
+        }
+        out.say(said);
         return Ok(crate::failure::INTERNAL);
     }
     Ok(0)
