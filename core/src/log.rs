@@ -265,6 +265,24 @@ impl Replica {
 
     fn import_with(&mut self, source: Source<'_>) -> Result<ImportReport> {
         let retrying = matches!(source, Source::Quarantine(_));
+        // A full disk makes SQLite roll the transaction back (or it is rolled back when
+        // dropped): nothing of the import is kept, and that is what to say.
+        self.import_in_one_transaction(source).map_err(|e| match e {
+            Error::Sqlite(ref s)
+                if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                Error::DiskFull(if retrying {
+                    "retry again; nothing was retried"
+                } else {
+                    "import again; nothing was imported"
+                })
+            }
+            other => other,
+        })
+    }
+
+    fn import_in_one_transaction(&mut self, source: Source<'_>) -> Result<ImportReport> {
+        let retrying = matches!(source, Source::Quarantine(_));
         let fail_after = self.fail_after_ops.take();
         // IMMEDIATE: no app write can slip in between sealing and applying.
         let tx = rusqlite::Transaction::new_unchecked(
@@ -1250,8 +1268,13 @@ impl Applier<'_, '_> {
             }
             Ok(false) => conn.execute_batch(rollback)?,
             Err(e) => {
-                // Undone here too, so nothing of the batch outlives the error.
-                conn.execute_batch(rollback)?;
+                // Undone here too, so nothing of the batch outlives the error. On some
+                // errors (a full disk) SQLite has rolled the whole transaction back
+                // itself, savepoint included: then there is nothing left to undo, and
+                // the error is the cause to report.
+                if !conn.is_autocommit() {
+                    conn.execute_batch(rollback)?;
+                }
                 return Err(e);
             }
         }
