@@ -197,19 +197,31 @@ fn with_header_edit(s: &Site, rows: usize, header: impl FnOnce(&mut Header), fil
 }
 
 #[test]
-fn an_unaltered_rebuilt_bundle_imports() {
-    // The rebuilding itself leaves a bundle that both a dry run and an import take:
-    // what the other tests refuse is the alteration, not the rebuilding.
+fn a_dry_run_of_a_sound_bundle_says_what_the_import_would_do_and_writes_nothing() {
+    // Rebuilt without alteration, so what the other tests refuse is the alteration,
+    // not the rebuilding.
     let s = Site::new();
     with_image_edit(&s, 5, "SELECT 1", "same.tide");
-    let dry = s.ok(&["--db", "b.db", "bundle", "import", "--dry-run", "same.tide"]);
-    assert!(dry.stderr.contains("Verified"), "{}", dry.stderr);
+    let dry_run = |says: &str| {
+        let before = std::fs::read(s.path("b.db")).unwrap();
+        let dry = s.ok(&["--db", "b.db", "bundle", "import", "--dry-run", "same.tide"]);
+        assert!(dry.stderr.contains(says), "{}", dry.stderr);
+        assert_eq!(
+            std::fs::read(s.path("b.db")).unwrap(),
+            before,
+            "the dry run changed b.db"
+        );
+    };
+    dry_run(
+        "Verified: 1 change(s), 5 row op(s) from a: 1 new, 0 already here; every prerequisite is here. Nothing was imported (--dry-run).",
+    );
     s.ok(&["--db", "b.db", "bundle", "import", "same.tide"]);
     let n: i64 = Connection::open(s.path("b.db"))
         .unwrap()
         .query_row("SELECT count(*) FROM sites", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 5);
+    dry_run("Verified: 1 change(s), 5 row op(s) from a: 0 new, 1 already here;");
 }
 
 #[test]
