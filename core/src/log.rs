@@ -272,7 +272,7 @@ impl Replica {
                 if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
             {
                 Error::DiskFull(if retrying {
-                    "retry again; nothing was retried"
+                    "run the retry again; nothing was retried"
                 } else {
                     "import again; nothing was imported"
                 })
