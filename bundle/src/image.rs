@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use tide_core::change::unpack_chunk;
-use tide_core::{ChunkRef, Chunks, DecodeError, ReplicaId, SignedHead, VersionVector};
+use tide_core::{ChunkRef, Chunks, DecodeError, Manifest, ReplicaId, SignedHead, VersionVector};
 
 use crate::error::{BundleError, Result};
+use crate::header::Header;
 
 const SCHEMA_META: &str = "CREATE TABLE tide_bundle(k TEXT PRIMARY KEY, v) WITHOUT ROWID";
 const SCHEMA_CHANGES: &str =
@@ -21,10 +23,7 @@ const IMAGE_VERSION: i64 = 2;
 /// Collects changes into a new image file.
 pub(crate) struct ImageBuilder {
     conn: Connection,
-    n: u64,
-    ops: u64,
-    first: BTreeMap<ReplicaId, u64>,
-    last: BTreeMap<ReplicaId, u64>,
+    carried: Carried,
 }
 
 /// What an image holds, for the header.
@@ -33,6 +32,66 @@ pub(crate) struct ImageSummary {
     pub(crate) ops: u64,
     pub(crate) requires: VersionVector,
     pub(crate) provides: VersionVector,
+}
+
+/// A tally of the changes an image carries: what the writer puts in the header, and
+/// what the reader checks the header against (SPEC §2), by the same rules.
+#[derive(Default)]
+pub(crate) struct Carried {
+    changes: u64,
+    ops: u64,
+    first: BTreeMap<ReplicaId, u64>,
+    last: BTreeMap<ReplicaId, u64>,
+}
+
+impl Carried {
+    pub(crate) fn add(&mut self, manifest: &Manifest) {
+        let id = manifest.id();
+        self.changes += 1;
+        self.ops += manifest.ops;
+        let first = self.first.entry(id.origin).or_insert(id.seq);
+        *first = (*first).min(id.seq);
+        let last = self.last.entry(id.origin).or_insert(id.seq);
+        *last = (*last).max(id.seq);
+    }
+
+    pub(crate) fn summary(self) -> ImageSummary {
+        // A bundle that starts an origin's run past seq 1 requires what comes before.
+        let requires = self
+            .first
+            .iter()
+            .filter(|(_, s)| **s > 1)
+            .map(|(r, s)| (*r, s - 1))
+            .collect();
+        ImageSummary {
+            changes: self.changes,
+            ops: self.ops,
+            requires,
+            provides: self.last,
+        }
+    }
+
+    /// Checks that `header` says what these changes carry (the count of changes is
+    /// checked when the image opens).
+    pub(crate) fn check(self, header: &Header) -> Result<()> {
+        let carried = self.summary();
+        if carried.ops != header.ops {
+            return Err(BundleError::Malformed(
+                "`ops` is not the number of row ops the changes carry",
+            ));
+        }
+        if carried.requires != header.requires {
+            return Err(BundleError::Malformed(
+                "`requires` is not what the changes build on",
+            ));
+        }
+        if carried.provides != header.provides {
+            return Err(BundleError::Malformed(
+                "`provides` is not where the changes end",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ImageBuilder {
@@ -47,10 +106,7 @@ impl ImageBuilder {
         ))?;
         Ok(ImageBuilder {
             conn,
-            n: 0,
-            ops: 0,
-            first: BTreeMap::new(),
-            last: BTreeMap::new(),
+            carried: Carried::default(),
         })
     }
 
@@ -60,17 +116,11 @@ impl ImageBuilder {
         let manifest = head
             .manifest()
             .map_err(|e| BundleError::BadImage(e.to_string()))?;
-        let id = manifest.id();
-        self.n += 1;
-        self.ops += manifest.ops;
-        let first = self.first.entry(id.origin).or_insert(id.seq);
-        *first = (*first).min(id.seq);
-        let last = self.last.entry(id.origin).or_insert(id.seq);
-        *last = (*last).max(id.seq);
+        self.carried.add(&manifest);
         self.conn
             .prepare_cached("INSERT INTO changes(n, head, sig) VALUES (?1, ?2, ?3)")?
             .execute(rusqlite::params![
-                self.n as i64,
+                self.carried.changes as i64,
                 head.bytes(),
                 &head.signature()[..]
             ])?;
@@ -93,18 +143,7 @@ impl ImageBuilder {
     pub(crate) fn finish(self) -> Result<ImageSummary> {
         self.conn.execute_batch("COMMIT")?;
         self.conn.close().map_err(|(_, e)| e)?;
-        let requires = self
-            .first
-            .iter()
-            .filter(|(_, s)| **s > 1)
-            .map(|(r, s)| (*r, s - 1))
-            .collect();
-        Ok(ImageSummary {
-            changes: self.n,
-            ops: self.ops,
-            requires,
-            provides: self.last,
-        })
+        Ok(self.carried.summary())
     }
 }
 
@@ -219,8 +258,13 @@ pub(crate) fn each_change(
     let mut stmt = conn.prepare("SELECT head, sig FROM changes ORDER BY n")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let head: Vec<u8> = r.get(0)?;
-        let sig: Vec<u8> = r.get(1)?;
+        // Declared BLOB, but SQLite keeps whatever type a writer stored.
+        let (ValueRef::Blob(head), ValueRef::Blob(sig)) = (r.get_ref(0)?, r.get_ref(1)?) else {
+            return Err(BundleError::BadImage(
+                "a change's head or signature is not a blob".into(),
+            ));
+        };
+        let head = head.to_vec();
         let sig: [u8; 64] = sig
             .try_into()
             .map_err(|_| BundleError::BadImage("a signature is not 64 bytes".into()))?;
@@ -249,17 +293,30 @@ impl Chunks for ImageChunks<'_> {
         // zstd's framing) is read: a bundle cannot make the reader allocate more than the
         // change it carries.
         let most = want.len + want.len / 128 + 1024;
-        self.conn
+        let found = self
+            .conn
             .prepare_cached(
                 "SELECT data, packing FROM chunks WHERE hash = ?1 AND length(data) <= ?2",
             )?
             .query_row(rusqlite::params![&want.hash[..], most as i64], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+                Ok(match (r.get_ref(0)?, r.get_ref(1)?) {
+                    (ValueRef::Blob(data), ValueRef::Integer(packing)) => {
+                        Some((data.to_vec(), packing))
+                    }
+                    _ => None,
+                })
             })
-            .optional()?
-            .ok_or(tide_core::Error::Decode(DecodeError::Malformed(
+            .optional()?;
+        match found {
+            Some(Some(stored)) => Ok(stored),
+            // Declared BLOB and INTEGER, but SQLite keeps whatever type a writer stored.
+            Some(None) => Err(tide_core::Error::Decode(DecodeError::Malformed(
+                "bundle (a chunk's data is not a blob or its packing not an integer)",
+            ))),
+            None => Err(tide_core::Error::Decode(DecodeError::Malformed(
                 "bundle (a chunk a change names is not in it, or is longer than the chunk)",
-            )))
+            ))),
+        }
     }
 }
 

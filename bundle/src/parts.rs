@@ -127,8 +127,24 @@ pub fn assemble(parts: &[PathBuf], out_dir: &Path) -> Result<PathBuf> {
                 "these parts belong to different bundles".into(),
             ));
         }
-        if headers.iter().any(|(x, _)| x.index == h.index) {
-            continue; // the same part given twice
+        if let Some((_, first)) = headers.iter().find(|(x, _)| x.index == h.index) {
+            return Err(BundleError::Parts(format!(
+                "part {} of {} is given twice ({} and {}): give each part once",
+                h.index + 1,
+                h.count,
+                first.display(),
+                p.display()
+            )));
+        }
+        let size = std::fs::metadata(p)?.len();
+        if size > PART_HEADER + u64::from(h.len) {
+            return Err(BundleError::Parts(format!(
+                "part {} of {} ({}) has {} byte(s) after its data: it is not the part as written",
+                h.index + 1,
+                h.count,
+                p.display(),
+                size - PART_HEADER - u64::from(h.len)
+            )));
         }
         headers.push((h, p));
     }

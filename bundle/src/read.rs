@@ -65,12 +65,24 @@ impl VerifiedBundle {
     }
 
     /// Calls `each` with every change's signed head, in the order written, and a reader
-    /// of its chunks: a change of any size passes a chunk at a time.
+    /// of its chunks: a change of any size passes a chunk at a time. After the last
+    /// change, checks that the header's `ops`, `requires` and `provides` say what the
+    /// changes carry (SPEC §2), and fails if they do not: an import that takes the
+    /// changes as they come must not commit before this returns.
     pub fn for_each_change(
         &self,
-        each: impl FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>,
+        mut each: impl FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>,
     ) -> Result<()> {
-        crate::image::each_change(&self.image, each)
+        let mut carried = crate::image::Carried::default();
+        crate::image::each_change(&self.image, |head, chunks| {
+            each(head, chunks)?;
+            let manifest = head
+                .manifest()
+                .map_err(|e| BundleError::BadImage(e.to_string()))?;
+            carried.add(&manifest);
+            Ok(())
+        })?;
+        carried.check(&self.header)
     }
 
     /// Every change, collected whole in memory (for small bundles and tests).

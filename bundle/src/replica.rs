@@ -2,11 +2,11 @@
 
 use std::io::{Read, Write};
 
-use tide_core::{ImportReport, Replica, VersionVector};
+use tide_core::{Chunks, ImportReport, Replica, SignedHead, VersionVector};
 
 use crate::error::{BundleError, Result};
 use crate::header::Header;
-use crate::read::{ReadOptions, read_bundle};
+use crate::read::{ReadOptions, VerifiedBundle, read_bundle};
 use crate::write::{Sender, WriteOptions, write_bundle};
 
 /// What an export wrote.
@@ -65,12 +65,40 @@ pub struct Imported {
 
 /// Reads a bundle and imports its changes into `replica`, atomically. Refuses bundles
 /// from unknown senders, addressed to another replica, altered, or undecryptable, before
-/// any write.
+/// any write; a change that does not verify, or a header that does not match the
+/// changes, refuses the whole import.
 pub fn import(
     replica: &mut Replica,
     input: &mut dyn Read,
     passphrase: Option<&[u8]>,
 ) -> Result<Imported> {
+    let (bundle, header) = open_for(replica, input, passphrase)?;
+    let report = offer(&bundle, |source| replica.import_each(source))?;
+    replica.record_peer_ack(header.sender, &header.ack)?;
+    Ok(Imported { header, report })
+}
+
+/// What [`import`] would do, short of writing: the same reading, the same checks of
+/// every change (by the core's [`Replica::check_each`], the code the import's ingest
+/// runs) and of the header against the changes. Whatever [`import`] would refuse, this
+/// refuses with the same error. Nothing is written to the database; the report says
+/// what would be stored, and nothing is applied.
+pub fn check_import(
+    replica: &Replica,
+    input: &mut dyn Read,
+    passphrase: Option<&[u8]>,
+) -> Result<Imported> {
+    let (bundle, header) = open_for(replica, input, passphrase)?;
+    let report = offer(&bundle, |source| replica.check_each(source))?;
+    Ok(Imported { header, report })
+}
+
+/// Reads and verifies a bundle for `replica`: from a known sender, for this replica.
+fn open_for(
+    replica: &Replica,
+    input: &mut dyn Read,
+    passphrase: Option<&[u8]>,
+) -> Result<(VerifiedBundle, Header)> {
     let options = ReadOptions {
         known: replica.known_cards()?,
         box_secret: replica.reading_identity().ok().map(|s| s.box_secret()),
@@ -86,10 +114,24 @@ pub fn import(
     {
         return Err(BundleError::NotForThisReplica { recipient, this });
     }
-    // Changes pass one at a time, a chunk at a time: memory does not grow with the
-    // bundle (invariant 12).
+    Ok((bundle, header))
+}
+
+/// A change source as the core takes it: a function offering each change to `offer`.
+type Offer<'o> = &'o mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> tide_core::Result<()>;
+
+/// Offers every change of `bundle` through `ingest` (the core's import or its check).
+/// Changes pass one at a time, a chunk at a time: memory does not grow with the bundle
+/// (invariant 12). A bundle's own error (a bad image, a header that does not match)
+/// comes back as itself.
+fn offer(
+    bundle: &VerifiedBundle,
+    ingest: impl FnOnce(
+        &mut dyn FnMut(Offer<'_>) -> tide_core::Result<()>,
+    ) -> tide_core::Result<ImportReport>,
+) -> Result<ImportReport> {
     let mut failure = None;
-    let imported = replica.import_each(|offer| {
+    let result = ingest(&mut |offer| {
         bundle
             .for_each_change(|head, chunks| Ok(offer(head, chunks)?))
             .map_err(|e| match e {
@@ -100,12 +142,10 @@ pub fn import(
                 }
             })
     });
-    let report = match (imported, failure) {
-        (_, Some(e)) => return Err(e),
-        (r, None) => r?,
-    };
-    replica.record_peer_ack(header.sender, &header.ack)?;
-    Ok(Imported { header, report })
+    match (result, failure) {
+        (_, Some(e)) => Err(e),
+        (r, None) => Ok(r?),
+    }
 }
 
 /// The prerequisites of a bundle that `replica` does not hold yet: origin → seq needed.

@@ -167,6 +167,7 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
         UnknownPeer(_) => (true, Some("tide --db FILE peers list".into()), USAGE),
         UnknownQuarantine(_) => (true, Some("tide --db FILE quarantine list".into()), USAGE),
         Rejected { .. } => (true, Some("ask the sender for a fresh copy; do not trust this input".into()), REJECTED),
+        DiskFull(_) => (true, Some("free space on the disk that holds the database (`df -h` shows it), then run the same command again".into()), INTERNAL),
         ApplyAborted(_) | SealAborted(_) => (true, Some("run the same command again; if it fails again, run `tide doctor`".into()), INTERNAL),
         _ => (false, None, INTERNAL),
     };

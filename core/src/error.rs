@@ -160,6 +160,10 @@ pub enum Error {
     /// A change could not be applied; the whole apply was rolled back.
     #[error("apply failed and was rolled back, nothing changed: {0}")]
     ApplyAborted(String),
+    /// The disk holding the database is full. The transaction was rolled back whole; the
+    /// text says what to do again and what was not done.
+    #[error("the disk is full: free some space and {0}")]
+    DiskFull(&'static str),
     /// Sealing found the capture log in a state it cannot turn into a valid change; the
     /// seal was rolled back and the captures are kept.
     #[error("sealing stopped, nothing was sealed and the captured writes are kept: {0}")]

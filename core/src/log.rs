@@ -219,7 +219,69 @@ impl Replica {
         self.import_with(Source::Offered(Box::new(source)))
     }
 
+    /// What [`Replica::import_each`] would do with the changes `source` offers, short of
+    /// writing: the same checks, by the same code, with the same outcome for each change
+    /// (refused, stored, duplicate, quarantined), so a change the import would refuse
+    /// fails here with the same error. Nothing is applied, so the report's `applied`,
+    /// `ops_applied`, `waiting` and `conflicts_opened` stay 0; `stored` counts what the
+    /// import would store. The log is read in one read transaction; what the import
+    /// would store is noted in a table of SQLite's temporary database (never this file),
+    /// so that later changes are judged against it as the import would judge them, and
+    /// the transaction is rolled back. Nothing is written to the database file.
+    pub fn check_each(
+        &self,
+        source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
+    ) -> Result<ImportReport> {
+        let tx = self.conn.unchecked_transaction()?;
+        if crate::seal::has_pending(&tx)? {
+            // The import would seal the pending writes first, which this file may
+            // only do under its own key (invariant 11).
+            self.secret_for_sealing()?;
+        }
+        tx.execute_batch(
+            "CREATE TEMP TABLE _tide_checking(origin INTEGER, seq INTEGER, hash BLOB,
+               PRIMARY KEY(origin, seq))",
+        )?;
+        let mut ingest = Ingest {
+            conn: &tx,
+            retrying: false,
+            checking: true,
+            report: ImportReport::default(),
+            touched: Vec::new(),
+            cache: ChunkCache::default(),
+            failed: None,
+        };
+        source(&mut |head, chunks| ingest.offer(head, chunks))?;
+        let Ingest { report, failed, .. } = ingest;
+        if let Some(e) = failed {
+            return Err(Error::ApplyAborted(format!(
+                "an offered change failed and the check went on: {e}"
+            )));
+        }
+        // Drops the temporary table too.
+        tx.rollback()?;
+        Ok(report)
+    }
+
     fn import_with(&mut self, source: Source<'_>) -> Result<ImportReport> {
+        let retrying = matches!(source, Source::Quarantine(_));
+        // A full disk makes SQLite roll the transaction back (or it is rolled back when
+        // dropped): nothing of the import is kept, and that is what to say.
+        self.import_in_one_transaction(source).map_err(|e| match e {
+            Error::Sqlite(ref s)
+                if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                Error::DiskFull(if retrying {
+                    "run the retry again; nothing was retried"
+                } else {
+                    "import again; nothing was imported"
+                })
+            }
+            other => other,
+        })
+    }
+
+    fn import_in_one_transaction(&mut self, source: Source<'_>) -> Result<ImportReport> {
         let retrying = matches!(source, Source::Quarantine(_));
         let fail_after = self.fail_after_ops.take();
         // IMMEDIATE: no app write can slip in between sealing and applying.
@@ -236,6 +298,7 @@ impl Replica {
         let mut ingest = Ingest {
             conn: &tx,
             retrying,
+            checking: false,
             report: ImportReport::default(),
             touched: Vec::new(),
             cache: ChunkCache::default(),
@@ -347,6 +410,9 @@ struct Ingest<'c> {
     conn: &'c Connection,
     /// Retrying the quarantine: what fails stays there instead of rejecting the import.
     retrying: bool,
+    /// Checking only ([`Replica::check_each`]): every check runs, nothing is stored;
+    /// what would be stored is noted in `temp._tide_checking`.
+    checking: bool,
     report: ImportReport,
     /// Origins whose stored seq may move.
     touched: Vec<i64>,
@@ -413,14 +479,7 @@ impl Ingest<'_> {
             Err(_) => return self.bad_signature(id, signed),
         };
         let idx = origin_idx(self.conn, id.origin)?;
-        let existing: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
-                params![idx, id.seq as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let existing = self.stored_hash(idx, id.seq)?;
         if let Some(hash) = existing {
             if hash == signed.hash() {
                 self.report.duplicates += 1;
@@ -435,14 +494,7 @@ impl Ingest<'_> {
             );
         }
         if id.seq > 1 {
-            let prev: Option<Vec<u8>> = self
-                .conn
-                .query_row(
-                    "SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2",
-                    params![idx, (id.seq - 1) as i64],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let prev = self.stored_hash(idx, id.seq - 1)?;
             if prev.is_some_and(|p| p != manifest.head.prev) {
                 self.keep_chunks(signed, chunks)?;
                 return self.quarantine(
@@ -488,6 +540,9 @@ impl Ingest<'_> {
                 Err(e) => return Err(e),
             };
             ops += n;
+            if self.checking {
+                continue;
+            }
             match &stored {
                 None => store_chunk(self.conn, &want.hash, &chunk)?,
                 Some(stored) => store_packed(self.conn, &want.hash, stored, packing)?,
@@ -502,6 +557,15 @@ impl Ingest<'_> {
                 });
             }
             return self.bad_signature(id, signed);
+        }
+        if self.checking {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO temp._tide_checking(origin, seq, hash) VALUES(?1, ?2, ?3)",
+                )?
+                .execute(params![idx, id.seq as i64, &signed.hash()[..]])?;
+            self.report.stored += 1;
+            return Ok(());
         }
         self.conn
             .prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0)")?
@@ -518,6 +582,9 @@ impl Ingest<'_> {
     /// needs nothing more from the sender. A chunk that does not match the head is not
     /// kept (retrying then leaves the change where it is).
     fn keep_chunks(&mut self, signed: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
+        if self.checking {
+            return Ok(());
+        }
         let Ok(manifest) = signed.manifest() else {
             return Ok(());
         };
@@ -532,6 +599,24 @@ impl Ingest<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The hash of the change stored as `seq` of origin `idx`, if one is (or, checking,
+    /// would be by now).
+    fn stored_hash(&self, idx: i64, seq: u64) -> Result<Option<Vec<u8>>> {
+        let stored = self
+            .conn
+            .prepare_cached("SELECT hash FROM _tide_log WHERE origin=?1 AND seq=?2")?
+            .query_row(params![idx, seq as i64], |r| r.get(0))
+            .optional()?;
+        if stored.is_some() || !self.checking {
+            return Ok(stored);
+        }
+        Ok(self
+            .conn
+            .prepare_cached("SELECT hash FROM temp._tide_checking WHERE origin=?1 AND seq=?2")?
+            .query_row(params![idx, seq as i64], |r| r.get(0))
+            .optional()?)
     }
 
     fn bad_signature(&mut self, id: ChangeId, signed: &SignedHead) -> Result<()> {
@@ -550,6 +635,10 @@ impl Ingest<'_> {
         code: &'static str,
         detail: &str,
     ) -> Result<()> {
+        if self.checking {
+            self.report.quarantined.push((id, code.into()));
+            return Ok(());
+        }
         if self.retrying {
             // A retried change keeps one entry, under the reason it fails for now.
             self.conn.execute(
@@ -1179,8 +1268,13 @@ impl Applier<'_, '_> {
             }
             Ok(false) => conn.execute_batch(rollback)?,
             Err(e) => {
-                // Undone here too, so nothing of the batch outlives the error.
-                conn.execute_batch(rollback)?;
+                // Undone here too, so nothing of the batch outlives the error. On some
+                // errors (a full disk) SQLite has rolled the whole transaction back
+                // itself, savepoint included: then there is nothing left to undo, and
+                // the error is the cause to report.
+                if !conn.is_autocommit() {
+                    conn.execute_batch(rollback)?;
+                }
                 return Err(e);
             }
         }

@@ -264,3 +264,131 @@ fn inspect_and_verify_need_no_database() {
         Err(BundleError::UnknownSender(_))
     ));
 }
+
+#[test]
+fn a_checked_import_reports_what_the_import_then_does_and_writes_nothing() {
+    let mut c = Cluster::new(3, SCHEMA, &["notes"]);
+    // Several changes of one origin in one bundle (each judged against the one before it,
+    // as the import judges them), from two origins, one of them already held.
+    for i in 0..3 {
+        c.write(0, &format!("INSERT INTO notes VALUES ('a{i}', 'x', {i})"));
+        c.replicas[0].seal().unwrap();
+    }
+    c.write(2, "INSERT INTO notes VALUES ('c', 'y', 9)");
+    c.send(2, 1);
+    c.send(2, 0);
+    // Everything r0 holds, r2's change included.
+    let mut b = Vec::new();
+    export(
+        &mut c.replicas[0],
+        &VersionVector::new(),
+        &WriteOptions::default(),
+        &mut b,
+    )
+    .unwrap();
+    let before = std::fs::read(c.path(1)).unwrap();
+    let checked = tide_bundle::check_import(&c.replicas[1], &mut Cursor::new(&b), None).unwrap();
+    assert_eq!(std::fs::read(c.path(1)).unwrap(), before, "the check wrote");
+    let imported = import(&mut c.replicas[1], &mut Cursor::new(&b), None).unwrap();
+    let (want, got) = (&imported.report, &checked.report);
+    assert_eq!(
+        (got.received, got.stored, got.duplicates, &got.quarantined),
+        (
+            want.received,
+            want.stored,
+            want.duplicates,
+            &want.quarantined
+        )
+    );
+    assert_eq!((got.stored, got.duplicates), (3, 1));
+}
+
+/// Change 1 of `secret`'s replica, writing note `id` with `body`.
+fn first_change(
+    secret: &tide_core::SecretIdentity,
+    schema: u64,
+    id: &str,
+    body: &str,
+) -> tide_core::SignedChange {
+    use tide_core::{CellWrite, Change, ChangeHead, OpKind, RowOp, TableOps, Value};
+    Change {
+        head: ChangeHead {
+            origin: secret.id(),
+            seq: 1,
+            hlc: 1_763_769_600_000 << 16,
+            schema,
+            prev: [0; 32],
+            deps: vec![],
+        },
+        tables: vec![TableOps {
+            name: "notes".into(),
+            key_columns: vec!["id".into()],
+            columns: vec!["body".into(), "n".into()],
+            rows: vec![RowOp {
+                kind: OpKind::Insert,
+                key: vec![Value::text(id)],
+                row_preds: vec![],
+                lineage: None,
+                cells: vec![
+                    CellWrite {
+                        column: 0,
+                        value: Value::text(body),
+                        preds: vec![],
+                    },
+                    CellWrite {
+                        column: 1,
+                        value: Value::Integer(1),
+                        preds: vec![],
+                    },
+                ],
+            }],
+        }],
+    }
+    .seal(secret)
+}
+
+#[test]
+fn a_checked_import_judges_a_fork_inside_the_bundle_as_the_import_does() {
+    // Two changes with one origin and seq in one bundle, the second with a chunk that is
+    // not the one its head names. The import stores the first, then quarantines the
+    // second as a fork without reading its chunk; a check must come to the same, not
+    // refuse the bundle over a chunk the import never looks at.
+    let c = Cluster::new(2, SCHEMA, &["notes"]);
+    let secret = c.replicas[0].signing_identity().unwrap();
+    let schema = c.replicas[0].schema_epoch().unwrap();
+    let one = first_change(&secret, schema, "a", "first");
+    let other = first_change(&secret, schema, "a", "forked");
+    let garbage = vec![0u8; other.chunks()[0].len()];
+    let other = tide_core::SignedChange::new(other.head().clone(), vec![garbage]);
+    let mut b = Vec::new();
+    tide_bundle::write_bundle(
+        &tide_bundle::Sender {
+            identity: &secret,
+            ack: [(secret.id(), 1)].into(),
+            schema,
+        },
+        |each| {
+            each(one.head(), &mut &one)?;
+            each(other.head(), &mut &other)
+        },
+        &WriteOptions::default(),
+        &mut b,
+    )
+    .unwrap();
+    let mut c = c;
+    let checked = tide_bundle::check_import(&c.replicas[1], &mut Cursor::new(&b), None).unwrap();
+    let imported = import(&mut c.replicas[1], &mut Cursor::new(&b), None).unwrap();
+    assert_eq!(imported.report.stored, 1);
+    assert_eq!(imported.report.quarantined.len(), 1);
+    assert_eq!(imported.report.quarantined[0].1, tide_core::reason::FORK);
+    let (want, got) = (&imported.report, &checked.report);
+    assert_eq!(
+        (got.received, got.stored, got.duplicates, &got.quarantined),
+        (
+            want.received,
+            want.stored,
+            want.duplicates,
+            &want.quarantined
+        )
+    );
+}

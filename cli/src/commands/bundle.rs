@@ -233,6 +233,17 @@ fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
         let mut magic = [0u8; 8];
         let n = File::open(&path)?.read(&mut magic)?;
         if n == 8 && magic == PART_MAGIC {
+            // The same file named twice is the command line's mistake, not the file's
+            // (two files claiming one part number are refused when reassembled).
+            let same = |p: &PathBuf| {
+                p == &path || std::fs::canonicalize(p).ok() == std::fs::canonicalize(&path).ok()
+            };
+            if parts.iter().any(same) {
+                return Err(usage(
+                    format!("{f} is given twice"),
+                    Some("name each part once"),
+                ));
+            }
             parts.push(path)
         } else {
             bundles.push(path)
@@ -307,26 +318,29 @@ fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Every check the import makes, by the same code, short of writing: what the import
+/// would refuse, this refuses with the same error and exit code.
 fn dry_run(
     out: &Out,
     r: &tide_core::Replica,
     input: &mut dyn Read,
     pass: Option<&[u8]>,
 ) -> Result<(), BundleError> {
-    let options = tide_bundle::ReadOptions {
-        known: r.known_cards()?,
-        box_secret: r.reading_identity().ok().map(|s| s.box_secret()),
-        passphrase: pass.map(<[u8]>::to_vec),
-        image_cap: 0,
-        temp_dir: None,
-    };
-    let bundle = tide_bundle::read_bundle(input, &options)?;
-    let missing = tide_bundle::prerequisites_missing(r, bundle.header())?;
+    let checked = tide_bundle::check_import(r, input, pass)?;
+    let (h, rep) = (&checked.header, &checked.report);
+    let missing = tide_bundle::prerequisites_missing(r, h)?;
     out.say(format!(
-        "Verified: {} change(s), {} row op(s) from {}; {}. Nothing was imported (--dry-run).",
-        bundle.header().changes,
-        bundle.header().ops,
-        peer_name(r, bundle.header().sender),
+        "Verified: {} change(s), {} row op(s) from {}: {} new, {} already here{}; {}. Nothing was imported (--dry-run).",
+        h.changes,
+        h.ops,
+        peer_name(r, h.sender),
+        rep.stored,
+        rep.duplicates,
+        if rep.quarantined.is_empty() {
+            String::new()
+        } else {
+            format!(", {} would be quarantined", rep.quarantined.len())
+        },
         if missing.is_empty() {
             "every prerequisite is here".to_string()
         } else {
