@@ -286,13 +286,14 @@ pub enum ConflictsCommand {
     Show { id: String },
     /// Keep one candidate (or write a new value); the resolution syncs like any write.
     #[command(
-        after_help = "Examples:\n  tide --db hq.db conflicts resolve 7f3a --keep remote\n  tide --db hq.db conflicts resolve 7f3a --keep 4c2a86fd:3\n  tide --db hq.db conflicts resolve 7f3a --value status=repaired\n  tide --db hq.db conflicts resolve --all --keep winner"
+        after_help = "Examples:\n  tide --db hq.db conflicts resolve 7f3a --keep remote\n  tide --db hq.db conflicts resolve 7f3a --keep 4c2a86fd:3\n  tide --db hq.db conflicts resolve 7f3a --value status=repaired\n  tide --db hq.db conflicts resolve 9b1e --keep held     # a row held for a deleted parent: bring the parent back\n  tide --db hq.db conflicts resolve --all --keep winner"
     )]
     Resolve {
         /// The conflict id (a unique prefix is enough).
         #[arg(required_unless_present = "all")]
         id: Option<String>,
-        /// local, remote, winner, or a candidate id (prefix).
+        /// local, remote, winner, held (the row a constraint keeps out of its table), or a
+        /// candidate id (prefix).
         #[arg(long, required_unless_present = "value")]
         keep: Option<String>,
         /// Write this value instead: COLUMN=VALUE (VALUE: NULL, 42, 1.5, x'00ff', or text).

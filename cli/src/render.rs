@@ -100,14 +100,44 @@ pub fn conflict_text(c: &Conflict) -> String {
         };
         s.push_str(&format!(
             "    {} {:<24} {}  from {}  at {}\n",
-            if cand.winner { "shown" } else { "kept " },
+            if cand.winner {
+                "shown"
+            } else if c.column.is_none() && c.kind != "delete" {
+                // A row a constraint keeps out of its table.
+                "held "
+            } else {
+                "kept "
+            },
             value,
             short_candidate(&cand.id),
             who,
             time(cand.hlc)
         ));
     }
+    if let Some(choices) = choices(c) {
+        s.push_str(&format!("    choices: {choices}\n"));
+    }
     s
+}
+
+/// What resolving a constraint conflict can do, in words (see `tide_core::conflicts`).
+fn choices(c: &Conflict) -> Option<&'static str> {
+    if c.column.is_some() {
+        return None;
+    }
+    let blocked = c.candidates.iter().any(|x| x.winner);
+    Some(match c.kind.as_str() {
+        "delete" => return None,
+        _ if blocked => {
+            "--keep winner keeps the shown row and discards the held one; --keep held keeps the held row and discards the shown one"
+        }
+        "foreign_key" => {
+            "--keep held brings back the row it refers to, and the held row returns; --keep winner discards the held row"
+        }
+        _ => {
+            "--keep winner discards the held row; or write values that satisfy the constraint to the held row's key, and it returns"
+        }
+    })
 }
 
 /// `origin-hex:seq` shortened to 8 hex digits (still accepted by `resolve --keep`).

@@ -881,3 +881,66 @@ fn a_damaged_database_gets_one_clear_finding_with_the_next_step() {
         );
     }
 }
+
+/// hq deletes a region while field adds a site under it: the site is held on both. The
+/// listing says it is held (not "kept") and what each choice does; `--keep held` brings
+/// the region back and the site returns everywhere.
+#[test]
+fn a_foreign_key_conflict_offers_to_restore_the_parent_or_drop_the_held_row() {
+    let s = Site::new();
+    for n in ["field", "hq"] {
+        let db = format!("{n}.db");
+        s.ok(&["--db", &db, "init", "--name", n]);
+        s.sql(
+            &db,
+            "CREATE TABLE regions(id TEXT PRIMARY KEY, name TEXT);
+             CREATE TABLE wells(id TEXT PRIMARY KEY, region TEXT REFERENCES regions(id), depth INTEGER);",
+        );
+        s.ok(&["--db", &db, "track", "regions", "wells"]);
+        let card = s.ok(&["--db", &db, "id", "--card"]).stdout;
+        std::fs::write(s.path(&format!("{n}.card")), card).unwrap();
+    }
+    s.ok(&["--db", "field.db", "peers", "add", "hq.card"]);
+    s.ok(&["--db", "hq.db", "peers", "add", "field.card"]);
+    s.sql(
+        "hq.db",
+        "INSERT INTO regions VALUES ('north', 'Northern hills')",
+    );
+    s.carry("hq", "field", "1.tide");
+    s.sql("hq.db", "DELETE FROM regions WHERE id = 'north'");
+    s.sql(
+        "field.db",
+        "PRAGMA foreign_keys = ON; INSERT INTO wells VALUES ('w1', 'north', 40)",
+    );
+    s.carry("hq", "field", "2.tide");
+    s.carry("field", "hq", "3.tide");
+    let listed = s.ok(&["--db", "hq.db", "conflicts", "list"]).stdout;
+    assert!(
+        listed.contains("foreign_key") && listed.contains("held ") && !listed.contains("kept "),
+        "hq lists:\n{listed}"
+    );
+    assert!(
+        listed.contains("--keep held brings back"),
+        "hq lists:\n{listed}"
+    );
+    let id = listed.split_whitespace().next().unwrap().to_string();
+    s.ok(&[
+        "--db",
+        "hq.db",
+        "conflicts",
+        "resolve",
+        &id,
+        "--keep",
+        "held",
+    ]);
+    s.carry("hq", "field", "4.tide");
+    for db in ["field.db", "hq.db"] {
+        assert_eq!(
+            s.one(db, "SELECT name FROM regions"),
+            "Text(\"Northern hills\")"
+        );
+        assert_eq!(s.one(db, "SELECT depth FROM wells"), "Integer(40)");
+        let r = s.tide(&["--db", db, "status", "--check"]);
+        assert_eq!(r.code, 0, "{db}: {}{}", r.stdout, r.stderr);
+    }
+}

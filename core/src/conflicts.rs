@@ -5,13 +5,22 @@
 //! of its table by a constraint (`unique`, `foreign_key`, `check`, `not_null`). Resolving
 //! is an ordinary new change whose predecessors are all the heads; it syncs like any
 //! write and closes the conflict on every replica that applies it.
+//!
+//! A constraint conflict offers two sides. With a row in the way (`unique`): keep the
+//! row that holds the slot (the winner) and discard the held one, or keep the held row
+//! and discard the other. With no row in the way, the held row is the only candidate and
+//! the table without it is what shows: keeping the winner discards the held row; keeping
+//! the held row brings back, for `foreign_key`, every parent it refers to that was
+//! deleted here (re-inserted with the values it had), after which the row returns by
+//! itself. A row held by `check` or `not_null` returns once someone writes values that
+//! satisfy the constraint.
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::change::{CellWrite, Lineage, OpKind, RowOp, TableOps};
 use crate::error::{Error, Result};
 use crate::ids::{ChangeId, hex};
-use crate::merge::{CONSTRAINT_CELL, Merger};
+use crate::merge::{CONSTRAINT_CELL, HELD_FOREIGN_KEY, Merger};
 use crate::replica::{Replica, origins_map};
 use crate::rowmeta::{CellValues, ROW, RowMeta, Version};
 use crate::schema::{self, TableInfo};
@@ -327,6 +336,8 @@ impl Replica {
             .map(to_id)
             .collect::<Vec<_>>();
         let mut ops: Vec<(Vec<Value>, RowOp)> = Vec::new();
+        // Rows of other tables the resolution brings back (a held row's parents).
+        let mut parents: Vec<(&TableInfo, RowOp)> = Vec::new();
         match conflict.column.as_ref() {
             Some(col) => {
                 let c = t
@@ -412,7 +423,12 @@ impl Replica {
                     (Resolution::Keep(_), None) => unreachable!("Keep found its candidate above"),
                 };
                 let has_blocker = conflict.candidates.len() > 1;
-                if held_wins && !has_blocker {
+                if held_wins && !has_blocker && conflict.kind == HELD_FOREIGN_KEY {
+                    // Keeping a row held for a missing parent brings the parent back;
+                    // settling after the apply then releases the row.
+                    parents =
+                        self.parents_to_restore(&conflict, t, &key_bytes, &m, &merger, &tables)?;
+                } else if held_wins && !has_blocker {
                     return Err(Error::CannotResolve {
                         conflict: conflict.id.clone(),
                         reason: format!(
@@ -422,7 +438,7 @@ impl Replica {
                         ),
                     });
                 }
-                if held_wins {
+                if held_wins && has_blocker {
                     let blocker: Option<Vec<u8>> = self
                         .conn
                         .query_row(
@@ -452,7 +468,7 @@ impl Replica {
                             },
                         ));
                     }
-                } else {
+                } else if !held_wins {
                     ops.push((
                         conflict.key.clone(),
                         RowOp {
@@ -466,7 +482,7 @@ impl Replica {
                 }
             }
         }
-        if ops.is_empty() {
+        if ops.is_empty() && parents.is_empty() {
             return Err(Error::CannotResolve {
                 conflict: conflict.id.clone(),
                 reason: "nothing to write: the row it names is gone".into(),
@@ -476,12 +492,26 @@ impl Replica {
             &tx,
             &secret,
             |change| {
-                change.tables.push(TableOps {
-                    name: t.name.clone(),
-                    key_columns: t.key_columns.clone(),
-                    columns: t.columns.clone(),
-                    rows: ops.into_iter().map(|(_, op)| op).collect(),
-                });
+                // Parents first: the held row returns once they are back.
+                for (pt, op) in parents {
+                    match change.tables.iter_mut().find(|x| x.name == pt.name) {
+                        Some(ops) => ops.rows.push(op),
+                        None => change.tables.push(TableOps {
+                            name: pt.name.clone(),
+                            key_columns: pt.key_columns.clone(),
+                            columns: pt.columns.clone(),
+                            rows: vec![op],
+                        }),
+                    }
+                }
+                if !ops.is_empty() {
+                    change.tables.push(TableOps {
+                        name: t.name.clone(),
+                        key_columns: t.key_columns.clone(),
+                        columns: t.columns.clone(),
+                        rows: ops.into_iter().map(|(_, op)| op).collect(),
+                    });
+                }
             },
             false,
         )?;
@@ -493,6 +523,149 @@ impl Replica {
         Ok(change.id())
     }
 }
+
+impl Replica {
+    /// For a row held because a foreign key points at no row: the op that brings back
+    /// each missing parent, as a person would by inserting it again with the values it
+    /// had (an insert over every head of its existence, each cell over the value it
+    /// repeats, so other candidates of its cells stay). Refused, with
+    /// what to do instead, when a parent cannot be brought back that way: its table is
+    /// not tracked, the key refers to columns other than its primary key, it never was
+    /// here, or it is held itself.
+    fn parents_to_restore<'t>(
+        &self,
+        conflict: &Conflict,
+        t: &TableInfo,
+        key_bytes: &[u8],
+        m: &RowMeta,
+        merger: &Merger<'_>,
+        tables: &'t [TableInfo],
+    ) -> Result<Vec<(&'t TableInfo, RowOp)>> {
+        let refuse = |reason: String| Error::CannotResolve {
+            conflict: conflict.id.clone(),
+            reason,
+        };
+        let (kept, _) = merger.stored_values(t, key_bytes)?;
+        let row = self.row_values(&RowView {
+            t,
+            key_bytes,
+            m,
+            origins: &merger.origins,
+            current: None,
+            kept: &kept,
+        })?;
+        let names: Vec<&String> = t.key_columns.iter().chain(&t.columns).collect();
+        let value_of = |col: &str| names.iter().position(|n| *n == col).map(|i| &row[i]);
+        let mut keys: Vec<ForeignKey> = Vec::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
+        )?;
+        let mut rows = stmt.query([&t.name])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            if keys.last().is_none_or(|k| k.0 != id) {
+                keys.push((id, r.get(1)?, Vec::new(), Vec::new()));
+            }
+            let k = keys.last_mut().expect("pushed above");
+            k.2.push(r.get(2)?);
+            k.3.push(r.get(3)?);
+        }
+        let mut out = Vec::new();
+        for (_, parent, from, to) in keys {
+            let values: Vec<Value> = from
+                .iter()
+                .map(|c| value_of(c).cloned().unwrap_or(Value::Null))
+                .collect();
+            if values.contains(&Value::Null) {
+                continue; // a NULL reference needs no parent
+            }
+            let Some(pt) = tables.iter().find(|x| x.name.eq_ignore_ascii_case(&parent)) else {
+                return Err(refuse(format!(
+                    "its parent table {parent} is not tracked; add the row it refers to by hand and it returns by itself"
+                )));
+            };
+            // The parent's key, in its key's column order.
+            let mut pkey = Vec::new();
+            for kc in &pt.key_columns {
+                let at = to.iter().enumerate().position(|(i, c)| {
+                    c.as_deref()
+                        .unwrap_or_else(|| pt.key_columns.get(i).map_or("", |s| s.as_str()))
+                        .eq_ignore_ascii_case(kc)
+                });
+                match at {
+                    Some(i) if to.len() == pt.key_columns.len() => pkey.push(values[i].clone()),
+                    _ => {
+                        return Err(refuse(format!(
+                            "it refers to {parent} by columns other than its primary key; restore that row by hand and it returns by itself"
+                        )));
+                    }
+                }
+            }
+            if merger.read_row(pt, &pkey)?.is_some() {
+                continue;
+            }
+            let shown = pkey
+                .iter()
+                .map(Value::display)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let pkey_bytes = crate::value::encode_key(&pkey);
+            let Some(pm) = merger.load_meta(pt, &pkey_bytes)? else {
+                return Err(refuse(format!(
+                    "the row it refers to, {parent} [{shown}], was never here; add it by hand and the held row returns by itself"
+                )));
+            };
+            if pm.held {
+                return Err(refuse(format!(
+                    "the row it refers to, {parent} [{shown}], is held itself; resolve its conflict first"
+                )));
+            }
+            let id = |h: &Version| ChangeId {
+                origin: merger.origins[&h.origin],
+                seq: h.seq,
+            };
+            let (pkept, _) = merger.stored_values(pt, &pkey_bytes)?;
+            let pvalues = self.row_values(&RowView {
+                t: pt,
+                key_bytes: &pkey_bytes,
+                m: &pm,
+                origins: &merger.origins,
+                current: None,
+                kept: &pkept,
+            })?;
+            let nkey = pt.key_columns.len();
+            let cells = (0..pt.columns.len())
+                .map(|c| CellWrite {
+                    column: c,
+                    value: pvalues[nkey + c].clone(),
+                    // The value brought back overwrites the one it repeats; any other
+                    // candidate of that cell stays.
+                    preds: pm.winner(c + 1, &merger.origins).iter().map(id).collect(),
+                })
+                .collect();
+            out.push((
+                pt,
+                RowOp {
+                    kind: OpKind::Insert,
+                    key: pkey,
+                    row_preds: pm.cells[ROW].iter().map(id).collect(),
+                    lineage: None,
+                    cells,
+                },
+            ));
+        }
+        if out.is_empty() {
+            return Err(refuse(
+                "every row it refers to is here; it returns at the next import or seal".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// A foreign key as SQLite lists it: its id, the parent table, the child's columns and
+/// the parent's (`None`: the parent's primary key), in key order.
+type ForeignKey = (i64, String, Vec<String>, Vec<Option<String>>);
 
 /// One row's metadata and visible values, for reading candidate values.
 #[derive(Clone, Copy)]

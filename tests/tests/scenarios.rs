@@ -1560,3 +1560,50 @@ fn a_replicas_reinsert_after_a_remote_delete_won_supersedes_its_own_earlier_writ
     }
     assert_eq!(c.hashes()[0], c.hashes()[1]);
 }
+
+#[test]
+fn a_foreign_key_conflict_keeps_the_held_row_by_restoring_its_parent() {
+    let mut c = orphaned_child(&[]);
+    let k = c.replicas[1].conflicts().unwrap();
+    let fk = k.iter().find(|k| k.kind == "foreign_key").unwrap().clone();
+    assert_eq!(fk.candidates.len(), 1, "{fk:?}");
+    assert!(!fk.candidates[0].winner, "the held row is not shown");
+    c.replicas[1]
+        .resolve(&fk.id, Resolution::Keep(fk.candidates[0].id.clone()))
+        .unwrap();
+    c.sync_all();
+    for i in 0..2 {
+        assert_eq!(
+            query_one::<String>(&c.path(i), "SELECT name FROM parent"),
+            "name"
+        );
+        assert_eq!(
+            query_one::<String>(&c.path(i), "SELECT parent FROM child"),
+            "p"
+        );
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+    }
+    assert_eq!(c.hashes()[0], c.hashes()[1]);
+}
+
+#[test]
+fn a_foreign_key_conflict_can_drop_the_held_row() {
+    let mut c = orphaned_child(&[]);
+    let k = c.replicas[0].conflicts().unwrap();
+    let fk = k.iter().find(|k| k.kind == "foreign_key").unwrap().clone();
+    c.replicas[0]
+        .resolve(&fk.id, Resolution::KeepWinner)
+        .unwrap();
+    c.sync_all();
+    for i in 0..2 {
+        assert_eq!(
+            query_one::<i64>(&c.path(i), "SELECT count(*) FROM parent"),
+            0
+        );
+        assert_eq!(
+            query_one::<i64>(&c.path(i), "SELECT count(*) FROM child"),
+            0
+        );
+        assert!(c.replicas[i].conflicts().unwrap().is_empty());
+    }
+}

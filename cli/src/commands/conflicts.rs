@@ -82,6 +82,25 @@ pub fn run(out: &Out, r: &mut Replica, cmd: ConflictsCommand) -> Result<u8> {
                     Resolution::Value(parse_value(val))
                 }
                 (Some("winner"), None) => Resolution::KeepWinner,
+                (Some("held"), None) => {
+                    let held = conflict.candidates.iter().find(|c| !c.winner);
+                    match held {
+                        Some(h) if conflict.column.is_none() && conflict.kind != "delete" => {
+                            Resolution::Keep(h.id.clone())
+                        }
+                        _ => {
+                            return Err(usage(
+                                format!(
+                                    "conflict {} holds no row out of its table",
+                                    &conflict.id[..8]
+                                ),
+                                Some(
+                                    "--keep held is for constraint conflicts; tide conflicts show ID lists the candidates",
+                                ),
+                            ));
+                        }
+                    }
+                }
                 (Some(side @ ("local" | "remote")), None) => {
                     let want_local = side == "local";
                     let matching: Vec<_> = conflict
