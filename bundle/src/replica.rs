@@ -73,8 +73,9 @@ pub fn import(
     passphrase: Option<&[u8]>,
 ) -> Result<Imported> {
     let (bundle, header) = open_for(replica, input, passphrase)?;
-    let report = offer(&bundle, |source| replica.import_each(source))?;
-    replica.record_peer_ack(header.sender, &header.ack)?;
+    let report = offer(&bundle, |source| {
+        replica.import_each_from(header.sender, &header.ack, source)
+    })?;
     Ok(Imported { header, report })
 }
 

@@ -172,13 +172,7 @@ impl Replica {
     /// message). Only ever moves forward.
     pub fn record_peer_ack(&mut self, peer: ReplicaId, vector: &VersionVector) -> Result<()> {
         let tx = self.conn.transaction()?;
-        for (origin, seq) in vector {
-            tx.execute(
-                "INSERT INTO _tide_acks(peer, origin, seq) VALUES(?1, ?2, ?3)
-                 ON CONFLICT(peer, origin) DO UPDATE SET seq = max(seq, excluded.seq)",
-                params![&peer.0[..], &origin.0[..], *seq as i64],
-            )?;
-        }
+        store_ack(&tx, peer, vector)?;
         tx.commit()?;
         Ok(())
     }
@@ -216,7 +210,20 @@ impl Replica {
         &mut self,
         source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
     ) -> Result<ImportReport> {
-        self.import_with(Source::Offered(Box::new(source)))
+        self.import_with(Source::Offered(Box::new(source), None))
+    }
+
+    /// [`Replica::import_each`], recording in the same transaction what `peer` says it
+    /// holds (a bundle's acknowledgement, see [`Replica::record_peer_ack`]): an import
+    /// is then one commit, so an app writing alongside sees its snapshot go stale once,
+    /// not twice, and a full disk cannot keep the changes but lose the acknowledgement.
+    pub fn import_each_from(
+        &mut self,
+        peer: ReplicaId,
+        ack: &VersionVector,
+        source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
+    ) -> Result<ImportReport> {
+        self.import_with(Source::Offered(Box::new(source), Some((peer, ack.clone()))))
     }
 
     /// What [`Replica::import_each`] would do with the changes `source` offers, short of
@@ -304,8 +311,12 @@ impl Replica {
             cache: ChunkCache::default(),
             failed: None,
         };
+        let mut ack = None;
         match source {
-            Source::Offered(source) => source(&mut |head, chunks| ingest.offer(head, chunks))?,
+            Source::Offered(source, from) => {
+                ack = from;
+                source(&mut |head, chunks| ingest.offer(head, chunks))?
+            }
             Source::Quarantine(heads) => {
                 for head in &heads {
                     ingest.offer(head, &mut LogChunks { conn: &tx })?;
@@ -346,6 +357,9 @@ impl Replica {
                AND hash IN (SELECT hash FROM _tide_log WHERE applied >= 0)",
             [],
         )?;
+        if let Some((peer, vector)) = ack {
+            store_ack(&tx, peer, &vector)?;
+        }
         tx.commit()?;
         if let Some(seq) = sealed {
             self.record_sealed(seq)?;
@@ -395,10 +409,22 @@ impl Replica {
 
 /// Where an import's changes come from.
 enum Source<'s> {
-    /// A caller offers them with their chunks.
-    Offered(OfferFn<'s>),
+    /// A caller offers them with their chunks, maybe with the sender's acknowledgement.
+    Offered(OfferFn<'s>, Option<(ReplicaId, VersionVector)>),
     /// The quarantine, retried: heads from it, chunks from the log's chunk store.
     Quarantine(Vec<SignedHead>),
+}
+
+/// Records that `peer` holds `vector` (acknowledgements only grow).
+fn store_ack(conn: &Connection, peer: ReplicaId, vector: &VersionVector) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO _tide_acks(peer, origin, seq) VALUES(?1, ?2, ?3)
+         ON CONFLICT(peer, origin) DO UPDATE SET seq = max(seq, excluded.seq)",
+    )?;
+    for (origin, seq) in vector {
+        stmt.execute(params![&peer.0[..], &origin.0[..], *seq as i64])?;
+    }
+    Ok(())
 }
 
 type OfferFn<'s> =
