@@ -293,7 +293,7 @@ pub enum ConflictsCommand {
         #[arg(required_unless_present = "all")]
         id: Option<String>,
         /// local, remote, winner, held (the row a constraint keeps out of its table), or a
-        /// candidate id (prefix).
+        /// candidate id (`ORIGIN:SEQ`; the origin may be shortened, as listings show it).
         #[arg(long, required_unless_present = "value")]
         keep: Option<String>,
         /// Write this value instead: COLUMN=VALUE (VALUE: NULL, 42, 1.5, x'00ff', or text).

@@ -128,6 +128,10 @@ impl Replica {
     /// One conflict by id or unique id prefix.
     pub fn conflict(&self, id: &str) -> Result<Conflict> {
         let id = id.trim().to_ascii_lowercase();
+        if id.is_empty() {
+            // An empty prefix would name whichever conflict happens to be alone.
+            return Err(Error::UnknownConflict(id));
+        }
         let all = self.conflicts()?;
         let mut found: Vec<Conflict> = match all.iter().position(|c| c.id == id) {
             Some(i) => vec![all[i].clone()],
@@ -292,18 +296,18 @@ impl Replica {
         let chosen = match &resolution {
             Resolution::Keep(c) => {
                 let c = c.trim().to_ascii_lowercase();
-                // An exact id wins over prefixes: `…:1` is a prefix of `…:12`.
-                let exact: Vec<&Candidate> =
-                    conflict.candidates.iter().filter(|x| x.id == c).collect();
-                let matching: Vec<&Candidate> = if exact.is_empty() {
-                    conflict
-                        .candidates
-                        .iter()
-                        .filter(|x| x.id.starts_with(&c))
-                        .collect()
-                } else {
-                    exact
-                };
+                // `ORIGIN:SEQ` abbreviates the origin only: `…:1` never names `…:12`, so a
+                // candidate that is gone is not mistaken for a later one.
+                let matching: Vec<&Candidate> = conflict
+                    .candidates
+                    .iter()
+                    .filter(|x| match (c.split_once(':'), x.id.split_once(':')) {
+                        (Some((origin, seq)), Some((xo, xs))) => {
+                            !origin.is_empty() && xo.starts_with(origin) && xs == seq
+                        }
+                        _ => !c.is_empty() && x.id.starts_with(&c),
+                    })
+                    .collect();
                 match matching.as_slice() {
                     [one] => Some((*one).clone()),
                     [] => {

@@ -1044,10 +1044,10 @@ fn every_storage_class_survives_sync_bit_exact() -> Result<(), Box<dyn std::erro
     Ok(())
 }
 
-/// A candidate's full id must select exactly that candidate, even when another candidate
-/// of the same origin has a seq that starts with the same digits (`…:1` and `…:12`).
-/// Two heads of one origin arise when that origin's app overwrites a cell whose conflict
-/// its own value was losing: only the winner it saw is overwritten.
+/// A candidate id names exactly that candidate: `…:1` never selects `…:12` of the same
+/// origin. A replica's value that lost a conflict, then was superseded by the same
+/// replica's later write (seq 12) that is again in conflict, is no longer a candidate;
+/// keeping it by its old id is refused instead of keeping the later value.
 #[test]
 fn keep_by_full_candidate_id_is_exact() -> Result<(), Box<dyn std::error::Error>> {
     let mut w = world(2).map_err(|e| format!("{e}"))?;
@@ -1089,8 +1089,18 @@ fn keep_by_full_candidate_id_is_exact() -> Result<(), Box<dyn std::error::Error>
         )?;
         w.replicas[l].seal()?;
     }
+    // Writing the cell again supersedes the replica's own losing value: it is no longer
+    // a candidate, and its id must not be taken for the later one it is a prefix of.
+    // The other replica writes the cell concurrently, so it is in conflict again.
     w.apps[l].execute("UPDATE docs SET u = 'again' WHERE name = 'k'", [])?;
     w.replicas[l].seal()?;
+    w.apps[1 - l].execute("UPDATE docs SET u = 'other' WHERE name = 'k'", [])?;
+    w.replicas[1 - l].seal()?;
+    for (from, to) in [(0, 1), (1, 0)] {
+        let theirs = w.replicas[to].version_vector()?;
+        let batch = w.replicas[from].changes_for(&theirs)?;
+        w.replicas[to].import(&batch)?;
+    }
     let c = w.replicas[l].conflicts()?;
     let doc = c
         .iter()
@@ -1098,21 +1108,26 @@ fn keep_by_full_candidate_id_is_exact() -> Result<(), Box<dyn std::error::Error>
         .ok_or("docs conflict still open")?;
     let ids: Vec<&str> = doc.candidates.iter().map(|x| x.id.as_str()).collect();
     assert!(
-        ids.contains(&loser.id.as_str()),
-        "the old losing value is still a candidate: {ids:?}"
+        !ids.contains(&loser.id.as_str()),
+        "the replica's own earlier value is superseded: {ids:?}"
     );
     assert!(
-        ids.iter()
-            .any(|i| *i != loser.id && i.starts_with(&loser.id)),
+        ids.iter().any(|i| i.starts_with(&loser.id)),
         "setup: a candidate id extends {} ({ids:?})",
         loser.id
     );
-    w.replicas[l].resolve(&doc.id, Resolution::Keep(loser.id.clone()))?;
-    let u: Value =
-        w.replicas[l]
-            .connection()
-            .query_row("SELECT u FROM docs WHERE name = 'k'", [], |r| r.get(0))?;
-    assert_eq!(u, loser.value.clone().ok_or("a value")?);
+    let before = w.replicas[l].state_hash()?;
+    let refused = w.replicas[l].resolve(&doc.id, Resolution::Keep(loser.id.clone()));
+    assert!(
+        matches!(refused, Err(tide_core::Error::UnknownCandidate { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(w.replicas[l].state_hash()?, before);
+    // The origin abbreviated still names a candidate exactly.
+    let (origin, seq) = doc.candidates[0].id.split_once(':').ok_or("an id")?;
+    let short = format!("{}:{seq}", &origin[..8]);
+    w.replicas[l].resolve(&doc.id, Resolution::Keep(short))?;
+    assert!(w.replicas[l].conflicts()?.iter().all(|c| c.table != "docs"));
     Ok(())
 }
 
