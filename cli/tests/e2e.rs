@@ -944,3 +944,63 @@ fn a_foreign_key_conflict_offers_to_restore_the_parent_or_drop_the_held_row() {
         assert_eq!(r.code, 0, "{db}: {}{}", r.stdout, r.stderr);
     }
 }
+
+/// Commit frames in a WAL file's current generation (frames whose salt is the header's
+/// and whose "database size after commit" field is set), and that generation's salt.
+fn wal_commits(wal: &Path) -> (u64, [u8; 8]) {
+    let bytes = std::fs::read(wal).unwrap_or_default();
+    if bytes.len() < 32 {
+        return (0, [0; 8]);
+    }
+    let page_size = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let salt: [u8; 8] = bytes[16..24].try_into().unwrap();
+    let mut commits = 0;
+    let mut at = 32;
+    while at + 24 + page_size <= bytes.len() {
+        let frame = &bytes[at..at + 24];
+        if frame[8..16] != salt {
+            break;
+        }
+        if frame[4..8] != [0, 0, 0, 0] {
+            commits += 1;
+        }
+        at += 24 + page_size;
+    }
+    (commits, salt)
+}
+
+/// An app in WAL mode whose deferred transaction reads, then writes, fails if anyone
+/// committed in between: every commit tide makes is one more chance of that. An import
+/// (changes, their apply and the sender's acknowledgement) is one commit.
+#[test]
+fn an_import_is_one_commit() {
+    let s = Site::new();
+    s.replicas(&["field", "hq"]);
+    s.sql("hq.db", "PRAGMA journal_mode = WAL");
+    // Held open so the WAL outlives each tide process.
+    let app = rusqlite::Connection::open(s.path("hq.db")).unwrap();
+    app.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .unwrap();
+    s.sql(
+        "field.db",
+        "INSERT INTO sites VALUES ('well-7', 'planned', 0)",
+    );
+    s.ok(&[
+        "--db", "field.db", "bundle", "export", "--peer", "hq", "-o", "1.tide",
+    ]);
+    let wal = s.path("hq.db-wal");
+    let (before, salt) = wal_commits(&wal);
+    s.ok(&["--db", "hq.db", "bundle", "import", "1.tide"]);
+    let (after, salt_after) = wal_commits(&wal);
+    let made = if salt_after == salt {
+        after - before
+    } else {
+        after
+    };
+    assert_eq!(made, 1, "commits made by one import");
+    assert_eq!(
+        s.one("hq.db", "SELECT status FROM sites"),
+        "Text(\"planned\")"
+    );
+    drop(app);
+}
