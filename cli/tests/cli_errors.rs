@@ -5,82 +5,17 @@
 //! (never 1, which means an internal error) and leave the database byte for byte as it
 //! was (or absent, when it was absent).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: i32,
-}
+mod common;
 
-/// A folder with its own key store, where replicas live.
-struct Site {
-    dir: tempfile::TempDir,
-}
+use common::{Run, Site};
 
 impl Site {
-    fn new() -> Site {
-        Site {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn tide_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tide"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("TIDE_HOME", self.path("keys"))
-            .env_remove("TIDE_DB")
-            .env_remove("TIDE_PASSPHRASE");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        Run {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            code: out.status.code().unwrap_or(-1),
-        }
-    }
-
-    fn tide(&self, args: &[&str]) -> Run {
-        self.tide_env(args, &[])
-    }
-
-    /// Runs and insists on success.
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.tide(args);
-        assert_eq!(r.code, 0, "tide {args:?} failed:\n{}{}", r.stdout, r.stderr);
-        r
-    }
-
-    fn sql(&self, db: &str, sql: &str) {
-        rusqlite::Connection::open(self.path(db))
-            .unwrap()
-            .execute_batch(sql)
-            .unwrap();
-    }
-
-    fn count(&self, db: &str, sql: &str) -> i64 {
-        rusqlite::Connection::open(self.path(db))
-            .unwrap()
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap()
-    }
-
     /// Replica `name` with the `sites` table tracked, its card in `NAME.card`.
     fn replica(&self, name: &str) {
-        let db = format!("{name}.db");
-        self.ok(&["--db", &db, "init", "--name", name]);
-        self.sql(&db, "CREATE TABLE sites(id TEXT PRIMARY KEY, status TEXT)");
-        self.ok(&["--db", &db, "track", "sites"]);
-        let card = self.ok(&["--db", &db, "id", "--card"]).stdout;
-        std::fs::write(self.path(&format!("{name}.card")), card).unwrap();
+        let schema = "CREATE TABLE sites(id TEXT PRIMARY KEY, status TEXT)";
+        self.replica_with(name, schema, &["sites"]);
     }
 
     /// Replicas a and b trusting each other; b has written a row and exported it for a,

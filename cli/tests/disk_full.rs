@@ -12,32 +12,12 @@ use std::process::Command;
 
 use rusqlite::Connection;
 
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: i32,
-}
+mod common;
 
-fn tide(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_tide"))
-        .args(args)
-        .current_dir(dir)
-        .env("TIDE_HOME", dir.join("keys"))
-        .env_remove("TIDE_DB")
-        .env_remove("TIDE_PASSPHRASE")
-        .output()
-        .unwrap();
-    Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code().unwrap_or(-1),
-    }
-}
+use common::{ok_in as ok, tide_in};
 
-fn ok(dir: &Path, args: &[&str]) -> Run {
-    let r = tide(dir, args);
-    assert_eq!(r.code, 0, "tide {args:?} failed:\n{}{}", r.stdout, r.stderr);
-    r
+fn tide(dir: &Path, args: &[&str]) -> common::Run {
+    tide_in(dir, args, &[])
 }
 
 /// A tmpfs mounted at a folder, unmounted when dropped.

@@ -2,101 +2,24 @@
 //! end, relays, foreign writers, conflicts, encryption, copies, and snapshots of what a
 //! person reads.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: i32,
-}
+mod common;
 
-/// A folder with its own key store, where replicas live.
-struct Site {
-    dir: tempfile::TempDir,
-}
+use common::{Run, Site};
 
 impl Site {
-    fn new() -> Site {
-        Site {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn tide_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tide"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("TIDE_HOME", self.path("keys"))
-            .env_remove("TIDE_DB")
-            .env_remove("TIDE_PASSPHRASE");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        Run {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            code: out.status.code().unwrap_or(-1),
-        }
-    }
-
-    fn tide(&self, args: &[&str]) -> Run {
-        self.tide_env(args, &[])
-    }
-
-    /// Runs and insists on success.
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.tide(args);
-        assert_eq!(r.code, 0, "tide {args:?} failed:\n{}{}", r.stdout, r.stderr);
-        r
-    }
-
-    fn sql(&self, db: &str, sql: &str) {
-        rusqlite::Connection::open(self.path(db))
-            .unwrap()
-            .execute_batch(sql)
-            .unwrap();
-    }
-
-    fn one(&self, db: &str, sql: &str) -> String {
-        rusqlite::Connection::open(self.path(db))
-            .unwrap()
-            .query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
-            .map(|v| format!("{v:?}"))
-            .unwrap()
-    }
-
     /// Replicas named `names`, each with the `sites` table, tracking it, trusting each other.
     fn replicas(&self, names: &[&str]) {
         for n in names {
-            let db = format!("{n}.db");
-            self.ok(&["--db", &db, "init", "--name", n]);
-            self.sql(
-                &db,
+            self.replica_with(
+                n,
                 "CREATE TABLE sites(id TEXT PRIMARY KEY, status TEXT, visits INTEGER)",
+                &["sites"],
             );
-            self.ok(&["--db", &db, "track", "sites"]);
-            let card = self.ok(&["--db", &db, "id", "--card"]).stdout;
-            std::fs::write(self.path(&format!("{n}.card")), card).unwrap();
         }
-        for a in names {
-            for b in names {
-                if a != b {
-                    self.ok(&[
-                        "--db",
-                        &format!("{a}.db"),
-                        "peers",
-                        "add",
-                        &format!("{b}.card"),
-                    ]);
-                }
-            }
-        }
+        self.trust_each_other(names);
     }
 
     /// field and hq, each having edited well-7's status offline after one exchange.
@@ -672,18 +595,10 @@ fn an_import_killed_at_any_moment_leaves_the_database_before_or_after() {
 fn unique_collision_of_partial_updates_keeps_the_winners_other_columns() {
     let s = Site::new();
     for n in ["a", "b"] {
-        let db = format!("{n}.db");
-        s.ok(&["--db", &db, "init", "--name", n]);
-        s.sql(
-            &db,
-            "CREATE TABLE t(id TEXT PRIMARY KEY, name TEXT, x INTEGER UNIQUE)",
-        );
-        s.ok(&["--db", &db, "track", "t"]);
-        let card = s.ok(&["--db", &db, "id", "--card"]).stdout;
-        std::fs::write(s.path(&format!("{n}.card")), card).unwrap();
+        let schema = "CREATE TABLE t(id TEXT PRIMARY KEY, name TEXT, x INTEGER UNIQUE)";
+        s.replica_with(n, schema, &["t"]);
     }
-    s.ok(&["--db", "a.db", "peers", "add", "b.card"]);
-    s.ok(&["--db", "b.db", "peers", "add", "a.card"]);
+    s.trust_each_other(&["a", "b"]);
     s.sql(
         "a.db",
         "INSERT INTO t VALUES ('r1', 'Alpha', 1), ('r2', 'Beta', 2)",
@@ -889,19 +804,11 @@ fn a_damaged_database_gets_one_clear_finding_with_the_next_step() {
 fn a_foreign_key_conflict_offers_to_restore_the_parent_or_drop_the_held_row() {
     let s = Site::new();
     for n in ["field", "hq"] {
-        let db = format!("{n}.db");
-        s.ok(&["--db", &db, "init", "--name", n]);
-        s.sql(
-            &db,
-            "CREATE TABLE regions(id TEXT PRIMARY KEY, name TEXT);
-             CREATE TABLE wells(id TEXT PRIMARY KEY, region TEXT REFERENCES regions(id), depth INTEGER);",
-        );
-        s.ok(&["--db", &db, "track", "regions", "wells"]);
-        let card = s.ok(&["--db", &db, "id", "--card"]).stdout;
-        std::fs::write(s.path(&format!("{n}.card")), card).unwrap();
+        let schema = "CREATE TABLE regions(id TEXT PRIMARY KEY, name TEXT);
+             CREATE TABLE wells(id TEXT PRIMARY KEY, region TEXT REFERENCES regions(id), depth INTEGER);";
+        s.replica_with(n, schema, &["regions", "wells"]);
     }
-    s.ok(&["--db", "field.db", "peers", "add", "hq.card"]);
-    s.ok(&["--db", "hq.db", "peers", "add", "field.card"]);
+    s.trust_each_other(&["field", "hq"]);
     s.sql(
         "hq.db",
         "INSERT INTO regions VALUES ('north', 'Northern hills')",

@@ -5,85 +5,29 @@
 //! exactly what the import refuses, with the same exit code, and neither changes a byte
 //! of the database.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use rusqlite::Connection;
 use tide_bundle::Header;
 use tide_core::{KeyStore, Replica, SecretIdentity};
 
-struct Run {
-    stdout: String,
-    stderr: String,
-    code: i32,
-}
+mod common;
 
-/// Replicas `a`, `b` and `c` in one folder, trusting each other, with `sites` tracked.
-struct Site {
-    dir: tempfile::TempDir,
-}
+use common::{Run, Site};
 
 impl Site {
-    fn new() -> Site {
-        let s = Site {
-            dir: tempfile::tempdir().unwrap(),
-        };
+    /// Replicas `a`, `b` and `c` in one folder, trusting each other, with `sites` tracked.
+    fn trio() -> Site {
+        let s = Site::new();
         let names = ["a", "b", "c"];
         for n in names {
-            let db = format!("{n}.db");
-            s.ok(&["--db", &db, "init", "--name", n]);
-            Connection::open(s.path(&db))
-                .unwrap()
-                .execute_batch("CREATE TABLE sites(id TEXT PRIMARY KEY, status TEXT, n INTEGER)")
-                .unwrap();
-            s.ok(&["--db", &db, "track", "sites"]);
-            let card = s.ok(&["--db", &db, "id", "--card"]).stdout;
-            std::fs::write(s.path(&format!("{n}.card")), card).unwrap();
+            let schema = "CREATE TABLE sites(id TEXT PRIMARY KEY, status TEXT, n INTEGER)";
+            s.replica_with(n, schema, &["sites"]);
         }
-        for x in names {
-            for y in names {
-                if x != y {
-                    s.ok(&[
-                        "--db",
-                        &format!("{x}.db"),
-                        "peers",
-                        "add",
-                        &format!("{y}.card"),
-                    ]);
-                }
-            }
-        }
+        s.trust_each_other(&names);
         s
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn tide(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_tide"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("TIDE_HOME", self.path("keys"))
-            .env_remove("TIDE_DB")
-            .env_remove("TIDE_PASSPHRASE")
-            .output()
-            .unwrap();
-        Run {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            code: out.status.code().unwrap_or(-1),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.tide(args);
-        assert_eq!(r.code, 0, "tide {args:?} failed:\n{}{}", r.stdout, r.stderr);
-        r
-    }
-
-    /// `rows` new rows written on `a` (in one transaction, so one change), exported for
-    /// `b` into `file`; returns the bundle's bytes.
     fn bundle(&self, rows: usize, file: &str) -> Vec<u8> {
         let mut app = Connection::open(self.path("a.db")).unwrap();
         let tx = app.transaction().unwrap();
@@ -200,7 +144,7 @@ fn with_header_edit(s: &Site, rows: usize, header: impl FnOnce(&mut Header), fil
 fn a_dry_run_of_a_sound_bundle_says_what_the_import_would_do_and_writes_nothing() {
     // Rebuilt without alteration, so what the other tests refuse is the alteration,
     // not the rebuilding.
-    let s = Site::new();
+    let s = Site::trio();
     with_image_edit(&s, 5, "SELECT 1", "same.tide");
     let dry_run = |says: &str| {
         let before = std::fs::read(s.path("b.db")).unwrap();
@@ -226,7 +170,7 @@ fn a_dry_run_of_a_sound_bundle_says_what_the_import_would_do_and_writes_nothing(
 
 #[test]
 fn dry_run_refuses_a_forged_change_signature() {
-    let s = Site::new();
+    let s = Site::trio();
     // The change's signature with one bit flipped; the bundle around it is validly signed.
     let bundle = s.bundle(5, "sample.tide");
     let bytes = altered(
@@ -253,7 +197,7 @@ fn dry_run_refuses_a_forged_change_signature() {
 
 #[test]
 fn dry_run_refuses_a_chunk_whose_hash_does_not_match() {
-    let s = Site::new();
+    let s = Site::trio();
     with_image_edit(
         &s,
         5,
@@ -272,7 +216,7 @@ fn dry_run_refuses_a_chunk_whose_hash_does_not_match() {
 
 #[test]
 fn dry_run_refuses_an_unknown_chunk_packing() {
-    let s = Site::new();
+    let s = Site::trio();
     with_image_edit(&s, 5, "UPDATE chunks SET packing = 7", "packing.tide");
     let dry = s.both_refuse("packing.tide");
     assert_eq!(dry.code, 3, "{}", dry.stderr);
@@ -281,7 +225,7 @@ fn dry_run_refuses_an_unknown_chunk_packing() {
 
 #[test]
 fn dry_run_refuses_a_packed_chunk_over_its_bound() {
-    let s = Site::new();
+    let s = Site::trio();
     // Far longer than any chunk of a five-row change could be, packed or not.
     with_image_edit(
         &s,
@@ -300,7 +244,7 @@ fn dry_run_refuses_a_packed_chunk_over_its_bound() {
 
 #[test]
 fn an_image_column_of_the_wrong_storage_type_is_rejected_input_not_an_internal_error() {
-    let s = Site::new();
+    let s = Site::trio();
     let bundle = s.bundle(5, "sample.tide");
     let signer = s.signer();
     for (name, sql) in [
@@ -321,7 +265,7 @@ fn an_image_column_of_the_wrong_storage_type_is_rejected_input_not_an_internal_e
 
 #[test]
 fn dry_run_refuses_a_header_that_lies_about_its_row_ops() {
-    let s = Site::new();
+    let s = Site::trio();
     with_header_edit(&s, 5, |h| h.ops = 99, "ops.tide");
     let dry = s.both_refuse("ops.tide");
     assert_eq!(dry.code, 3, "{}", dry.stderr);
@@ -335,7 +279,7 @@ fn dry_run_refuses_a_header_that_lies_about_its_row_ops() {
 
 #[test]
 fn dry_run_refuses_a_header_that_lies_about_its_prerequisites() {
-    let s = Site::new();
+    let s = Site::trio();
     let a = s.signer().id();
     with_header_edit(
         &s,
@@ -357,7 +301,7 @@ fn dry_run_refuses_a_header_that_lies_about_its_prerequisites() {
 
 #[test]
 fn dry_run_refuses_a_header_that_lies_about_what_it_provides() {
-    let s = Site::new();
+    let s = Site::trio();
     let a = s.signer().id();
     with_header_edit(
         &s,
@@ -379,7 +323,7 @@ fn dry_run_refuses_a_header_that_lies_about_what_it_provides() {
 
 #[test]
 fn dry_run_refuses_a_bundle_addressed_to_another_replica() {
-    let s = Site::new();
+    let s = Site::trio();
     s.bundle(5, "sample.tide");
     s.ok(&[
         "--db",
@@ -438,7 +382,7 @@ fn parts(s: &Site) -> Vec<String> {
 
 #[test]
 fn a_part_given_twice_is_refused() {
-    let s = Site::new();
+    let s = Site::trio();
     let parts = parts(&s);
     let before = std::fs::read(s.path("b.db")).unwrap();
     // The same file named twice: a usage mistake, exit 2. A copy of a part under another
@@ -473,7 +417,7 @@ fn a_part_given_twice_is_refused() {
 
 #[test]
 fn a_part_with_bytes_after_its_data_is_refused() {
-    let s = Site::new();
+    let s = Site::trio();
     let parts = parts(&s);
     let before = std::fs::read(s.path("b.db")).unwrap();
     let mut last = std::fs::read(s.path(&parts[0])).unwrap();
