@@ -286,7 +286,7 @@ pub enum ConflictsCommand {
     Show { id: String },
     /// Keep one candidate (or write a new value); the resolution syncs like any write.
     #[command(
-        after_help = "Examples:\n  tide --db hq.db conflicts resolve 7f3a --keep remote\n  tide --db hq.db conflicts resolve 7f3a --keep 4c2a86fd:3\n  tide --db hq.db conflicts resolve 7f3a --value status=repaired\n  tide --db hq.db conflicts resolve 9b1e --keep held     # a row held for a deleted parent: bring the parent back\n  tide --db hq.db conflicts resolve --all --keep winner"
+        after_help = "Examples:\n  tide --db hq.db conflicts resolve 7f3a --keep remote\n  tide --db hq.db conflicts resolve 7f3a --keep 4c2a86fd:3\n  tide --db hq.db conflicts resolve 7f3a --value status=repaired\n  tide --db hq.db conflicts resolve 9b1e --keep held   # bring back a deleted parent\n  tide --db hq.db conflicts resolve --all --keep winner"
     )]
     Resolve {
         /// The conflict id (a unique prefix is enough).
