@@ -140,6 +140,8 @@ fn bundle(b: &BundleError, message: String) -> Failure {
     }
 }
 
+const DISK_FULL_NEXT: &str = "free space on the disk that holds the database (`df -h` shows it), then run the same command again";
+
 fn core(c: &tide_core::Error, message: String) -> Failure {
     use tide_core::Error::*;
     let (unchanged, next, code): (bool, Option<String>, u8) = match c {
@@ -167,7 +169,12 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
         UnknownPeer(_) => (true, Some("tide --db FILE peers list".into()), USAGE),
         UnknownQuarantine(_) => (true, Some("tide --db FILE quarantine list".into()), USAGE),
         Rejected { .. } => (true, Some("ask the sender for a fresh copy; do not trust this input".into()), REJECTED),
-        DiskFull(_) => (true, Some("free space on the disk that holds the database (`df -h` shows it), then run the same command again".into()), INTERNAL),
+        DiskFull(_) => (true, Some(DISK_FULL_NEXT.into()), INTERNAL),
+        // A full disk anywhere else (a seal, a resolution): SQLite ends the transaction,
+        // and tide's transactions are all-or-nothing.
+        Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+            (true, Some(DISK_FULL_NEXT.into()), INTERNAL)
+        }
         ApplyAborted(_) | SealAborted(_) => (true, Some("run the same command again; if it fails again, run `tide doctor`".into()), INTERNAL),
         _ => (false, None, INTERNAL),
     };

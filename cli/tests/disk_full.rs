@@ -209,3 +209,55 @@ fn an_import_that_fills_the_disk_while_storing_says_the_disk_is_full() {
         2 << 20,
     );
 }
+
+/// Sealing writes the captured rows into a change: on a full disk, `tide status` (which
+/// seals first, and still shows the replica when it cannot) says the disk is full and
+/// what to do, and the captures stay to be sealed once there is room.
+#[test]
+fn a_seal_that_fills_the_disk_says_the_disk_is_full() {
+    let site = tempfile::tempdir().unwrap();
+    let dir = site.path();
+    let small = Tmpfs::mount(&dir.join("small"), "48m");
+    let db = "small/a.db";
+    ok(dir, &["--db", db, "init", "--name", "a"]);
+    Connection::open(dir.join(db))
+        .unwrap()
+        .execute_batch("CREATE TABLE sites(id TEXT PRIMARY KEY, body TEXT)")
+        .unwrap();
+    ok(dir, &["--db", db, "track", "sites"]);
+    {
+        let mut app = Connection::open(dir.join(db)).unwrap();
+        let tx = app.transaction().unwrap();
+        for i in 0..20_000 {
+            tx.execute(
+                "INSERT INTO sites VALUES (?1, ?2)",
+                rusqlite::params![format!("site-{i:06}"), format!("{i:06}").repeat(150)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    // The metadata of 20,000 rows alone needs more than this.
+    let filler = small.fill(128 << 10);
+    let bytes_before = std::fs::read(dir.join(db)).unwrap();
+    let r = tide(dir, &["--db", db, "status"]);
+    assert!(
+        r.stderr.contains("were not sealed")
+            && r.stderr.contains("full")
+            && r.stderr.contains("Next: free space on the disk"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        std::fs::read(dir.join(db)).unwrap() == bytes_before,
+        "a.db is not byte-identical after the failed seal"
+    );
+    std::fs::remove_file(filler).unwrap();
+    ok(dir, &["--db", db, "status"]);
+    let sealed: i64 = Connection::open(dir.join(db))
+        .unwrap()
+        .query_row("SELECT count(*) FROM _tide_log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sealed, 1, "the captures are sealed once there is room");
+    drop(small);
+}

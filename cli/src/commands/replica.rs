@@ -126,7 +126,13 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
         Ok(id) => id.map(|c| c.seq),
         Err(tide_core::Error::NotInitialized) => None,
         Err(e) => {
-            out.say(format!("warning: {e}"));
+            // Status still shows what is here; the writes wait for the next seal.
+            let f = crate::failure::describe(&anyhow::Error::new(e));
+            out.say(format!(
+                "warning: the writes made since the last seal were not sealed: {}{}",
+                f.message,
+                f.next.map(|n| format!("\n  Next: {n}")).unwrap_or_default()
+            ));
             None
         }
     };
