@@ -911,3 +911,37 @@ fn an_import_is_one_commit() {
     );
     drop(app);
 }
+
+/// A reading of -0.0 sits in an untyped column. field later edits another column while
+/// hq sets the reading: field's edit must not carry the reading again, or the two
+/// would conflict over a value field never touched.
+#[test]
+fn negative_zero_in_an_untyped_column_does_not_conflict_with_a_later_edit_elsewhere() {
+    let s = Site::new();
+    for n in ["field", "hq"] {
+        let schema = "CREATE TABLE readings(id TEXT PRIMARY KEY, value, note TEXT)";
+        s.replica_with(n, schema, &["readings"]);
+    }
+    s.trust_each_other(&["field", "hq"]);
+    rusqlite::Connection::open(s.path("field.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO readings VALUES ('r1', ?1, 'calibrated')",
+            [-0.0f64],
+        )
+        .unwrap();
+    s.carry("field", "hq", "1.tide");
+    s.sql(
+        "field.db",
+        "UPDATE readings SET note = 'checked' WHERE id = 'r1'",
+    );
+    s.sql("hq.db", "UPDATE readings SET value = 4.5 WHERE id = 'r1'");
+    s.carry("field", "hq", "2.tide");
+    s.carry("hq", "field", "3.tide");
+    for db in ["field.db", "hq.db"] {
+        let r = s.tide(&["--db", db, "status", "--check"]);
+        assert_eq!(r.code, 0, "{db}: {}{}", r.stdout, r.stderr);
+        assert_eq!(s.one(db, "SELECT value FROM readings"), "Real(4.5)");
+        assert_eq!(s.one(db, "SELECT note FROM readings"), "Text(\"checked\")");
+    }
+}
