@@ -1,4 +1,4 @@
-//! tide's benchmark harness (DESIGN §7). It builds its data, measures, and reports every
+//! tide's benchmark harness (DESIGN.md §7). It builds its data, measures, and reports every
 //! figure as a ratio or a rate against plain SQLite measured in the same run on the same
 //! machine. Nothing here asserts a speed: `BENCHMARKS.md` records the figures.
 //!
@@ -30,7 +30,7 @@ pub struct Figure {
     pub name: String,
     /// The figure, formatted.
     pub value: String,
-    /// The target from DESIGN §7, formatted ("" when none).
+    /// The target from DESIGN.md §7, formatted ("" when none).
     pub target: String,
     /// Whether the target is met (None when there is no target).
     pub meets: Option<bool>,

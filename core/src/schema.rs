@@ -1,6 +1,6 @@
 //! tide's metadata tables (numbered migrations) and table tracking (capture triggers).
 //!
-//! Capture is deliberately small (DESIGN §7 wants bulk inserts at most 1.5x plain SQLite):
+//! Capture is deliberately small (DESIGN.md §7: bulk inserts at most 1.5x plain SQLite):
 //! an AFTER trigger appends the row's key, the kind of write and, for updates, a bitmask of
 //! changed columns to an index-free log table. Values are read later, when sealing.
 //! Trigger bodies use only SQL that SQLite 3.40 understands, because Debian's `sqlite3`

@@ -1,4 +1,4 @@
-//! Sealing: pending captures become one signed change (DESIGN §1 "Seal").
+//! Sealing: pending captures become one signed change (DESIGN.md §2.4).
 //!
 //! The capture log says which rows changed and which columns; sealing reads the rows'
 //! current values, names the heads each write overwrote, and records the change in the

@@ -1,4 +1,4 @@
-//! Convergence, idempotence and type fidelity over random histories (DESIGN §6,
+//! Convergence, idempotence and type fidelity over random histories (DESIGN.md §6,
 //! invariants 1, 5 and 10).
 //!
 //! Every case builds 3–5 replicas of the same three-table schema (one table with a

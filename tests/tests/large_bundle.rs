@@ -4,7 +4,7 @@
 //!
 //! `cargo test --release -p tide-tests --test large_bundle -- --ignored --nocapture`
 //!
-//! `TIDE_LARGE_MB=1000` makes it a 1 GB bundle (DESIGN §7's memory target).
+//! `TIDE_LARGE_MB=1000` makes it a 1 GB bundle (DESIGN.md §7's memory target).
 
 use std::io::{BufReader, BufWriter, Write};
 

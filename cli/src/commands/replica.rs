@@ -121,7 +121,7 @@ fn lacks(ours: &VersionVector, theirs: &VersionVector) -> u64 {
 }
 
 pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
-    // Sealing happens before status (DESIGN §1), so what is shown is what would be sent.
+    // Sealing happens before status (DESIGN.md §2.4), so what is shown is what would be sent.
     let sealed = match r.seal() {
         Ok(id) => id.map(|c| c.seq),
         Err(tide_core::Error::NotInitialized) => None,
