@@ -18,8 +18,8 @@
 //!
 //! Writing and reading a bundle take bounded memory whatever its size: bodies and
 //! images pass through a private temporary folder, removed on every path. [`import`]
-//! then hands the replica all of one bundle's changes at once (the core's import does
-//! not stream yet; see BENCHMARKS.md).
+//! then hands the replica one change at a time, each read a chunk at a time, so the
+//! import streams too (invariant 12).
 
 mod crypto;
 mod error;

@@ -1,10 +1,11 @@
 //! Changes: the unit of the log and of exchange, and their canonical, signed encoding.
 //!
-//! The encoding is written by hand (STYLE habit 4) and specified here, byte by byte. A
-//! change is a small signed **head** and one or more **chunks** of row ops, each chunk
-//! named in the head by its length and BLAKE3 hash. So a change of any size is sealed,
-//! stored, exported, verified and applied a chunk at a time, in bounded memory
-//! (invariant 12), and every chunk is checked against the signed head before use.
+//! The encoding is written by hand, so that no serializer upgrade can change what was
+//! signed, and specified here, byte by byte. A change is a small signed **head** and one
+//! or more **chunks** of row ops, each chunk named in the head by its length and BLAKE3
+//! hash. So a change of any size is sealed, stored, exported, verified and applied a
+//! chunk at a time, in bounded memory (invariant 12), and every chunk is checked against
+//! the signed head before use.
 //!
 //! ```text
 //! head     = version:varint(=3) origin:16 seq:varint hlc:varint schema:varint prev:32
@@ -32,10 +33,9 @@
 //! on in the next chunk is named again at its start. Decoding is strict: one byte string
 //! per head and per chunk, and a chunk must have the length and hash its head gives.
 //!
-//! Version 1 (until 2026-11-22) was signed over its whole body, version 2 over the
-//! body's hash, both with every op in one body. Version 3 (2026-11-22) moved the ops
-//! into chunks so that no reader or writer has to hold a whole change. Earlier versions
-//! are refused as unknown versions, which is what they are to this build.
+//! This is version 3. Versions 1 and 2 held every op in one body (signed over the body,
+//! then over its hash); version 3 puts the ops in chunks so that no reader or writer has
+//! to hold a whole change. Other versions are refused as unknown versions.
 
 use crate::codec::{Reader, put_bytes, put_varint};
 use crate::error::DecodeError;
@@ -976,7 +976,7 @@ pub enum VerifyError {
 }
 
 /// A change whose signature checked out against its origin's key. Only this type is
-/// stored or applied (STYLE habit 3).
+/// stored or applied: being verified is a type, not a flag a caller could forget.
 #[derive(Clone, Debug)]
 pub struct VerifiedChange {
     change: Change,

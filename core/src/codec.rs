@@ -3,7 +3,7 @@
 //! bounds-checked reader for untrusted input.
 //!
 //! Signed bytes are produced only through these helpers so that no serializer upgrade can
-//! change what was signed (STYLE habit 4).
+//! change what was signed.
 
 use crate::error::DecodeError;
 

@@ -385,10 +385,10 @@ fn a_change_whose_later_table_is_unknown_applies_none_of_its_tables() {
     assert!(c.replicas[1].quarantine().unwrap().is_empty());
 }
 
-/// Regression (found in review): 0.0 and -0.0 tie in the capture sort, so the captures
-/// of key 0.0 came out in two groups around those of -0.0. Split across a batch
-/// boundary, the second group read the metadata the first had just written and named
-/// the change itself as a predecessor: a change no replica could decode.
+/// 0.0 and -0.0 tie in the capture sort, so the captures of key 0.0 can come out in two
+/// groups around those of -0.0. Split across a batch boundary, the second group must not
+/// read the metadata the first has just written and name the change itself as a
+/// predecessor: that would be a change no replica could decode.
 #[test]
 fn zero_and_negative_zero_keys_across_a_batch_boundary_seal_a_valid_change() {
     let mut c = Cluster::new(2, "CREATE TABLE t(k PRIMARY KEY, v);", &["t"]);
@@ -422,8 +422,7 @@ fn move_key_through_negative_zero(app: &rusqlite::Connection) {
         .unwrap();
 }
 
-/// Regression (found in review): the same split inside one batch sealed two ops for
-/// key 0.0.
+/// The same split inside one batch must still seal one op for key 0.0.
 #[test]
 fn zero_and_negative_zero_keys_in_one_batch_give_one_op() {
     let mut c = Cluster::new(2, "CREATE TABLE t(k PRIMARY KEY, v);", &["t"]);
