@@ -412,7 +412,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod review_regressions {
+mod stream_edge_cases {
     use super::*;
 
     #[test]
