@@ -63,6 +63,7 @@ mod log;
 mod merge;
 mod replica;
 mod rowmeta;
+mod savepoint;
 mod schema;
 mod seal;
 mod state;

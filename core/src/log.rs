@@ -17,6 +17,7 @@ use crate::ids::{ChangeId, ReplicaId};
 use crate::merge::{BATCH, Merger, RowRef, Visible};
 use crate::replica::{Replica, VersionVector, origin_idx, origins_map};
 use crate::rowmeta::{ROW, RowMeta, Version};
+use crate::savepoint::Savepoint;
 use crate::schema::{self, TableInfo};
 use crate::value::{Value, encode_key};
 
@@ -1018,7 +1019,7 @@ pub(crate) fn apply_ready(
             };
             // A change applies whole or not at all: a table that turns out not to map
             // here rolls back the ops already applied from it, and it goes to quarantine.
-            conn.execute_batch("SAVEPOINT tide_change")?;
+            let savepoint = Savepoint::begin(conn, "tide_change")?;
             let ops_before = ops_done;
             let (opened_before, closed_before) = (merger.conflicts_written, merger.closed_any);
             let outcome = apply_change(
@@ -1031,7 +1032,7 @@ pub(crate) fn apply_ready(
                 fail_after,
             )?;
             if let Err((code, detail)) = outcome {
-                conn.execute_batch("ROLLBACK TO tide_change; RELEASE tide_change")?;
+                savepoint.rollback()?;
                 ops_done = ops_before;
                 // What the change opened or closed is undone with it.
                 merger.conflicts_written = opened_before;
@@ -1045,7 +1046,7 @@ pub(crate) fn apply_ready(
                 report.quarantined.push((id, code.into()));
                 continue;
             }
-            conn.execute_batch("RELEASE tide_change")?;
+            savepoint.release()?;
             conn.prepare_cached("UPDATE _tide_log SET applied=1 WHERE origin=?1 AND seq=?2")?
                 .execute(params![origin, seq as i64])?;
             applied.insert(origin, seq);
@@ -1269,7 +1270,7 @@ impl Applier<'_, '_> {
             .map(|(op, key_bytes)| map.fresh_row(op, key_bytes))
             .collect();
         let conn = self.merger.conn;
-        conn.execute_batch("SAVEPOINT tide_new_rows")?;
+        let savepoint = Savepoint::begin(conn, "tide_new_rows")?;
         let all_new = (|| -> Result<bool> {
             let refs: Vec<(&[Value], &[Value])> = rows
                 .iter()
@@ -1286,24 +1287,12 @@ impl Applier<'_, '_> {
                 .write_fresh_where_new(t, &keys, self.insert_version())?;
             Ok(written == keys.len())
         })();
-        let rollback = "ROLLBACK TO tide_new_rows; RELEASE tide_new_rows";
-        match all_new {
-            Ok(true) => {
-                conn.execute_batch("RELEASE tide_new_rows")?;
-                return Ok(true);
-            }
-            Ok(false) => conn.execute_batch(rollback)?,
-            Err(e) => {
-                // Undone here too, so nothing of the batch outlives the error. On some
-                // errors (a full disk) SQLite has rolled the whole transaction back
-                // itself, savepoint included: then there is nothing left to undo, and
-                // the error is the cause to report.
-                if !conn.is_autocommit() {
-                    conn.execute_batch(rollback)?;
-                }
-                return Err(e);
-            }
+        // On an error the guard undoes the batch, so nothing of it outlives the error.
+        if all_new? {
+            savepoint.release()?;
+            return Ok(true);
         }
+        savepoint.rollback()?;
         self.optimistic = false;
         // The ops as they came: `map.columns` is a permutation here (every column written).
         batch.extend(rows.into_iter().map(|(key, key_bytes, mut values)| {
