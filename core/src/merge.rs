@@ -445,12 +445,16 @@ impl<'c> Merger<'c> {
                 // A shown row is updated in the columns whose winner changed; the values
                 // of the others may not be loaded (they are in the table already).
                 let mut row_values = values(self, &m1, &old_visible);
-                let changed: Vec<usize> = (0..ncols)
-                    .filter(|&i| {
-                        m1.winner(i + 1, origins).map(|w| w.vref())
-                            != old_winners[i + 1].map(|w| w.vref())
-                    })
-                    .collect();
+                let changed: Vec<usize> = if old_mat {
+                    (0..ncols)
+                        .filter(|&i| {
+                            m1.winner(i + 1, origins).map(|w| w.vref())
+                                != old_winners[i + 1].map(|w| w.vref())
+                        })
+                        .collect()
+                } else {
+                    Vec::new() // an insert writes every column
+                };
                 let write = |this: &Self, row_values: &[Value]| {
                     if old_mat {
                         this.update_row(t, row.key, &changed, row_values)
