@@ -3,48 +3,37 @@
 
 use tide_bundle::BundleError;
 
-/// A usage mistake found after parsing (no database, unknown peer name, …).
+/// A mistake of the person at the keyboard, found after parsing: a usage error (no
+/// database, an unknown peer name, …: exit 2) or an input file whose contents are
+/// refused (a damaged card: exit 3). Nothing was changed.
 #[derive(Debug)]
-pub struct Usage {
+pub struct Refused {
     pub message: String,
     pub next: Option<String>,
+    pub code: u8,
 }
 
-impl std::fmt::Display for Usage {
+impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for Usage {}
+impl std::error::Error for Refused {}
 
 pub fn usage(message: impl Into<String>, next: Option<&str>) -> anyhow::Error {
-    Usage {
-        message: message.into(),
-        next: next.map(String::from),
-    }
-    .into()
+    refused(message, next, USAGE)
 }
-
-/// An input file's contents refused (a damaged card, say): exit 3, nothing changed.
-#[derive(Debug)]
-pub struct Rejected {
-    pub message: String,
-    pub next: Option<String>,
-}
-
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Rejected {}
 
 pub fn rejected(message: impl Into<String>, next: Option<&str>) -> anyhow::Error {
-    Rejected {
+    refused(message, next, REJECTED)
+}
+
+fn refused(message: impl Into<String>, next: Option<&str>, code: u8) -> anyhow::Error {
+    Refused {
         message: message.into(),
         next: next.map(String::from),
+        code,
     }
     .into()
 }
@@ -76,20 +65,12 @@ pub const CONFLICTS_OPEN: u8 = 5;
 
 pub fn describe(e: &anyhow::Error) -> Failure {
     let message = format!("{e:#}");
-    if let Some(u) = e.downcast_ref::<Usage>() {
-        return Failure {
-            message,
-            unchanged: true,
-            next: u.next.clone(),
-            code: USAGE,
-        };
-    }
-    if let Some(r) = e.downcast_ref::<Rejected>() {
+    if let Some(r) = e.downcast_ref::<Refused>() {
         return Failure {
             message,
             unchanged: true,
             next: r.next.clone(),
-            code: REJECTED,
+            code: r.code,
         };
     }
     if e.downcast_ref::<Prerequisites>().is_some() {

@@ -433,8 +433,8 @@ impl Replica {
 /// must show exactly that value (invariant 1). Rows with unsealed writes are left out:
 /// there the table is ahead of the log until the next seal.
 ///
-/// One pass over the applied log, one metadata lookup per op; memory stays within one
-/// change's cells that are still winners.
+/// One pass over the applied log, one metadata lookup per op and one row read per row a
+/// change still wins; memory stays within one change's cells that are still winners.
 fn shown_values_differ(
     conn: &rusqlite::Connection,
     tables: &[TableInfo],
@@ -492,7 +492,7 @@ fn shown_values_differ(
         };
         // The cells this change wrote that still win, with the value written last (a key
         // may come back within one change).
-        let mut wins: HashMap<(i64, Vec<u8>, usize), Value> = HashMap::new();
+        let mut wins: HashMap<(i64, Vec<u8>), HashMap<usize, Value>> = HashMap::new();
         let mut chunks = LogChunks { conn };
         'chunks: for (i, want) in manifest.chunks.iter().enumerate() {
             let Ok(chunk) = chunks.chunk(i, want) else {
@@ -537,29 +537,33 @@ fn shown_values_differ(
                         .winner(c + 1, &merger.origins)
                         .is_some_and(|w| w.origin == origin && w.seq == seq as u64);
                     if wins_here {
-                        wins.insert((t.tid, key_bytes.clone(), *c), cell.value);
+                        wins.entry((t.tid, key_bytes.clone()))
+                            .or_default()
+                            .insert(*c, cell.value);
                     }
                 }
             }
         }
-        for ((tid, key_bytes, c), want) in wins {
-            *found.entry(tid).or_default() += 1;
+        for ((tid, key_bytes), cells) in wins {
+            *found.entry(tid).or_default() += cells.len() as u64;
             let t = tables.iter().find(|t| t.tid == tid).expect("tables by tid");
             let key = decode_key(&key_bytes)?;
-            let shown = merger.read_row(t, &key)?;
-            let shown = shown.as_ref().map(|row| &row[c]);
-            if shown != Some(&want) && problems.len() < 20 {
-                problems.push(format!(
-                    "{} [{}].{}: shows {}, its winning value is {}",
-                    t.name,
-                    key.iter()
-                        .map(Value::display)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    t.columns[c],
-                    shown.map_or("no row".into(), Value::display),
-                    want.display()
-                ));
+            let row = merger.read_row(t, &key)?;
+            for (c, want) in cells {
+                let shown = row.as_ref().map(|row| &row[c]);
+                if shown != Some(&want) && problems.len() < 20 {
+                    problems.push(format!(
+                        "{} [{}].{}: shows {}, its winning value is {}",
+                        t.name,
+                        key.iter()
+                            .map(Value::display)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        t.columns[c],
+                        shown.map_or("no row".into(), Value::display),
+                        want.display()
+                    ));
+                }
             }
         }
     }

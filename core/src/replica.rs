@@ -69,13 +69,8 @@ impl Replica {
         let tx = conn.unchecked_transaction()?;
         schema::migrate(&tx)?;
         tx.commit()?;
-        let now = layout(&conn)?;
-        Ok(Replica::new(
-            conn,
-            keys,
-            path,
-            (now != found).then_some((found, now)),
-        ))
+        let upgraded = (found < schema::LAYOUT).then_some((found, schema::LAYOUT));
+        Ok(Replica::new(conn, keys, path, upgraded))
     }
 
     /// Opens an existing replica read-only (SQLite refuses every write through it): for
@@ -89,9 +84,11 @@ impl Replica {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let found = layout(&conn)?;
-        let current = current_layout()?;
-        if found < current {
-            return Err(Error::OlderLayout { found, current });
+        if found < schema::LAYOUT {
+            return Err(Error::OlderLayout {
+                found,
+                current: schema::LAYOUT,
+            });
         }
         Ok(Replica::new(conn, keys, path, None))
     }
@@ -557,18 +554,6 @@ fn layout(conn: &Connection) -> Result<u64> {
         })
         .optional()?
         .unwrap_or(0) as u64)
-}
-
-/// The layout this build writes: what migrating an empty database reaches.
-fn current_layout() -> Result<u64> {
-    static CURRENT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    if let Some(n) = CURRENT.get() {
-        return Ok(*n);
-    }
-    let conn = Connection::open_in_memory()?;
-    schema::migrate(&conn)?;
-    let n = layout(&conn)?;
-    Ok(*CURRENT.get_or_init(|| n))
 }
 
 fn bump_epoch(conn: &Connection) -> Result<()> {

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 use crate::rowmeta::CellValues;
 
 /// Numbered migrations; `_tide_meta.migration` records how many ran. Append only.
+/// The metadata layout this build writes: the number of migrations.
+pub(crate) const LAYOUT: u64 = MIGRATIONS.len() as u64;
+
 const MIGRATIONS: &[&str] = &[
     // 1: the initial layout.
     "CREATE TABLE _tide_meta(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
