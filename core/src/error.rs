@@ -3,21 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::ids::ReplicaId;
-
-/// Bytes that do not decode: a change, a key, a card or a metadata blob.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
-    /// The input ended while reading the named field.
-    #[error("input ends early while reading {0}")]
-    Truncated(&'static str),
-    /// The named field holds a value no valid encoder produces.
-    #[error("malformed {0}")]
-    Malformed(&'static str),
-    /// A format version this build does not know.
-    #[error("unknown format version {0}")]
-    UnknownVersion(u64),
-}
+pub use crate::format::codec::DecodeError;
+use crate::format::ids::ReplicaId;
 
 /// Everything the core engine can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +123,9 @@ pub enum Error {
     #[error("{} rejected, nothing was imported: {reason}", change.map(|c| format!("change {c}")).unwrap_or_else(|| "input".into()))]
     Rejected {
         /// The change, when its id could be read.
-        change: Option<crate::ids::ChangeId>,
+        change: Option<crate::format::ids::ChangeId>,
         /// What failed.
-        reason: crate::change::VerifyError,
+        reason: crate::format::change::VerifyError,
     },
     /// The conflict cannot be resolved the way asked.
     #[error("conflict {conflict} cannot be resolved that way: {reason}")]

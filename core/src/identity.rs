@@ -13,10 +13,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
 use crate::error::{DecodeError, Error, Result};
-use crate::ids::{ReplicaId, hex, parse_hex_array};
+use crate::format::ids::{ReplicaId, hex, parse_hex_array};
+pub(crate) use crate::format::signature::verify_signature;
 
 /// The public card of a replica: what peers need to verify its changes and encrypt to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,13 +177,14 @@ impl SecretIdentity {
     }
 }
 
-/// Verifies an Ed25519 signature by `public` over `message`.
-pub fn verify_signature(public: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
-    let Ok(key) = VerifyingKey::from_bytes(public) else {
-        return false;
-    };
-    let sig = ed25519_dalek::Signature::from_bytes(signature);
-    key.verify(message, &sig).is_ok()
+impl crate::format::signature::Signer for SecretIdentity {
+    fn id(&self) -> ReplicaId {
+        SecretIdentity::id(self)
+    }
+
+    fn sign(&self, message: &[u8]) -> [u8; 64] {
+        SecretIdentity::sign(self, message)
+    }
 }
 
 /// Where an identity's secret key is bound: the database file and the last sealed seq.
@@ -311,7 +313,7 @@ fn write_private(path: &Path, bytes: &[u8], create_new: bool) -> Result<()> {
     let tmp = path.with_extension(format!(
         "tmp.{}.{}",
         std::process::id(),
-        crate::ids::hex(&nonce)
+        crate::format::ids::hex(&nonce)
     ));
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

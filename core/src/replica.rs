@@ -1,18 +1,12 @@
 //! The replica: one SQLite file, tide's metadata in it, and an identity in a key store.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
+use crate::format::ids::ReplicaId;
 use crate::identity::{Binding, Card, KeyStore, SecretIdentity};
-use crate::ids::ReplicaId;
-use crate::rowmeta::Origins;
-use crate::schema::{self, TrackReport};
-
-/// A version vector: origin → highest contiguous seq held.
-pub type VersionVector = BTreeMap<ReplicaId, u64>;
 
 /// A tide replica over one SQLite database file.
 ///
@@ -27,7 +21,7 @@ pub struct Replica {
     /// Test hook: make the apply fail after this many row ops (atomicity tests).
     pub(crate) fail_after_ops: Option<usize>,
     /// Told how long exports and imports are getting on (see [`Replica::set_progress`]).
-    pub(crate) progress: Option<Box<dyn FnMut(crate::log::Progress)>>,
+    pub(crate) progress: Option<Box<dyn FnMut(crate::replica::Progress)>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -48,7 +42,7 @@ impl Replica {
         probe(&conn, &path)?;
         configure(&conn)?;
         let tx = conn.unchecked_transaction()?;
-        schema::migrate(&tx)?;
+        crate::store::migrations::migrate(&tx)?;
         tx.commit()?;
         Ok(Replica::new(conn, keys, path, None))
     }
@@ -67,9 +61,10 @@ impl Replica {
         )?;
         let found = layout(&conn)?;
         let tx = conn.unchecked_transaction()?;
-        schema::migrate(&tx)?;
+        crate::store::migrations::migrate(&tx)?;
         tx.commit()?;
-        let upgraded = (found < schema::LAYOUT).then_some((found, schema::LAYOUT));
+        let upgraded = (found < crate::store::migrations::LAYOUT)
+            .then_some((found, crate::store::migrations::LAYOUT));
         Ok(Replica::new(conn, keys, path, upgraded))
     }
 
@@ -84,10 +79,10 @@ impl Replica {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let found = layout(&conn)?;
-        if found < schema::LAYOUT {
+        if found < crate::store::migrations::LAYOUT {
             return Err(Error::OlderLayout {
                 found,
-                current: schema::LAYOUT,
+                current: crate::store::migrations::LAYOUT,
             });
         }
         Ok(Replica::new(conn, keys, path, None))
@@ -255,7 +250,7 @@ impl Replica {
 
     /// The schema epoch of the tracked tables.
     pub fn schema_epoch(&self) -> Result<u64> {
-        Self::meta_u64(&self.conn, "schema_epoch")
+        crate::store::meta::get_u64(&self.conn, "schema_epoch")
     }
 
     /// The secret identity, after checking that this file may write under it (invariant 11).
@@ -313,129 +308,9 @@ impl Replica {
         )
     }
 
-    /// Starts tracking `table`: captures every later write to it, from any connection.
-    pub fn track(&mut self, table: &str) -> Result<TrackReport> {
-        self.seal()?;
-        let tx = self.conn.transaction()?;
-        let existing: Option<(i64, bool)> = tx
-            .query_row(
-                "SELECT tid, tracked FROM _tide_tables WHERE name=?1",
-                [table],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((_, true)) = existing {
-            let (_, warnings) = schema::inspect(&tx, table)?;
-            return Ok(TrackReport {
-                warnings,
-                newly_tracked: false,
-            });
-        }
-        let tid = match existing {
-            Some((tid, _)) => tid,
-            None => tx.query_row(
-                "SELECT coalesce(max(tid), 0) + 1 FROM _tide_tables",
-                [],
-                |r| r.get(0),
-            )?,
-        };
-        let (info, warnings) = schema::table_info(&tx, tid, table)?;
-        tx.execute(
-            "INSERT INTO _tide_tables(tid, name, key_columns, columns, tracked) VALUES(?1, ?2, ?3, ?4, 1)
-             ON CONFLICT(tid) DO UPDATE SET key_columns=excluded.key_columns, columns=excluded.columns, tracked=1",
-            params![tid, table, schema::join_names(&info.key_columns), schema::join_names(&info.columns)],
-        )?;
-        schema::install_capture(&tx, &info)?;
-        bump_epoch(&tx)?;
-        // Rows already in the table are captured as inserts, so peers receive them.
-        let keys = info
-            .key_columns
-            .iter()
-            .map(|k| schema::q(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let kcols = (0..info.key_columns.len())
-            .map(|i| format!("k{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        tx.execute_batch(&format!(
-            "INSERT INTO {}(op, mask, {kcols}) SELECT 1, NULL, {keys} FROM {}",
-            info.cap_table(),
-            schema::q(table)
-        ))?;
-        if existing.is_some() {
-            // Tracked before: rows deleted while untracked are captured as deletes. Their
-            // last values are unknown (NULL), so a concurrent update that wins over such a
-            // delete brings back only the columns it wrote.
-            let merger = crate::merge::Merger::new(&tx, origins_map(&tx)?);
-            let mut gone = Vec::new();
-            let mut stmt = tx.prepare("SELECT key FROM _tide_rows WHERE tid=?1")?;
-            let keys = stmt
-                .query_map([tid], |r| r.get::<_, Vec<u8>>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            drop(stmt);
-            for key_bytes in keys {
-                let live = merger
-                    .load_meta(&info, &key_bytes)?
-                    .is_some_and(|m| m.materialized(&merger.origins));
-                let key = crate::value::decode_key(&key_bytes)?;
-                if live && merger.read_row(&info, &key)?.is_none() {
-                    gone.push(key);
-                }
-            }
-            let marks = (1..=info.key_columns.len())
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO {}(op, mask, {kcols}) VALUES (3, NULL, {marks})",
-                info.cap_table()
-            );
-            for key in gone {
-                tx.execute(&sql, rusqlite::params_from_iter(key.iter()))?;
-            }
-        }
-        tx.commit()?;
-        Ok(TrackReport {
-            warnings,
-            newly_tracked: true,
-        })
-    }
-
-    /// Stops tracking `table` (pending writes are sealed first). Metadata stays, so
-    /// tracking it again resumes where it was.
-    pub fn untrack(&mut self, table: &str) -> Result<()> {
-        self.seal()?;
-        let tx = self.conn.transaction()?;
-        let tid: Option<i64> = tx
-            .query_row(
-                "SELECT tid FROM _tide_tables WHERE name=?1 AND tracked=1",
-                [table],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(tid) = tid else {
-            return Err(Error::NotTracked(table.into()));
-        };
-        schema::drop_triggers(&tx, tid)?;
-        tx.execute_batch(&format!("DROP TABLE IF EXISTS _tide_cap_{tid}"))?;
-        tx.execute("UPDATE _tide_tables SET tracked=0 WHERE tid=?1", [tid])?;
-        bump_epoch(&tx)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Names of tracked tables.
-    pub fn tracked_tables(&self) -> Result<Vec<String>> {
-        Ok(schema::tracked_tables(&self.conn)?
-            .into_iter()
-            .map(|t| t.name)
-            .collect())
-    }
-
     /// Calls `report` as long operations progress (listing changes for an export,
     /// applying an import), for progress bars.
-    pub fn set_progress(&mut self, report: Option<Box<dyn FnMut(crate::log::Progress)>>) {
+    pub fn set_progress(&mut self, report: Option<Box<dyn FnMut(crate::replica::Progress)>>) {
         self.progress = report;
     }
 
@@ -446,28 +321,11 @@ impl Replica {
     }
 
     /// Test hook: this replica's changes close a chunk past `bytes` bytes instead of
-    /// [`crate::change::CHUNK_TARGET`], so small tests make changes of many chunks.
+    /// [`crate::format::change::CHUNK_TARGET`], so small tests make changes of many chunks.
     /// Kept in the database, so the `tide` binary honours it too.
     #[doc(hidden)]
     pub fn set_chunk_target(&mut self, bytes: usize) -> Result<()> {
-        Replica::set_meta_u64(&self.conn, "chunk_target", bytes as u64)
-    }
-
-    pub(crate) fn meta_u64(conn: &Connection, key: &str) -> Result<u64> {
-        Ok(conn
-            .query_row("SELECT v FROM _tide_meta WHERE k=?1", [key], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .unwrap_or(0) as u64)
-    }
-
-    pub(crate) fn set_meta_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
-        conn.execute(
-            "INSERT INTO _tide_meta(k, v) VALUES(?1, ?2) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
-            params![key, v as i64],
-        )?;
-        Ok(())
+        crate::store::meta::set_u64(&self.conn, "chunk_target", bytes as u64)
     }
 }
 
@@ -538,7 +396,7 @@ fn connect_existing(path: &Path, flags: OpenFlags) -> Result<Connection> {
         .optional()?;
     if identity.is_none() {
         // Metadata with no identity in it: never initialised, or a damaged page.
-        if let Some(damage) = crate::admin::damage(&conn)? {
+        if let Some(damage) = crate::store::health::damage(&conn)? {
             return Err(Error::Damaged(damage));
         }
         return Err(Error::NotInitialized);
@@ -556,9 +414,9 @@ fn layout(conn: &Connection) -> Result<u64> {
         .unwrap_or(0) as u64)
 }
 
-fn bump_epoch(conn: &Connection) -> Result<()> {
-    let e = Replica::meta_u64(conn, "schema_epoch")?;
-    Replica::set_meta_u64(conn, "schema_epoch", e + 1)
+pub(crate) fn bump_epoch(conn: &Connection) -> Result<()> {
+    let e = crate::store::meta::get_u64(conn, "schema_epoch")?;
+    crate::store::meta::set_u64(conn, "schema_epoch", e + 1)
 }
 
 /// Inserts the origin of `card` or fills in its keys and name; returns its local number.
@@ -575,27 +433,13 @@ fn upsert_origin(conn: &Connection, card: &Card) -> Result<i64> {
     )?)
 }
 
-/// Every known origin: local number → replica id.
-pub(crate) fn origins_map(conn: &Connection) -> Result<Origins> {
-    let mut stmt = conn.prepare_cached("SELECT idx, id FROM _tide_origins")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-    let mut out = Origins::default();
-    for row in rows {
-        let (idx, id) = row?;
-        out.insert(
-            idx,
-            ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
-        );
-    }
-    Ok(out)
-}
-
-/// The local number of `id`, adding a key-less origin when unknown.
-pub(crate) fn origin_idx(conn: &Connection, id: ReplicaId) -> Result<i64> {
-    let mut stmt = conn.prepare_cached("SELECT idx FROM _tide_origins WHERE id=?1")?;
-    if let Some(idx) = stmt.query_row([&id.0[..]], |r| r.get(0)).optional()? {
-        return Ok(idx);
-    }
-    conn.execute("INSERT INTO _tide_origins(id) VALUES(?1)", [&id.0[..]])?;
-    Ok(conn.last_insert_rowid())
+/// Progress of a long operation, for a person watching: `done` of `total` changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// `packing` (listing changes for export) or `applying` (import).
+    pub stage: &'static str,
+    /// Changes done so far.
+    pub done: u64,
+    /// Changes in all.
+    pub total: u64,
 }

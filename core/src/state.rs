@@ -2,21 +2,21 @@
 //! tables' rows, bit-exact, and the open conflicts. Used by tests and `doctor`.
 
 use crate::error::Result;
+use crate::format::value::Value;
 use crate::replica::Replica;
-use crate::schema::{self, q};
-use crate::value::Value;
+use crate::store::tables::{self as tables, q};
 
 impl Replica {
     /// BLAKE3 over the tracked tables (by name, rows by key) and the conflict set (ids,
     /// kinds and held rows). Two replicas that applied the same changes give equal hashes.
     pub fn state_hash(&self) -> Result<[u8; 32]> {
         let mut h = blake3::Hasher::new_derive_key("tide 2026-11 state hash v1");
-        let mut tables = schema::tracked_tables(&self.conn)?;
+        let mut tables = tables::tracked_tables(&self.conn)?;
         tables.sort_by(|a, b| a.name.cmp(&b.name));
         let mut buf = Vec::new();
         for t in &tables {
             buf.clear();
-            crate::codec::put_bytes(&mut buf, t.name.as_bytes());
+            crate::format::codec::put_bytes(&mut buf, t.name.as_bytes());
             h.update(&buf);
             let cols = t.quoted_columns();
             let keys: Vec<String> = t.key_columns.iter().map(|c| q(c)).collect();
@@ -55,7 +55,7 @@ impl Replica {
         while let Some(r) = rows.next()? {
             h.update(b"h");
             buf.clear();
-            crate::codec::put_bytes(&mut buf, r.get::<_, String>(0)?.as_bytes());
+            crate::format::codec::put_bytes(&mut buf, r.get::<_, String>(0)?.as_bytes());
             h.update(&buf);
             h.update(&r.get::<_, Vec<u8>>(1)?);
             h.update(r.get::<_, String>(2)?.as_bytes());

@@ -294,7 +294,7 @@ fn import(out: &Out, db: &Path, args: ImportArgs) -> Result<u8> {
                         "file": path.display().to_string(), "sender": imported.header.sender.to_hex(), "sender_name": from,
                         "received": rep.received, "stored": rep.stored, "duplicates": rep.duplicates, "applied": rep.applied,
                         "ops_applied": rep.ops_applied, "waiting": rep.waiting, "conflicts_opened": rep.conflicts_opened,
-                        "quarantined": rep.quarantined.iter().map(|(c, why)| json!({"origin": c.origin.to_hex(), "seq": c.seq, "reason": why})).collect::<Vec<_>>(),
+                        "quarantined": rep.quarantined.iter().map(|(c, why)| json!({"origin": c.origin.to_hex(), "seq": c.seq, "reason": why.code()})).collect::<Vec<_>>(),
                     }));
                 }
                 out.say(format!(

@@ -439,7 +439,7 @@ pub fn quarantine(out: &Out, r: &mut Replica, cmd: QuarantineCommand) -> Result<
         QuarantineCommand::List => {
             let q = r.quarantine()?;
             if out.json {
-                out.json(&json!(q.iter().map(|e| json!({"number": e.number, "origin": e.change.origin.to_hex(), "seq": e.change.seq, "reason": e.reason, "detail": e.detail})).collect::<Vec<_>>()));
+                out.json(&json!(q.iter().map(|e| json!({"number": e.number, "origin": e.change.origin.to_hex(), "seq": e.change.seq, "reason": e.reason.code(), "detail": e.detail})).collect::<Vec<_>>()));
             } else if q.is_empty() {
                 out.say("The quarantine is empty.");
             } else {

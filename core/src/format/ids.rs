@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use crate::error::DecodeError;
+use crate::format::codec::DecodeError;
+use std::collections::BTreeMap;
 
 /// A replica's id: the first 16 bytes of a domain-separated BLAKE3 hash of its Ed25519
 /// public key, so an id and its key cannot be paired wrongly.
@@ -89,6 +90,9 @@ pub fn parse_hex_array<const N: usize>(
     }
     Ok(out)
 }
+
+/// A version vector: origin → highest contiguous seq held.
+pub type VersionVector = BTreeMap<ReplicaId, u64>;
 
 #[cfg(test)]
 mod tests {

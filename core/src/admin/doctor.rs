@@ -1,214 +1,20 @@
-//! What an operator needs beyond sync itself: peers, the log, the quarantine, and a
-//! doctor that checks the invariants on a live file.
+//! The doctor: checks a replica's file, log and tables agree, and repairs what it can.
 
-use rusqlite::{OptionalExtension, params};
-
-use crate::change::{ChunkDecoder, Chunks, Manifest, Step};
+use super::*;
 use crate::error::{Error, Result};
-use crate::identity::{Card, verify_signature};
-use crate::ids::{ChangeId, ReplicaId};
-use crate::log::LogChunks;
-use crate::replica::{Replica, origins_map};
-use crate::rowmeta::RowMeta;
-use crate::schema::{self, TableInfo};
-use crate::value::{Value, decode_key, encode_key};
-
-/// The tables a change writes, in order, read a chunk at a time.
-fn change_tables(conn: &rusqlite::Connection, manifest: &Manifest) -> Result<Vec<String>> {
-    let mut tables: Vec<String> = Vec::new();
-    let mut chunks = LogChunks { conn };
-    for (i, want) in manifest.chunks.iter().enumerate() {
-        let chunk = chunks.chunk(i, want)?;
-        let mut dec = ChunkDecoder::checking(&manifest.head.deps, &chunk)?;
-        loop {
-            match dec.next()? {
-                Step::Table(t) => {
-                    if !tables.contains(&t.name) {
-                        tables.push(t.name);
-                    }
-                }
-                Step::Row(_) => {}
-                Step::End => break,
-            }
-        }
-    }
-    Ok(tables)
-}
-
-/// A log entry from a row of (origin id, origin name, seq, hlc, head, applied, packing).
-fn log_entry(conn: &rusqlite::Connection, r: &rusqlite::Row<'_>) -> Result<LogEntry> {
-    let id: Vec<u8> = r.get(0)?;
-    let manifest = Manifest::decode(&crate::log::unpack(r.get(4)?, r.get(6)?)?)?;
-    Ok(LogEntry {
-        change: ChangeId {
-            origin: ReplicaId(id.try_into().expect("ids are stored as 16 bytes")),
-            seq: r.get::<_, i64>(2)? as u64,
-        },
-        origin_name: r.get(1)?,
-        hlc: r.get::<_, i64>(3)? as u64,
-        ops: manifest.ops as usize,
-        tables: change_tables(conn, &manifest)?,
-        state: match r.get::<_, i64>(5)? {
-            1 => "applied",
-            0 => "waiting",
-            _ => "quarantined",
-        },
-    })
-}
-
-/// A log row as the doctor reads it: origin id, its key, seq, hash, signature.
-type LogRow = (Vec<u8>, Option<Vec<u8>>, i64, Vec<u8>, Vec<u8>);
-
-/// One entry of the change log, for `log`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
-    /// The change.
-    pub change: ChangeId,
-    /// Its origin's name, as known here.
-    pub origin_name: String,
-    /// Its hybrid logical clock.
-    pub hlc: u64,
-    /// Tables it writes.
-    pub tables: Vec<String>,
-    /// Row ops it carries.
-    pub ops: usize,
-    /// `applied`, `waiting` (dependencies missing) or `quarantined`.
-    pub state: &'static str,
-}
-
-/// One check of [`Replica::doctor`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// What was checked.
-    pub check: &'static str,
-    /// True when it holds.
-    pub ok: bool,
-    /// Details for a person.
-    pub detail: String,
-    /// True when the doctor repaired it.
-    pub repaired: bool,
-    /// What a person does about it when it fails (`FILE` stands for the database).
-    pub next: &'static str,
-}
-
-/// What to do about a damaged database file.
-pub const DAMAGED_NEXT: &str = "keep a copy of the file as it is; restore the replica from a backup, or make a new replica (`tide init`) and import from its peers: they hold every change this replica sent them";
-
-/// What to do when the log or the tables differ from what tide wrote.
-const ALTERED_NEXT: &str = "keep a copy of the file and report it; a new replica (`tide init`) that imports from this one's peers holds every change they received";
+use crate::format::change::{ChunkDecoder, Manifest, Step};
+use crate::format::ids::ReplicaId;
+use crate::format::value::{Value, decode_key, encode_key};
+use crate::identity::verify_signature;
+use crate::replica::Replica;
+use crate::store::chunks::Chunks;
+use crate::store::chunks::LogChunks;
+use crate::store::health::damage;
+use crate::store::meta::origins_map;
+use crate::store::rowmeta::RowMeta;
+use crate::store::tables::{self as tables, TableInfo};
 
 impl Replica {
-    /// The peers: known replicas other than this one, with their cards.
-    pub fn peers(&self) -> Result<Vec<Card>> {
-        let me = self.id().ok();
-        Ok(self
-            .known_cards()?
-            .into_iter()
-            .filter(|c| Some(c.id) != me)
-            .collect())
-    }
-
-    /// Forgets a peer's keys: changes it signs are no longer accepted (they go to
-    /// quarantine as from an unknown replica). What it wrote before stays.
-    pub fn remove_peer(&mut self, id: ReplicaId) -> Result<()> {
-        if self.id().ok() == Some(id) {
-            return Err(Error::Untrackable(
-                "this replica".into(),
-                "a replica cannot remove itself".into(),
-            ));
-        }
-        let n = self.conn.execute(
-            "UPDATE _tide_origins SET sign_key = NULL, box_key = NULL, peer = 0 WHERE id = ?1 AND sign_key IS NOT NULL",
-            [&id.0[..]],
-        )?;
-        if n == 0 {
-            return Err(Error::UnknownPeer(id.to_hex()));
-        }
-        Ok(())
-    }
-
-    /// The newest `limit` changes of the log, newest first, optionally only those of one
-    /// origin or touching one table.
-    pub fn log(
-        &self,
-        origin: Option<ReplicaId>,
-        table: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied, l.packing FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
-             WHERE (?1 IS NULL OR o.id = ?1) ORDER BY l.hlc DESC, o.id, l.seq DESC",
-        )?;
-        let origin = origin.map(|o| o.0.to_vec());
-        let mut rows = stmt.query(params![origin])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            if out.len() >= limit {
-                break;
-            }
-            let entry = log_entry(&self.conn, r)?;
-            if table.is_some_and(|t| !entry.tables.iter().any(|x| x == t)) {
-                continue;
-            }
-            out.push(entry);
-        }
-        Ok(out)
-    }
-
-    /// Changes applied here after `since` (origin by origin, oldest first): what `watch`
-    /// streams. Only the new changes are read and decoded.
-    pub fn applied_since(&self, since: &crate::replica::VersionVector) -> Result<Vec<LogEntry>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied, l.packing FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
-             WHERE o.id = ?1 AND l.seq > ?2 AND l.applied = 1 ORDER BY l.seq",
-        )?;
-        let mut out = Vec::new();
-        for (origin, seq) in self.applied_vector()? {
-            let after = since.get(&origin).copied().unwrap_or(0);
-            if seq <= after {
-                continue;
-            }
-            let mut rows = stmt.query(params![&origin.0[..], after as i64])?;
-            while let Some(r) = rows.next()? {
-                out.push(log_entry(&self.conn, r)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Stored changes waiting for dependencies not received yet.
-    pub fn waiting_count(&self) -> Result<usize> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM _tide_log WHERE applied = 0",
-            [],
-            |r| r.get::<_, i64>(0),
-        )? as usize)
-    }
-
-    /// Drops quarantine entry `number` for good.
-    pub fn discard_quarantined(&mut self, number: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        let hash: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT hash FROM _tide_quarantine WHERE qid = ?1",
-                [number],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(hash) = hash else {
-            return Err(Error::UnknownQuarantine(number));
-        };
-        tx.execute("DELETE FROM _tide_quarantine WHERE qid = ?1", [number])?;
-        // A stored change that could not be applied leaves the log with it.
-        tx.execute(
-            "DELETE FROM _tide_log WHERE hash = ?1 AND applied = -1",
-            [&hash],
-        )?;
-        crate::log::sweep_chunks(&tx)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Checks what can be checked on a live file: SQLite's own integrity, every origin's
     /// hash chain and signatures, the row metadata against the tables, the capture
     /// triggers and the identity. With `repair`, re-creates missing capture triggers
@@ -256,7 +62,7 @@ impl Replica {
                     "{}:{seq}",
                     ReplicaId(id.clone().try_into().unwrap_or([0; 16])).short()
                 );
-                let body = match crate::log::unpack(r.get(4)?, r.get(6)?) {
+                let body = match crate::store::chunks::unpack(r.get(4)?, r.get(6)?) {
                     Ok(body) => body,
                     Err(e) => {
                         chain.push(format!("{name}: {e}"));
@@ -292,7 +98,8 @@ impl Replica {
                     key.and_then(|k| <[u8; 32]>::try_from(k).ok()),
                     <[u8; 64]>::try_from(sig),
                 ) {
-                    let msg = crate::change::signing_message(blake3::hash(&body).as_bytes());
+                    let msg =
+                        crate::format::change::signing_message(blake3::hash(&body).as_bytes());
                     if !verify_signature(&key, &msg, &sig) {
                         sigs.push(format!("{name}: signature does not verify"));
                     }
@@ -307,7 +114,7 @@ impl Replica {
         let origins = origins_map(&self.conn)?;
         let merger = crate::merge::Merger::new(&self.conn, origins);
         let mut rows_bad = Vec::new();
-        let tables = schema::tracked_tables(&self.conn)?;
+        let tables = tables::tracked_tables(&self.conn)?;
         for t in &tables {
             let mut stmt = self
                 .conn
@@ -327,11 +134,11 @@ impl Replica {
                     continue;
                 };
                 if let Some(v) = vals
-                    && crate::merge::read_kept(&self.conn, t.tid, &key_bytes, &v).is_err()
+                    && crate::store::kept::read_kept(&self.conn, t.tid, &key_bytes, &v).is_err()
                 {
                     rows_bad.push(format!("{}: unreadable kept values", t.name));
                 }
-                let key = crate::value::decode_key(&key_bytes)?;
+                let key = crate::format::value::decode_key(&key_bytes)?;
                 let present = merger.read_row(t, &key)?.is_some();
                 let shown = m.materialized(&merger.origins);
                 if present != shown && !crate::seal::has_pending(&self.conn)? {
@@ -339,7 +146,7 @@ impl Replica {
                         "{} {:?}: {} in the table but {} by tide",
                         t.name,
                         key.iter()
-                            .map(crate::value::Value::display)
+                            .map(crate::format::value::Value::display)
                             .collect::<Vec<_>>(),
                         if present { "present" } else { "absent" },
                         if shown { "live" } else { "not live" }
@@ -361,7 +168,7 @@ impl Replica {
             );
             let vals: Option<Vec<u8>> = r.get(4)?;
             let named = vals
-                .and_then(|b| crate::rowmeta::decode_kept(&b).ok())
+                .and_then(|b| crate::store::rowmeta::decode_kept(&b).ok())
                 .is_some_and(|kept| kept.iter().any(|(k, v)| *k == at && v.is_none()));
             if !named {
                 let tid: i64 = r.get(0)?;
@@ -397,8 +204,8 @@ impl Replica {
         let repaired = if !missing.is_empty() && repair {
             let tx = self.conn.transaction()?;
             for t in &tables {
-                schema::drop_triggers(&tx, t.tid)?;
-                schema::create_triggers(&tx, t)?;
+                crate::capture::triggers::drop_triggers(&tx, t.tid)?;
+                crate::capture::triggers::create_triggers(&tx, t)?;
             }
             tx.commit()?;
             true
@@ -435,7 +242,7 @@ impl Replica {
 ///
 /// One pass over the applied log, one metadata lookup per op and one row read per row a
 /// change still wins; memory stays within one change's cells that are still winners.
-fn shown_values_differ(
+pub(crate) fn shown_values_differ(
     conn: &rusqlite::Connection,
     tables: &[TableInfo],
     merger: &crate::merge::Merger<'_>,
@@ -485,7 +292,7 @@ fn shown_values_differ(
     let mut log = stmt.query([])?;
     while let Some(r) = log.next()? {
         let (origin, seq): (i64, i64) = (r.get(0)?, r.get(1)?);
-        let Ok(manifest) = crate::log::unpack(r.get(2)?, r.get(3)?)
+        let Ok(manifest) = crate::store::chunks::unpack(r.get(2)?, r.get(3)?)
             .and_then(|body| Manifest::decode(&body).map_err(Error::from))
         else {
             continue; // reported by the hash-chain check
@@ -581,48 +388,4 @@ fn shown_values_differ(
         }
     }
     Ok(problems)
-}
-
-/// What SQLite's quick check finds wrong with the file, summed up in one line, or `None`
-/// when the file is whole. A check that cannot even run is damage too.
-pub(crate) fn damage(conn: &rusqlite::Connection) -> Result<Option<String>> {
-    let mut problems: Vec<String> = Vec::new();
-    let checked = conn
-        .prepare("PRAGMA quick_check(100)")
-        .and_then(|mut stmt| {
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                problems.push(r.get(0)?);
-            }
-            Ok(())
-        });
-    match checked {
-        Ok(()) if problems.iter().all(|p| p == "ok") => return Ok(None),
-        Ok(()) => {}
-        Err(rusqlite::Error::SqliteFailure(e, detail))
-            if matches!(
-                e.code,
-                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-            ) =>
-        {
-            let why = detail.unwrap_or_else(|| e.to_string());
-            problems = vec![format!("the check stops at a page it cannot read ({why})")];
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let problems: Vec<&str> = problems
-        .iter()
-        .flat_map(|p| p.lines())
-        .filter(|l| !l.starts_with("*** in database"))
-        .collect();
-    let first = problems.first().copied().unwrap_or("unreadable pages");
-    Ok(Some(format!(
-        "SQLite's check finds {}{} problem(s), the first: {first}",
-        problems.len(),
-        if problems.len() >= 100 {
-            " or more"
-        } else {
-            ""
-        },
-    )))
 }

@@ -5,8 +5,8 @@
 
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 
-use crate::codec::{Reader, put_bytes, put_varint, unzigzag, zigzag};
-use crate::error::DecodeError;
+use crate::format::codec::DecodeError;
+use crate::format::codec::{Reader, put_bytes, put_varint, unzigzag, zigzag};
 
 /// One SQLite value of any storage class.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

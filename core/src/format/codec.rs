@@ -5,7 +5,19 @@
 //! Signed bytes are produced only through these helpers so that no serializer upgrade can
 //! change what was signed.
 
-use crate::error::DecodeError;
+/// Bytes that do not decode: a change, a key, a card or a metadata blob.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The input ended while reading the named field.
+    #[error("input ends early while reading {0}")]
+    Truncated(&'static str),
+    /// The named field holds a value no valid encoder produces.
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// A format version this build does not know.
+    #[error("unknown format version {0}")]
+    UnknownVersion(u64),
+}
 
 /// Appends `v` as an unsigned LEB128 varint (minimal, at most 10 bytes).
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -27,10 +27,10 @@
 use foldhash::HashMap;
 use std::cmp::Ordering;
 
-use crate::codec::{Reader, put_varint};
 use crate::error::DecodeError;
-use crate::ids::ReplicaId;
-use crate::value::Value;
+use crate::format::codec::{Reader, put_varint};
+use crate::format::ids::ReplicaId;
+use crate::format::value::Value;
 
 /// The existence cell's index.
 pub(crate) const ROW: usize = 0;

@@ -1,0 +1,216 @@
+//! Ingest: others' changes verified, deduplicated, checked against forks, stored or
+//! quarantined, then applied in one transaction.
+
+pub(crate) mod quarantine;
+mod take;
+
+pub use crate::apply::ImportReport;
+pub use crate::store::quarantine::QuarantineReason;
+pub use quarantine::QuarantineEntry;
+
+use crate::apply::apply_ready;
+use crate::error::{Error, Result};
+use crate::format::change::{SignedChange, SignedHead};
+use crate::format::ids::ReplicaId;
+use crate::format::ids::VersionVector;
+use crate::replica::Replica;
+use crate::store::append::advance_stored;
+use crate::store::chunks::{ChunkCache, Chunks, LogChunks};
+use crate::store::vectors::store_ack;
+use take::Ingest;
+
+impl Replica {
+    /// Verifies, stores and applies `changes` in one transaction: all of it or nothing
+    /// (invariant 6). See [`Replica::import_each`].
+    pub fn import(&mut self, changes: &[SignedChange]) -> Result<ImportReport> {
+        self.import_each(|offer| {
+            for c in changes {
+                offer(c.head(), &mut &*c)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Verifies, stores and applies the changes `source` offers, one at a time with its
+    /// chunks, in one transaction: all of it or nothing (invariant 6). Pending local
+    /// writes are sealed first, in the same transaction, so they keep their place in
+    /// causal order. A change with a bad signature, or a chunk that is not the one its
+    /// signed head names, rejects the whole import and nothing is kept; one from an
+    /// unknown origin, a fork, or one that cannot be applied goes to quarantine; one
+    /// whose dependencies are missing waits. Memory stays bounded whatever the number
+    /// and size of the changes: a chunk at a time is held.
+    pub fn import_each(
+        &mut self,
+        source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
+    ) -> Result<ImportReport> {
+        self.import_with(Source::Offered(Box::new(source), None))
+    }
+
+    /// [`Replica::import_each`], recording in the same transaction what `peer` says it
+    /// holds (a bundle's acknowledgement, see [`Replica::record_peer_ack`]): an import
+    /// is then one commit, so an app writing alongside sees its snapshot go stale once,
+    /// not twice, and a full disk cannot keep the changes but lose the acknowledgement.
+    pub fn import_each_from(
+        &mut self,
+        peer: ReplicaId,
+        ack: &VersionVector,
+        source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
+    ) -> Result<ImportReport> {
+        self.import_with(Source::Offered(Box::new(source), Some((peer, ack.clone()))))
+    }
+
+    /// What [`Replica::import_each`] would do with the changes `source` offers, short of
+    /// writing: the same checks, by the same code, with the same outcome for each change
+    /// (refused, stored, duplicate, quarantined), so a change the import would refuse
+    /// fails here with the same error. Nothing is applied, so the report's `applied`,
+    /// `ops_applied`, `waiting` and `conflicts_opened` stay 0; `stored` counts what the
+    /// import would store. The log is read in one read transaction; what the import
+    /// would store is noted in a table of SQLite's temporary database (never this file),
+    /// so that later changes are judged against it as the import would judge them, and
+    /// the transaction is rolled back. Nothing is written to the database file.
+    pub fn check_each(
+        &self,
+        source: impl FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()>,
+    ) -> Result<ImportReport> {
+        let tx = self.conn.unchecked_transaction()?;
+        if crate::seal::has_pending(&tx)? {
+            // The import would seal the pending writes first, which this file may
+            // only do under its own key (invariant 11).
+            self.secret_for_sealing()?;
+        }
+        tx.execute_batch(
+            "CREATE TEMP TABLE _tide_checking(origin INTEGER, seq INTEGER, hash BLOB,
+               PRIMARY KEY(origin, seq))",
+        )?;
+        let mut ingest = Ingest {
+            conn: &tx,
+            retrying: false,
+            checking: true,
+            report: ImportReport::default(),
+            touched: Vec::new(),
+            cache: ChunkCache::default(),
+            failed: None,
+        };
+        source(&mut |head, chunks| ingest.offer(head, chunks))?;
+        let Ingest { report, failed, .. } = ingest;
+        if let Some(e) = failed {
+            return Err(Error::ApplyAborted(format!(
+                "an offered change failed and the check went on: {e}"
+            )));
+        }
+        // Drops the temporary table too.
+        tx.rollback()?;
+        Ok(report)
+    }
+
+    pub(crate) fn import_with(&mut self, source: Source<'_>) -> Result<ImportReport> {
+        let retrying = matches!(source, Source::Quarantine(_));
+        // A full disk makes SQLite roll the transaction back (or it is rolled back when
+        // dropped): nothing of the import is kept, and that is what to say.
+        self.import_in_one_transaction(source).map_err(|e| match e {
+            Error::Sqlite(ref s)
+                if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                Error::DiskFull(if retrying {
+                    "run the retry again; nothing was retried"
+                } else {
+                    "import again; nothing was imported"
+                })
+            }
+            other => other,
+        })
+    }
+
+    pub(crate) fn import_in_one_transaction(&mut self, source: Source<'_>) -> Result<ImportReport> {
+        let retrying = matches!(source, Source::Quarantine(_));
+        let fail_after = self.fail_after_ops.take();
+        // IMMEDIATE: no app write can slip in between sealing and applying.
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        let sealed = if crate::seal::has_pending(&tx)? {
+            let secret = self.secret_for_sealing()?;
+            crate::seal::seal_pending(&tx, &secret)?.map(|id| id.seq)
+        } else {
+            None
+        };
+        let mut ingest = Ingest {
+            conn: &tx,
+            retrying,
+            checking: false,
+            report: ImportReport::default(),
+            touched: Vec::new(),
+            cache: ChunkCache::default(),
+            failed: None,
+        };
+        let mut ack = None;
+        match source {
+            Source::Offered(source, from) => {
+                ack = from;
+                source(&mut |head, chunks| ingest.offer(head, chunks))?
+            }
+            Source::Quarantine(heads) => {
+                for head in &heads {
+                    ingest.offer(head, &mut LogChunks { conn: &tx })?;
+                }
+            }
+        }
+        let Ingest {
+            mut report,
+            touched,
+            cache,
+            failed,
+            ..
+        } = ingest;
+        if let Some(e) = failed {
+            // The source swallowed the error and went on: nothing of it is kept.
+            return Err(Error::ApplyAborted(format!(
+                "an offered change failed and the import went on: {e}"
+            )));
+        }
+        for idx in touched {
+            advance_stored(&tx, idx)?;
+        }
+        if retrying {
+            // Stored changes that could not be applied get another go.
+            tx.execute("UPDATE _tide_log SET applied=0 WHERE applied=-1", [])?;
+            tx.execute(
+                "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2)",
+                rusqlite::params![
+                    QuarantineReason::UnknownTable,
+                    QuarantineReason::SchemaMismatch
+                ],
+            )?;
+        }
+        let mut progress = self.progress.take();
+        let applied = apply_ready(&tx, cache, &mut report, fail_after, progress.as_deref_mut());
+        self.progress = progress;
+        applied?;
+        // A quarantined change now in the log has been dealt with.
+        tx.execute(
+            "DELETE FROM _tide_quarantine WHERE reason NOT IN (?1, ?2)
+               AND hash IN (SELECT hash FROM _tide_log WHERE applied >= 0)",
+            rusqlite::params![QuarantineReason::Fork, QuarantineReason::BrokenChain],
+        )?;
+        if let Some((peer, vector)) = ack {
+            store_ack(&tx, peer, &vector)?;
+        }
+        tx.commit()?;
+        if let Some(seq) = sealed {
+            self.record_sealed(seq)?;
+        }
+        Ok(report)
+    }
+}
+
+/// Where an import's changes come from.
+pub(crate) enum Source<'s> {
+    /// A caller offers them with their chunks, maybe with the sender's acknowledgement.
+    Offered(OfferFn<'s>, Option<(ReplicaId, VersionVector)>),
+    /// The quarantine, retried: heads from it, chunks from the log's chunk store.
+    Quarantine(Vec<SignedHead>),
+}
+
+pub(crate) type OfferFn<'s> =
+    Box<dyn FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()> + 's>;

@@ -1,0 +1,15 @@
+//! tide's own tables (`_tide_*`) in the replica's SQLite file: their migrations and typed
+//! access to what they hold (row metadata, kept values, chunks, the log's appends, version
+//! vectors, settings).
+
+pub(crate) mod append;
+pub(crate) mod chunks;
+pub(crate) mod health;
+pub(crate) mod kept;
+pub(crate) mod meta;
+pub(crate) mod migrations;
+pub(crate) mod quarantine;
+pub(crate) mod rowmeta;
+pub(crate) mod savepoint;
+pub(crate) mod tables;
+pub(crate) mod vectors;

@@ -1,0 +1,114 @@
+//! The quarantine table: changes that verified but cannot be applied here, each with a
+//! reason a person can act on.
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, params};
+
+use crate::error::Result;
+use crate::format::change::SignedHead;
+use crate::format::ids::ChangeId;
+
+/// Why a change sits in quarantine instead of being applied. Stored by its
+/// [`code`](QuarantineReason::code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QuarantineReason {
+    /// Same origin and seq as a stored change, other content: the origin forked.
+    Fork,
+    /// Its `prev` hash does not match the origin's previous change.
+    BrokenChain,
+    /// Signed by a replica this one does not know; add its card, then retry.
+    UnknownOrigin,
+    /// Writes a table this replica does not track.
+    UnknownTable,
+    /// Writes a column this replica's table does not have, or keys it differently.
+    SchemaMismatch,
+    /// A quarantined change whose signature failed when retried (its origin's card
+    /// was added since, and the change does not verify with it).
+    BadSignature,
+}
+
+impl QuarantineReason {
+    /// Every reason, for parsing and listing.
+    pub const ALL: [QuarantineReason; 6] = [
+        QuarantineReason::Fork,
+        QuarantineReason::BrokenChain,
+        QuarantineReason::UnknownOrigin,
+        QuarantineReason::UnknownTable,
+        QuarantineReason::SchemaMismatch,
+        QuarantineReason::BadSignature,
+    ];
+
+    /// Its stable code, as stored and as shown in `--json` output.
+    pub fn code(self) -> &'static str {
+        match self {
+            QuarantineReason::Fork => "fork",
+            QuarantineReason::BrokenChain => "broken_chain",
+            QuarantineReason::UnknownOrigin => "unknown_origin",
+            QuarantineReason::UnknownTable => "unknown_table",
+            QuarantineReason::SchemaMismatch => "schema_mismatch",
+            QuarantineReason::BadSignature => "bad_signature",
+        }
+    }
+
+    /// The reason with this code.
+    pub fn from_code(code: &str) -> Option<QuarantineReason> {
+        QuarantineReason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Whether retrying can ever apply the change here: a fork or a broken hash chain
+    /// stays wrong whatever this replica learns later.
+    pub fn retryable(self) -> bool {
+        !matches!(self, QuarantineReason::Fork | QuarantineReason::BrokenChain)
+    }
+
+    /// Whether tracking a table or following a schema change may let the change apply.
+    pub fn waits_for_schema(self) -> bool {
+        matches!(
+            self,
+            QuarantineReason::UnknownTable | QuarantineReason::SchemaMismatch
+        )
+    }
+}
+
+impl std::fmt::Display for QuarantineReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.code())
+    }
+}
+
+/// Compares with a stored or printed code.
+impl PartialEq<&str> for QuarantineReason {
+    fn eq(&self, code: &&str) -> bool {
+        self.code() == *code
+    }
+}
+
+impl ToSql for QuarantineReason {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
+impl FromSql for QuarantineReason {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let code = value.as_str()?;
+        QuarantineReason::from_code(code).ok_or_else(|| {
+            FromSqlError::Other(format!("unknown quarantine reason {code:?}").into())
+        })
+    }
+}
+
+pub(crate) fn quarantine(
+    conn: &Connection,
+    id: ChangeId,
+    signed: &SignedHead,
+    reason: QuarantineReason,
+    detail: &str,
+) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO _tide_quarantine(origin, seq, hash, body, sig, reason, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![&id.origin.0[..], id.seq as i64, &signed.hash()[..], signed.bytes(), &signed.signature()[..], reason, detail],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! What tide knows of a tracked table: its key, columns, unique indexes, and the switch that turns capture off.
+
+use crate::error::{Error, Result};
+use rusqlite::{Connection, OptionalExtension};
+
+/// Quotes an SQL identifier.
+pub(crate) fn q(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A tracked table's shape as tide sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct TableInfo {
+    pub(crate) tid: i64,
+    pub(crate) name: String,
+    pub(crate) key_columns: Vec<String>,
+    pub(crate) columns: Vec<String>,
+    /// Per column of `columns`: true when the column has no type affinity, so 1 and 1.0,
+    /// or 0.0 and -0.0, can both be stored and `IS` alone cannot tell them apart.
+    pub(crate) untyped: Vec<bool>,
+    pub(crate) key_untyped: Vec<bool>,
+}
+
+impl TableInfo {
+    pub(crate) fn cap_table(&self) -> String {
+        format!("_tide_cap_{}", self.tid)
+    }
+
+    /// Key columns then the other columns, quoted for SQL.
+    pub(crate) fn quoted_columns(&self) -> Vec<String> {
+        self.key_columns
+            .iter()
+            .chain(&self.columns)
+            .map(|c| q(c))
+            .collect()
+    }
+}
+
+pub(crate) struct Column {
+    pub(crate) name: String,
+    pub(crate) decl: String,
+    pub(crate) pk: i64,
+}
+
+pub(crate) fn untyped(decl: &str) -> bool {
+    // SQLite's affinity rules (§3.1 of its datatype page): no INT/CHAR/CLOB/TEXT/REAL/FLOA/DOUB
+    // and either empty or containing BLOB means no affinity. "ANY" gets no affinity in STRICT
+    // tables; treating it as untyped only makes change detection more careful.
+    let d = decl.to_ascii_uppercase();
+    let typed = ["INT", "CHAR", "CLOB", "TEXT", "REAL", "FLOA", "DOUB"]
+        .iter()
+        .any(|t| d.contains(t));
+    !typed && (d.is_empty() || d.contains("BLOB") || d.contains("ANY"))
+}
+
+pub(crate) fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>> {
+    let mut stmt = conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1)")?;
+    let cols = stmt
+        .query_map([table], |r| {
+            Ok((
+                Column {
+                    name: r.get(0)?,
+                    decl: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    pk: r.get(2)?,
+                },
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // Hidden and generated columns cannot be written, so they are not replicated.
+    Ok(cols
+        .into_iter()
+        .filter(|(_, hidden)| *hidden == 0)
+        .map(|(c, _)| c)
+        .collect())
+}
+
+/// Inspects `table` and returns its shape, refusing tables tide cannot sync.
+pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Vec<String>)> {
+    if table.starts_with("_tide_") {
+        return Err(Error::Untrackable(
+            table.into(),
+            "tide's own tables are never tracked".into(),
+        ));
+    }
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name=?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(sql) = sql else {
+        return Err(Error::NoSuchTable(table.into()));
+    };
+    if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+        return Err(Error::Autoincrement(table.into()));
+    }
+    let cols = read_columns(conn, table)?;
+    let mut keys: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
+    if keys.is_empty() {
+        return Err(Error::NoPrimaryKey(table.into()));
+    }
+    keys.sort_by_key(|c| c.pk);
+    let mut warnings = Vec::new();
+    if keys.len() == 1
+        && keys[0].decl.eq_ignore_ascii_case("INTEGER")
+        && !sql.to_ascii_uppercase().contains("WITHOUT ROWID")
+    {
+        warnings.push(format!(
+            "table {table:?} has an INTEGER PRIMARY KEY (a rowid alias): replicas that insert offline will mint \
+             the same ids; such collisions show up as conflicts. Prefer random ids (for example a UUID) for new rows."
+        ));
+    }
+    for index in unique_indexes(conn, table)? {
+        if index.primary
+            && index
+                .columns
+                .iter()
+                .any(|(_, coll)| !coll.eq_ignore_ascii_case("BINARY"))
+        {
+            return Err(Error::Untrackable(
+                table.into(),
+                "its PRIMARY KEY compares with a collation other than BINARY, so keys that differ byte-wise \
+                 could name one row; declare the key columns COLLATE BINARY"
+                    .into(),
+            ));
+        }
+    }
+    let null_keys = keys
+        .iter()
+        .map(|k| format!("{} IS NULL", q(&k.name)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let nulls: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {} WHERE {null_keys}", q(table)),
+        [],
+        |r| r.get(0),
+    )?;
+    if nulls > 0 {
+        return Err(Error::Untrackable(
+            table.into(),
+            format!(
+                "{nulls} row(s) have a NULL primary key; give them a key (or delete them) first"
+            ),
+        ));
+    }
+    for c in &cols {
+        if c.name.contains('\0') {
+            return Err(Error::Untrackable(
+                table.into(),
+                "a column name contains NUL".into(),
+            ));
+        }
+    }
+    Ok((cols, warnings))
+}
+
+/// Builds the `TableInfo` for a table about to be tracked (tid assigned by the caller).
+pub(crate) fn table_info(
+    conn: &Connection,
+    tid: i64,
+    table: &str,
+) -> Result<(TableInfo, Vec<String>)> {
+    let (cols, warnings) = inspect(conn, table)?;
+    let mut keys: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
+    keys.sort_by_key(|c| c.pk);
+    let others: Vec<&Column> = cols.iter().filter(|c| c.pk == 0).collect();
+    Ok((
+        TableInfo {
+            tid,
+            name: table.into(),
+            key_columns: keys.iter().map(|c| c.name.clone()).collect(),
+            key_untyped: keys.iter().map(|c| untyped(&c.decl)).collect(),
+            columns: others.iter().map(|c| c.name.clone()).collect(),
+            untyped: others.iter().map(|c| untyped(&c.decl)).collect(),
+        },
+        warnings,
+    ))
+}
+
+pub(crate) fn is_without_rowid(conn: &Connection, table: &str) -> Result<bool> {
+    // A WITHOUT ROWID table has no rowid column to select.
+    Ok(conn
+        .prepare(&format!("SELECT rowid FROM {} LIMIT 0", q(table)))
+        .is_err())
+}
+
+/// A UNIQUE index (or the primary key) as tide models it: plain columns, each with the
+/// collation the index compares with.
+#[derive(Debug, Clone)]
+pub(crate) struct UniqueIndex {
+    pub(crate) columns: Vec<(String, String)>,
+    pub(crate) primary: bool,
+}
+
+/// Every UNIQUE index of `table`, refusing the kinds tide cannot decide concurrent rows
+/// under yet (partial and expression indexes): every replica must find the same
+/// colliding rows.
+pub(crate) fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<UniqueIndex>> {
+    let list: Vec<(String, String, bool)> = conn
+        .prepare_cached("SELECT name, origin, partial FROM pragma_index_list(?1) WHERE \"unique\" = 1 ORDER BY name")?
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::new();
+    for (name, origin, partial) in list {
+        if partial {
+            return Err(Error::Untrackable(
+                table.into(),
+                format!(
+                    "UNIQUE index {name:?} is partial (has a WHERE clause); tide cannot yet merge concurrent rows under it"
+                ),
+            ));
+        }
+        let cols: Vec<(Option<String>, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT name, coll FROM pragma_index_xinfo(?1) WHERE key = 1 ORDER BY seqno",
+            )?
+            .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut columns = Vec::new();
+        for (c, coll) in cols {
+            let Some(c) = c else {
+                return Err(Error::Untrackable(
+                    table.into(),
+                    format!(
+                        "UNIQUE index {name:?} is on an expression; tide cannot yet merge concurrent rows under it"
+                    ),
+                ));
+            };
+            columns.push((c, coll.unwrap_or_else(|| "BINARY".into())));
+        }
+        out.push(UniqueIndex {
+            columns,
+            primary: origin == "pk",
+        });
+    }
+    Ok(out)
+}
+
+/// Turns every trigger of the connection off while it lives: tide's own writes must not
+/// be captured again (invariant 9), and an app's triggers already ran on the replica
+/// that made the write; their effects arrive as captured writes of their own.
+pub(crate) struct TriggersOff<'c> {
+    pub(crate) conn: &'c Connection,
+}
+
+impl<'c> TriggersOff<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Result<TriggersOff<'c>> {
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+            false,
+        )?;
+        Ok(TriggersOff { conn })
+    }
+}
+
+impl Drop for TriggersOff<'_> {
+    fn drop(&mut self) {
+        // Failing to turn them back on would silently stop capture on this connection
+        // (other connections are unaffected: the setting is per connection).
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER,
+                true,
+            )
+            .expect("re-enabling triggers is a plain flag change and cannot fail");
+    }
+}
+
+/// Encodes a list of names for `_tide_tables` (NUL-separated; names cannot contain NUL).
+pub(crate) fn join_names(names: &[String]) -> String {
+    names.join("\0")
+}
+
+pub(crate) fn split_names(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        Vec::new()
+    } else {
+        s.split('\0').map(String::from).collect()
+    }
+}
+
+/// Loads every tracked table.
+pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
+    let mut stmt = conn.prepare(
+        "SELECT tid, name, key_columns, columns FROM _tide_tables WHERE tracked=1 ORDER BY tid",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut out = Vec::new();
+    for (tid, name, keys, cols) in rows {
+        let key_columns = split_names(&keys);
+        let columns = split_names(&cols);
+        let decls: std::collections::HashMap<String, String> = read_columns(conn, &name)?
+            .into_iter()
+            .map(|c| (c.name, c.decl))
+            .collect();
+        let ty = |c: &String| untyped(decls.get(c).map(String::as_str).unwrap_or(""));
+        out.push(TableInfo {
+            tid,
+            key_untyped: key_columns.iter().map(ty).collect(),
+            untyped: columns.iter().map(ty).collect(),
+            name,
+            key_columns,
+            columns,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinity_rules() {
+        assert!(untyped(""));
+        assert!(untyped("BLOB"));
+        assert!(untyped("any"));
+        assert!(!untyped("INTEGER"));
+        assert!(!untyped("VARCHAR(10)"));
+        assert!(!untyped("DOUBLE PRECISION"));
+    }
+}
