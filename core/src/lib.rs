@@ -97,7 +97,7 @@ pub use admin::{DAMAGED_NEXT, Finding, LogEntry};
 pub use capture::TrackReport;
 pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Lineage, Manifest, OpKind, RowOp, SignedChange,
-    SignedHead, TableOps, VerifiedChange, VerifyError,
+    SignedHead, TableOps, VerifiedChange, VerifiedHead, VerifyError,
 };
 pub use conflicts::{Candidate, Conflict, Resolution};
 pub use error::{DecodeError, Error, Result};

@@ -7,13 +7,13 @@ mod settle;
 pub(crate) use settle::settle;
 
 use crate::error::{Error, Result};
-use crate::format::change::{ChunkDecoder, Manifest, RowOp, Step};
+use crate::format::change::{ChunkDecoder, RowOp, Step, VerifiedHead};
 use crate::format::ids::ChangeId;
 use crate::format::value::encode_key;
 use crate::merge::{BATCH, Merger};
 use crate::replica::Progress;
 use crate::store::append::load_head;
-use crate::store::chunks::{ChunkCache, unpack};
+use crate::store::chunks::ChunkCache;
 use crate::store::meta::{origin_idx, origins_map};
 use crate::store::quarantine::{QuarantineReason, quarantine};
 use crate::store::savepoint::Savepoint;
@@ -94,15 +94,8 @@ pub(crate) fn apply_ready(
         waiting = 0;
         let mut pages = PendingPages::default();
         while let Some((origin, seq)) = pages.next(conn)? {
-            let manifest = {
-                let (head, packing): (Vec<u8>, i64) = conn
-                    .prepare_cached(
-                        "SELECT body, packing FROM _tide_log WHERE origin=?1 AND seq=?2",
-                    )?
-                    .query_row(params![origin, seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Manifest::decode(&unpack(head, packing)?)?
-            };
-            let head = &manifest.head;
+            let verified = VerifiedHead::from_log(load_head(conn, origin, seq)?)?;
+            let head = &verified.head;
             let mut ready = true;
             for (rid, s) in &head.deps {
                 let idx = origin_idx(conn, *rid)?;
@@ -138,7 +131,7 @@ pub(crate) fn apply_ready(
                 &mut cache,
                 &mut merger,
                 &tables,
-                (origin, seq, &manifest),
+                (origin, seq, &verified),
                 &mut ops_done,
                 fail_after,
             )?;
@@ -148,8 +141,7 @@ pub(crate) fn apply_ready(
                 // What the change opened or closed is undone with it.
                 merger.conflicts_written = opened_before;
                 merger.closed_any = closed_before;
-                let signed = load_head(conn, origin, seq)?;
-                quarantine(conn, id, &signed, code, &detail)?;
+                quarantine(conn, id, verified.signed(), code, &detail)?;
                 conn.execute(
                     "UPDATE _tide_log SET applied=-1 WHERE origin=?1 AND seq=?2",
                     params![origin, seq as i64],
@@ -243,7 +235,7 @@ pub(crate) fn apply_change(
     cache: &mut ChunkCache,
     merger: &mut Merger<'_>,
     tables: &HashMap<String, TableInfo>,
-    (origin, seq, manifest): (i64, u64, &Manifest),
+    (origin, seq, manifest): (i64, u64, &VerifiedHead),
     ops_done: &mut usize,
     fail_after: Option<usize>,
 ) -> Result<std::result::Result<(), (QuarantineReason, String)>> {

@@ -4,6 +4,7 @@ use crate::apply::ImportReport;
 use crate::error::{Error, Result};
 use crate::format::change::{SignedHead, VerifyError};
 use crate::format::ids::ChangeId;
+use crate::store::append::store_received;
 use crate::store::chunks::store_packed;
 use crate::store::chunks::{ChunkCache, Chunks, store_chunk};
 use crate::store::meta::origin_idx;
@@ -173,9 +174,7 @@ impl Ingest<'_> {
             self.report.stored += 1;
             return Ok(());
         }
-        self.conn
-            .prepare_cached("INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0)")?
-            .execute(params![idx, id.seq as i64, &signed.hash()[..], manifest.head.hlc as i64, signed.bytes(), &signed.signature()[..]])?;
+        store_received(self.conn, idx, &manifest)?;
         self.report.stored += 1;
         if !self.touched.contains(&idx) {
             // One entry per origin, not per change: a bundle may hold millions.

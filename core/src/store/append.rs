@@ -1,7 +1,7 @@
 //! Appending this replica's own changes to the log: the next head, the hash chain, the clock.
 
 use crate::error::Result;
-use crate::format::change::{Change, ChangeHead, Manifest, SignedHead};
+use crate::format::change::{Change, ChangeHead, Manifest, SignedHead, VerifiedHead};
 use crate::format::ids::ReplicaId;
 use crate::identity::SecretIdentity;
 use crate::store::chunks::{store_chunk, unpack};
@@ -140,4 +140,22 @@ pub(crate) fn next_hlc(conn: &Connection) -> Result<u64> {
     let hlc = (now_ms << 16).max(last + 1);
     crate::store::meta::set_u64(conn, "hlc", hlc)?;
     Ok(hlc)
+}
+
+/// Appends a change received from another replica to the log, waiting to be applied.
+/// Only a verified head is stored: the log holds nothing that did not verify.
+pub(crate) fn store_received(conn: &Connection, idx: i64, head: &VerifiedHead) -> Result<()> {
+    let signed = head.signed();
+    conn.prepare_cached(
+        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0)",
+    )?
+    .execute(params![
+        idx,
+        head.head.seq as i64,
+        &signed.hash()[..],
+        head.head.hlc as i64,
+        signed.bytes(),
+        &signed.signature()[..]
+    ])?;
+    Ok(())
 }

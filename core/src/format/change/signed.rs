@@ -82,7 +82,7 @@ impl SignedHead {
     /// Checks the signature with the origin's public key and the head's structure. The
     /// chunks are checked against the returned head as they are read
     /// ([`Manifest::check_chunk`]).
-    pub fn verify(&self, sign_key: &[u8; 32]) -> Result<Manifest, VerifyError> {
+    pub fn verify(&self, sign_key: &[u8; 32]) -> Result<VerifiedHead, VerifyError> {
         if !verify_signature(sign_key, &signing_message(&self.hash), &self.signature) {
             return Err(VerifyError::BadSignature);
         }
@@ -90,7 +90,48 @@ impl SignedHead {
         if ReplicaId::for_signing_key(sign_key) != manifest.head.origin {
             return Err(VerifyError::WrongKey);
         }
-        Ok(manifest)
+        Ok(VerifiedHead {
+            signed: self.clone(),
+            manifest,
+        })
+    }
+}
+
+/// A change head whose signature checked out against its origin's key. Outside the
+/// core only [`SignedHead::verify`] makes one; ingest stores nothing else, and apply
+/// takes nothing else, so being verified is a type, not a flag a caller could forget.
+/// It reads as its [`Manifest`]; each chunk is checked against it as it is read
+/// ([`Manifest::check_chunk`]).
+#[derive(Clone, Debug)]
+pub struct VerifiedHead {
+    signed: SignedHead,
+    manifest: Manifest,
+}
+
+impl VerifiedHead {
+    /// A head read back from this replica's log. The log holds only heads that were
+    /// verified on their way in, or signed here, so their signature is not checked again.
+    pub(crate) fn from_log(signed: SignedHead) -> Result<VerifiedHead, DecodeError> {
+        let manifest = Manifest::decode(&signed.bytes)?;
+        Ok(VerifiedHead { signed, manifest })
+    }
+
+    /// The signed bytes it was verified from.
+    pub fn signed(&self) -> &SignedHead {
+        &self.signed
+    }
+
+    /// The change's origin and seq.
+    pub fn id(&self) -> ChangeId {
+        self.manifest.id()
+    }
+}
+
+impl std::ops::Deref for VerifiedHead {
+    type Target = Manifest;
+
+    fn deref(&self) -> &Manifest {
+        &self.manifest
     }
 }
 
