@@ -67,6 +67,28 @@ impl Cluster {
         self.replicas[to].import(&changes).expect("import")
     }
 
+    /// Sends both ways between replicas `a` and `b`: first `a` to `b`, then `b` to `a`.
+    pub fn exchange(&mut self, a: usize, b: usize) {
+        self.send(a, b);
+        self.send(b, a);
+    }
+
+    /// Replicas 0 and 1 write `on0` and `on1` without seeing each other's writes (0
+    /// first), then [`exchange`](Cluster::exchange) both ways.
+    pub fn diverge(&mut self, on0: &str, on1: &str) {
+        self.write(0, on0);
+        self.write(1, on1);
+        self.exchange(0, 1);
+    }
+
+    /// Replica 0 writes `base` and sends it to replica 1; from that shared state the two
+    /// [`diverge`](Cluster::diverge) with `on0` and `on1` and exchange both ways.
+    pub fn diverge_from(&mut self, base: &str, on0: &str, on1: &str) {
+        self.write(0, base);
+        self.send(0, 1);
+        self.diverge(on0, on1);
+    }
+
     /// Full exchange, all pairs, until nothing moves.
     pub fn sync_all(&mut self) {
         for _ in 0..8 {
@@ -102,6 +124,34 @@ impl Cluster {
             .map(|r| r.state_hash().expect("state hash"))
             .collect()
     }
+
+    /// Asserts that every replica's state hash equals replica 0's.
+    #[track_caller]
+    pub fn assert_converged(&self) {
+        let h = self.hashes();
+        for i in 1..h.len() {
+            assert_eq!(h[0], h[i]);
+        }
+    }
+}
+
+/// The table most scenarios write to: notes keyed by text, with two text columns and an
+/// integer.
+pub const NOTES: &str =
+    "CREATE TABLE notes(id TEXT PRIMARY KEY, title TEXT, body TEXT, n INTEGER);";
+
+/// `n` replicas running [`NOTES`] and tracking `notes`.
+pub fn notes(n: usize) -> Cluster {
+    Cluster::new(n, NOTES, &["notes"])
+}
+
+/// SQL inserting one row into `table` for each `x` from `from` to `to`, made of `select`
+/// (expressions of `x`).
+pub fn series(table: &str, from: i64, to: i64, select: &str) -> String {
+    format!(
+        "WITH RECURSIVE s(x) AS (SELECT {from} UNION ALL SELECT x + 1 FROM s WHERE x < {to})
+         INSERT INTO {table} SELECT {select} FROM s;"
+    )
 }
 
 /// Reads one value from replica file `path` through a fresh connection.

@@ -7,9 +7,7 @@
 
 use std::path::Path;
 
-mod common;
-
-use common::{Run, Site};
+use crate::common::{Run, Site};
 
 impl Site {
     /// Replica `name` with the `sites` table tracked, its card in `NAME.card`.

@@ -2,7 +2,7 @@
 //! memory, with the peak resident memory reported. Ignored by default (it takes a while
 //! and about five times the bundle's size in disk):
 //!
-//! `cargo test --release -p tide-tests --test large_bundle -- --ignored --nocapture`
+//! `cargo test --release -p tide-tests --test engine large_bundle:: -- --ignored --nocapture`
 //!
 //! `TIDE_LARGE_MB=1000` makes it a 1 GB bundle (DESIGN.md §7's memory target).
 

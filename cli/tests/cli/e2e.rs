@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-mod common;
-
-use common::{Run, Site};
+use crate::common::{Run, Site};
 
 impl Site {
     /// Replicas named `names`, each with the `sites` table, tracking it, trusting each other.

@@ -11,9 +11,7 @@ use rusqlite::Connection;
 use tide_bundle::Header;
 use tide_core::{KeyStore, Replica, SecretIdentity};
 
-mod common;
-
-use common::{Run, Site};
+use crate::common::{Run, Site};
 
 impl Site {
     /// Replicas `a`, `b` and `c` in one folder, trusting each other, with `sites` tracked.

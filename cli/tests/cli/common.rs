@@ -1,8 +1,5 @@
-//! What the binary's tests share: running the real `tide` in a folder with its own key
-//! store, and reading the SQLite files it leaves.
-//!
-//! Each test file is its own crate and uses a part of this; the rest is unused there.
-#![allow(dead_code)]
+//! What the command-line tests share: running the real `tide` in a folder with its own
+//! key store, and reading the SQLite files it leaves.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

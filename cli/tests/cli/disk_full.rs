@@ -12,11 +12,9 @@ use std::process::Command;
 
 use rusqlite::Connection;
 
-mod common;
+use crate::common::{ok_in as ok, tide_in};
 
-use common::{ok_in as ok, tide_in};
-
-fn tide(dir: &Path, args: &[&str]) -> common::Run {
+fn tide(dir: &Path, args: &[&str]) -> crate::common::Run {
     tide_in(dir, args, &[])
 }
 
