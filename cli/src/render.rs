@@ -1,7 +1,7 @@
 //! Rendering for people and for `--json`.
 
 use serde_json::{Value as Json, json};
-use tide_core::{Candidate, Conflict, Value};
+use tide_core::{Candidate, Conflict, ConflictKind, Value};
 
 /// A value as JSON: NULL → null, numbers → numbers, TEXT → string, BLOB → {"blob": hex}.
 pub fn value_json(v: &Value) -> Json {
@@ -68,7 +68,7 @@ pub fn conflict_json(c: &Conflict) -> Json {
         "table": c.table,
         "key": c.key.iter().map(value_json).collect::<Vec<_>>(),
         "column": c.column,
-        "kind": c.kind,
+        "kind": c.kind.code(),
         "candidates": c.candidates.iter().map(candidate_json).collect::<Vec<_>>(),
     })
 }
@@ -102,7 +102,7 @@ pub fn conflict_text(c: &Conflict) -> String {
             "    {} {:<24} {}  from {}  at {}\n",
             if cand.winner {
                 "shown"
-            } else if c.column.is_none() && c.kind != "delete" {
+            } else if c.column.is_none() && c.kind != ConflictKind::Delete {
                 // A row a constraint keeps out of its table.
                 "held "
             } else {
@@ -126,12 +126,12 @@ fn choices(c: &Conflict) -> Option<&'static str> {
         return None;
     }
     let blocked = c.candidates.iter().any(|x| x.winner);
-    Some(match c.kind.as_str() {
-        "delete" => return None,
+    Some(match c.kind {
+        ConflictKind::Delete => return None,
         _ if blocked => {
             "--keep winner keeps the shown row and discards the held one; --keep held keeps the held row and discards the shown one"
         }
-        "foreign_key" => {
+        ConflictKind::ForeignKey => {
             "--keep held brings back the row it refers to, and the held row returns; --keep winner discards the held row"
         }
         _ => {

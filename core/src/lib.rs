@@ -99,7 +99,7 @@ pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Lineage, Manifest, OpKind, RowOp, SignedChange,
     SignedHead, TableOps, VerifiedChange, VerifiedHead, VerifyError,
 };
-pub use conflicts::{Candidate, Conflict, Resolution};
+pub use conflicts::{Candidate, Conflict, ConflictKind, Resolution};
 pub use error::{DecodeError, Error, Result};
 pub use format::ids::{ChangeId, ReplicaId, VersionVector};
 pub use format::value::{Value, decode_key, encode_key};

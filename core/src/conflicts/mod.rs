@@ -15,8 +15,11 @@
 //! itself. A row held by `check` or `not_null` returns once someone writes values that
 //! satisfy the constraint.
 
+mod kind;
 mod parents;
 mod resolve;
+
+pub use kind::ConflictKind;
 
 use crate::error::{Error, Result};
 use crate::format::ids::{ChangeId, hex};
@@ -24,7 +27,7 @@ use crate::format::value::{Value, decode_key};
 use crate::merge::{CONSTRAINT_CELL, Merger};
 use crate::replica::Replica;
 use crate::store::meta::origins_map;
-use crate::store::rowmeta::{CellValues, ROW, RowMeta, Version};
+use crate::store::rowmeta::{CellValues, Origins, ROW, RowMeta, Version};
 use crate::store::tables::{self as tables, TableInfo};
 use rusqlite::{OptionalExtension, params};
 
@@ -39,8 +42,9 @@ pub struct Conflict {
     pub key: Vec<Value>,
     /// The column, or `None` for a row-level conflict (delete or constraint).
     pub column: Option<String>,
-    /// `update`, `insert`, `delete`, `unique`, `foreign_key`, `check` or `not_null`.
-    pub kind: String,
+    /// What the conflict is about; shown as `update`, `insert`, `delete`, `unique`,
+    /// `foreign_key`, `check` or `not_null`.
+    pub kind: ConflictKind,
     /// Every candidate, the provisional winner (the value shown now) first, then in the
     /// total order every replica uses.
     pub candidates: Vec<Candidate>,
@@ -108,7 +112,7 @@ impl Candidate {
 impl Replica {
     /// Every open conflict, ordered by table, key and column.
     pub fn conflicts(&self) -> Result<Vec<Conflict>> {
-        type Row = (Vec<u8>, i64, Vec<u8>, i64, String);
+        type Row = (Vec<u8>, i64, Vec<u8>, i64, ConflictKind);
         let rows: Vec<Row> = self
             .conn
             .prepare("SELECT id, tid, key, col, kind FROM _tide_conflicts ORDER BY tid, key, col")?
@@ -146,33 +150,23 @@ impl Replica {
         }
     }
 
+    /// A conflict as shown: where it is, its kind and its candidates, the provisional
+    /// winner first, then down the total order every replica uses.
     pub(crate) fn describe(
         &self,
         t: &TableInfo,
         id: &str,
         key_bytes: &[u8],
         col: i64,
-        kind: String,
+        kind: ConflictKind,
     ) -> Result<Conflict> {
-        let origins = origins_map(&self.conn)?;
-        let merger = Merger::new(&self.conn, origins);
+        let merger = Merger::new(&self.conn, origins_map(&self.conn)?);
         let m = merger
             .load_meta(t, key_bytes)?
             .unwrap_or_else(|| RowMeta::new(t.columns.len()));
         let key = decode_key(key_bytes)?;
         let current = merger.read_row(t, &key)?;
         let (kept, _) = merger.stored_values(t, key_bytes)?;
-        let mut candidates = Vec::new();
-        let cell = if col == CONSTRAINT_CELL {
-            ROW
-        } else {
-            col as usize
-        };
-        let winner = m.winner(cell, &merger.origins);
-        let cid = |h: &Version| ChangeId {
-            origin: merger.origins[&h.origin],
-            seq: h.seq,
-        };
         let view = RowView {
             t,
             key_bytes,
@@ -181,57 +175,11 @@ impl Replica {
             current: current.as_deref(),
             kept: &kept,
         };
-        if col == CONSTRAINT_CELL {
-            // The held row against the row that keeps the slot.
-            let held_values = self.row_values(&RowView {
-                current: None,
-                ..view
-            })?;
-            if let Some(w) = winner {
-                candidates.push(Candidate::new(
-                    self,
-                    cid(&w),
-                    w.hlc,
-                    Some(row_value(&held_values)),
-                    false,
-                )?);
-            }
-            let blocker: Option<Vec<u8>> = self
-                .conn
-                .query_row(
-                    "SELECT blocker FROM _tide_held WHERE tid=?1 AND key=?2",
-                    params![t.tid, key_bytes],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten();
-            if let Some(b) = blocker
-                && let Some(mb) = merger.load_meta(t, &b)?
-                && let Some(wb) = mb.winner(ROW, &merger.origins)
-            {
-                let bkey = decode_key(&b)?;
-                let values = merger.read_row(t, &bkey)?.unwrap_or_default();
-                let mut full = bkey.clone();
-                full.extend(values);
-                candidates.push(Candidate::new(
-                    self,
-                    cid(&wb),
-                    wb.hlc,
-                    Some(row_value(&full)),
-                    true,
-                )?);
-            }
+        let mut candidates = if col == CONSTRAINT_CELL {
+            self.held_candidates(&view, &merger)?
         } else {
-            for h in &m.cells[cell] {
-                let value = if cell == ROW {
-                    h.alive.then(|| Value::text("(row kept)"))
-                } else {
-                    Some(self.head_value(&view, cell, h)?)
-                };
-                let is_winner = winner.map(|w| w.vref()) == Some(h.vref());
-                candidates.push(Candidate::new(self, cid(h), h.hlc, value, is_winner)?);
-            }
-        }
+            self.cell_candidates(&view, col as usize)?
+        };
         // The same order everywhere: the provisional winner first, then down the total order.
         candidates.sort_by_key(|c| std::cmp::Reverse((c.winner, c.hlc, c.change)));
         Ok(Conflict {
@@ -242,6 +190,69 @@ impl Replica {
             kind,
             candidates,
         })
+    }
+
+    /// The candidates of a cell conflict, or of a `delete` conflict (`cell` is [`ROW`]):
+    /// every head of the cell, with the value it wrote (`None` for a deletion).
+    fn cell_candidates(&self, view: &RowView<'_>, cell: usize) -> Result<Vec<Candidate>> {
+        let winner = view.m.winner(cell, view.origins).map(|w| w.vref());
+        let mut out = Vec::with_capacity(view.m.cells[cell].len());
+        for h in &view.m.cells[cell] {
+            let value = if cell == ROW {
+                h.alive.then(|| Value::text("(row kept)"))
+            } else {
+                Some(self.head_value(view, cell, h)?)
+            };
+            let is_winner = winner == Some(h.vref());
+            let change = change_id(view.origins, h);
+            out.push(Candidate::new(self, change, h.hlc, value, is_winner)?);
+        }
+        Ok(out)
+    }
+
+    /// The candidates of a constraint conflict: the held row, then the row that keeps its
+    /// slot (the shown one), if a row is in its way. Each is shown as one value.
+    fn held_candidates(&self, view: &RowView<'_>, merger: &Merger<'_>) -> Result<Vec<Candidate>> {
+        let mut out = Vec::new();
+        let held_values = self.row_values(&RowView {
+            current: None,
+            ..*view
+        })?;
+        if let Some(w) = view.m.winner(ROW, view.origins) {
+            let change = change_id(view.origins, &w);
+            let value = Some(row_value(&held_values));
+            out.push(Candidate::new(self, change, w.hlc, value, false)?);
+        }
+        if let Some(b) = self.held_blocker(view.t, view.key_bytes)?
+            && let Some(mb) = merger.load_meta(view.t, &b)?
+            && let Some(wb) = mb.winner(ROW, view.origins)
+        {
+            let mut full = decode_key(&b)?;
+            let values = merger.read_row(view.t, &full)?.unwrap_or_default();
+            full.extend(values);
+            let change = change_id(view.origins, &wb);
+            out.push(Candidate::new(
+                self,
+                change,
+                wb.hlc,
+                Some(row_value(&full)),
+                true,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// The key of the row that keeps a held row's slot (a `unique` conflict), if any.
+    fn held_blocker(&self, t: &TableInfo, key_bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT blocker FROM _tide_held WHERE tid=?1 AND key=?2",
+                params![t.tid, key_bytes],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     pub(crate) fn head_value(&self, row: &RowView<'_>, cell: usize, h: &Version) -> Result<Value> {
@@ -283,10 +294,18 @@ pub(crate) struct RowView<'a> {
     pub(crate) t: &'a TableInfo,
     pub(crate) key_bytes: &'a [u8],
     pub(crate) m: &'a RowMeta,
-    pub(crate) origins: &'a crate::store::rowmeta::Origins,
+    pub(crate) origins: &'a Origins,
     pub(crate) current: Option<&'a [Value]>,
     /// Values of the heads that are not visible.
     pub(crate) kept: &'a CellValues,
+}
+
+/// The change that wrote a head.
+pub(crate) fn change_id(origins: &Origins, h: &Version) -> ChangeId {
+    ChangeId {
+        origin: origins[&h.origin],
+        seq: h.seq,
+    }
 }
 
 /// A whole row shown as one value (for constraint conflicts): its values joined.

@@ -3,11 +3,10 @@
 use super::*;
 use crate::error::{Error, Result};
 use crate::format::change::{CellWrite, OpKind, RowOp};
-use crate::format::ids::ChangeId;
-use crate::format::value::Value;
+use crate::format::value::{Value, encode_key};
 use crate::merge::Merger;
 use crate::replica::Replica;
-use crate::store::rowmeta::{ROW, RowMeta, Version};
+use crate::store::rowmeta::{ROW, RowMeta};
 use crate::store::tables::TableInfo;
 
 impl Replica {
@@ -27,10 +26,6 @@ impl Replica {
         merger: &Merger<'_>,
         tables: &'t [TableInfo],
     ) -> Result<Vec<(&'t TableInfo, RowOp)>> {
-        let refuse = |reason: String| Error::CannotResolve {
-            conflict: conflict.id.clone(),
-            reason,
-        };
         let (kept, _) = merger.stored_values(t, key_bytes)?;
         let row = self.row_values(&RowView {
             t,
@@ -42,11 +37,51 @@ impl Replica {
         })?;
         let names: Vec<&String> = t.key_columns.iter().chain(&t.columns).collect();
         let value_of = |col: &str| names.iter().position(|n| *n == col).map(|i| &row[i]);
+        let mut out = Vec::new();
+        for (_, parent, from, to) in self.foreign_keys(&t.name)? {
+            let values: Vec<Value> = from
+                .iter()
+                .map(|c| value_of(c).cloned().unwrap_or(Value::Null))
+                .collect();
+            if values.contains(&Value::Null) {
+                continue; // a NULL reference needs no parent
+            }
+            let Some(pt) = tables.iter().find(|x| x.name.eq_ignore_ascii_case(&parent)) else {
+                return Err(refuse(
+                    conflict,
+                    format!(
+                        "its parent table {parent} is not tracked; add the row it refers to by hand and it returns by itself"
+                    ),
+                ));
+            };
+            let Some(pkey) = parent_key(pt, &to, &values) else {
+                return Err(refuse(
+                    conflict,
+                    format!(
+                        "it refers to {parent} by columns other than its primary key; restore that row by hand and it returns by itself"
+                    ),
+                ));
+            };
+            if let Some(op) = self.restore_op(conflict, &parent, pt, pkey, merger)? {
+                out.push((pt, op));
+            }
+        }
+        if out.is_empty() {
+            return Err(refuse(
+                conflict,
+                "every row it refers to is here; it returns at the next import or seal".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The foreign keys of `table`, in the order SQLite lists them.
+    fn foreign_keys(&self, table: &str) -> Result<Vec<ForeignKey>> {
         let mut keys: Vec<ForeignKey> = Vec::new();
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
         )?;
-        let mut rows = stmt.query([&t.name])?;
+        let mut rows = stmt.query([table])?;
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             if keys.last().is_none_or(|k| k.0 != id) {
@@ -56,95 +91,104 @@ impl Replica {
             k.2.push(r.get(2)?);
             k.3.push(r.get(3)?);
         }
-        let mut out = Vec::new();
-        for (_, parent, from, to) in keys {
-            let values: Vec<Value> = from
-                .iter()
-                .map(|c| value_of(c).cloned().unwrap_or(Value::Null))
-                .collect();
-            if values.contains(&Value::Null) {
-                continue; // a NULL reference needs no parent
-            }
-            let Some(pt) = tables.iter().find(|x| x.name.eq_ignore_ascii_case(&parent)) else {
-                return Err(refuse(format!(
-                    "its parent table {parent} is not tracked; add the row it refers to by hand and it returns by itself"
-                )));
-            };
-            // The parent's key, in its key's column order.
-            let mut pkey = Vec::new();
-            for kc in &pt.key_columns {
-                let at = to.iter().enumerate().position(|(i, c)| {
-                    c.as_deref()
-                        .unwrap_or_else(|| pt.key_columns.get(i).map_or("", |s| s.as_str()))
-                        .eq_ignore_ascii_case(kc)
-                });
-                match at {
-                    Some(i) if to.len() == pt.key_columns.len() => pkey.push(values[i].clone()),
-                    _ => {
-                        return Err(refuse(format!(
-                            "it refers to {parent} by columns other than its primary key; restore that row by hand and it returns by itself"
-                        )));
-                    }
-                }
-            }
-            if merger.read_row(pt, &pkey)?.is_some() {
-                continue;
-            }
-            let shown = pkey
-                .iter()
-                .map(Value::display)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let pkey_bytes = crate::format::value::encode_key(&pkey);
-            let Some(pm) = merger.load_meta(pt, &pkey_bytes)? else {
-                return Err(refuse(format!(
-                    "the row it refers to, {parent} [{shown}], was never here; add it by hand and the held row returns by itself"
-                )));
-            };
-            if pm.held {
-                return Err(refuse(format!(
-                    "the row it refers to, {parent} [{shown}], is held itself; resolve its conflict first"
-                )));
-            }
-            let id = |h: &Version| ChangeId {
-                origin: merger.origins[&h.origin],
-                seq: h.seq,
-            };
-            let (pkept, _) = merger.stored_values(pt, &pkey_bytes)?;
-            let pvalues = self.row_values(&RowView {
-                t: pt,
-                key_bytes: &pkey_bytes,
-                m: &pm,
-                origins: &merger.origins,
-                current: None,
-                kept: &pkept,
-            })?;
-            let nkey = pt.key_columns.len();
-            let cells = (0..pt.columns.len())
-                .map(|c| CellWrite {
-                    column: c,
-                    value: pvalues[nkey + c].clone(),
-                    // The value brought back overwrites the one it repeats; any other
-                    // candidate of that cell stays.
-                    preds: pm.winner(c + 1, &merger.origins).iter().map(id).collect(),
-                })
-                .collect();
-            out.push((
-                pt,
-                RowOp {
-                    kind: OpKind::Insert,
-                    key: pkey,
-                    row_preds: pm.cells[ROW].iter().map(id).collect(),
-                    lineage: None,
-                    cells,
-                },
-            ));
+        Ok(keys)
+    }
+
+    /// The op that inserts the parent row `pkey` of `pt` again with the values it had,
+    /// or `None` when the row is there. Refused when it never was here or is held.
+    fn restore_op(
+        &self,
+        conflict: &Conflict,
+        parent: &str,
+        pt: &TableInfo,
+        pkey: Vec<Value>,
+        merger: &Merger<'_>,
+    ) -> Result<Option<RowOp>> {
+        if merger.read_row(pt, &pkey)?.is_some() {
+            return Ok(None);
         }
-        if out.is_empty() {
+        let shown = pkey
+            .iter()
+            .map(Value::display)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let pkey_bytes = encode_key(&pkey);
+        let Some(pm) = merger.load_meta(pt, &pkey_bytes)? else {
             return Err(refuse(
-                "every row it refers to is here; it returns at the next import or seal".into(),
+                conflict,
+                format!(
+                    "the row it refers to, {parent} [{shown}], was never here; add it by hand and the held row returns by itself"
+                ),
+            ));
+        };
+        if pm.held {
+            return Err(refuse(
+                conflict,
+                format!(
+                    "the row it refers to, {parent} [{shown}], is held itself; resolve its conflict first"
+                ),
             ));
         }
-        Ok(out)
+        let origins = &*merger.origins;
+        let (pkept, _) = merger.stored_values(pt, &pkey_bytes)?;
+        let pvalues = self.row_values(&RowView {
+            t: pt,
+            key_bytes: &pkey_bytes,
+            m: &pm,
+            origins,
+            current: None,
+            kept: &pkept,
+        })?;
+        let nkey = pt.key_columns.len();
+        let cells = (0..pt.columns.len())
+            .map(|c| CellWrite {
+                column: c,
+                value: pvalues[nkey + c].clone(),
+                // The value brought back overwrites the one it repeats; any other
+                // candidate of that cell stays.
+                preds: pm
+                    .winner(c + 1, origins)
+                    .iter()
+                    .map(|h| change_id(origins, h))
+                    .collect(),
+            })
+            .collect();
+        Ok(Some(RowOp {
+            kind: OpKind::Insert,
+            key: pkey,
+            row_preds: pm.cells[ROW]
+                .iter()
+                .map(|h| change_id(origins, h))
+                .collect(),
+            lineage: None,
+            cells,
+        }))
+    }
+}
+
+/// The parent's key, in its key's column order, from the values a foreign key refers to
+/// it by (`to` lists the parent's columns, `None` for its primary key). `None` when the
+/// key refers to columns other than the parent's primary key.
+fn parent_key(pt: &TableInfo, to: &[Option<String>], values: &[Value]) -> Option<Vec<Value>> {
+    let mut pkey = Vec::with_capacity(pt.key_columns.len());
+    for kc in &pt.key_columns {
+        let at = to.iter().enumerate().position(|(i, c)| {
+            c.as_deref()
+                .unwrap_or_else(|| pt.key_columns.get(i).map_or("", |s| s.as_str()))
+                .eq_ignore_ascii_case(kc)
+        });
+        match at {
+            Some(i) if to.len() == pt.key_columns.len() => pkey.push(values[i].clone()),
+            _ => return None,
+        }
+    }
+    Some(pkey)
+}
+
+/// Refuses to resolve `conflict`, saying why and what to do instead.
+fn refuse(conflict: &Conflict, reason: String) -> Error {
+    Error::CannotResolve {
+        conflict: conflict.id.clone(),
+        reason,
     }
 }

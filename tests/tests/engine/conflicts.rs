@@ -476,7 +476,7 @@ fn a_batch_of_new_rows_with_keys_known_here_falls_back_to_the_merge() {
             .conflicts()
             .unwrap()
             .into_iter()
-            .map(|k| (k.key[0].clone(), k.kind, k.column))
+            .map(|k| (k.key[0].clone(), k.kind.to_string(), k.column))
             .collect();
         found.sort();
         let mut want = Vec::new();

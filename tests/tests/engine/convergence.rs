@@ -711,7 +711,7 @@ fn view(c: &Conflict) -> ConflictView {
         c.table.clone(),
         c.key.clone(),
         c.column.clone(),
-        c.kind.clone(),
+        c.kind.to_string(),
         c.candidates
             .iter()
             .map(|x| (x.id.clone(), x.value.clone(), x.winner, x.hlc))

@@ -1,0 +1,125 @@
+//! What a conflict is about: a cell, a deleted row, or a row a constraint holds.
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
+
+/// The kind of a [`Conflict`](super::Conflict). Stored in `_tide_conflicts.kind` by its
+/// [`code`](ConflictKind::code), which is also what the CLI prints and `--json` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConflictKind {
+    /// `update`: a cell written concurrently, with different values, by replicas that
+    /// had seen the row.
+    Update,
+    /// `insert`: a cell of a row inserted concurrently under one key by several
+    /// replicas, with different values.
+    Insert,
+    /// `delete`: a row deleted on one replica and written concurrently on another.
+    Delete,
+    /// `unique`: a row held out of its table because another row holds its value of a
+    /// UNIQUE column or its primary key.
+    Unique,
+    /// `foreign_key`: a row held out of its table because a foreign key of it refers to
+    /// no row.
+    ForeignKey,
+    /// `check`: a row held out of its table because its values fail a CHECK constraint
+    /// (or another constraint SQLite reports).
+    Check,
+    /// `not_null`: a row held out of its table because a NOT NULL column of it is NULL.
+    NotNull,
+}
+
+impl ConflictKind {
+    /// Every kind, for parsing and listing.
+    pub const ALL: [ConflictKind; 7] = [
+        ConflictKind::Update,
+        ConflictKind::Insert,
+        ConflictKind::Delete,
+        ConflictKind::Unique,
+        ConflictKind::ForeignKey,
+        ConflictKind::Check,
+        ConflictKind::NotNull,
+    ];
+
+    /// Its stable code, as stored, shown and written in `--json` output.
+    pub fn code(self) -> &'static str {
+        match self {
+            ConflictKind::Update => "update",
+            ConflictKind::Insert => "insert",
+            ConflictKind::Delete => "delete",
+            ConflictKind::Unique => "unique",
+            ConflictKind::ForeignKey => "foreign_key",
+            ConflictKind::Check => "check",
+            ConflictKind::NotNull => "not_null",
+        }
+    }
+
+    /// The kind with this code.
+    pub fn from_code(code: &str) -> Option<ConflictKind> {
+        ConflictKind::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// Whether a constraint holds the row out of its table (the conflict is on the whole
+    /// row, and its candidates are the held row and the row in its way, if any).
+    pub fn holds_row(self) -> bool {
+        matches!(
+            self,
+            ConflictKind::Unique
+                | ConflictKind::ForeignKey
+                | ConflictKind::Check
+                | ConflictKind::NotNull
+        )
+    }
+}
+
+impl std::fmt::Display for ConflictKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.code())
+    }
+}
+
+/// Compares with a stored or printed code.
+impl PartialEq<&str> for ConflictKind {
+    fn eq(&self, code: &&str) -> bool {
+        self.code() == *code
+    }
+}
+
+impl FromSql for ConflictKind {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let code = value.as_str()?;
+        ConflictKind::from_code(code)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown conflict kind {code:?}").into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConflictKind;
+    use crate::merge::{HELD_CHECK, HELD_FOREIGN_KEY, HELD_NOT_NULL, HELD_UNIQUE};
+
+    #[test]
+    fn codes_round_trip() {
+        for k in ConflictKind::ALL {
+            assert_eq!(ConflictKind::from_code(k.code()), Some(k));
+            assert_eq!(k.to_string(), k.code());
+            assert!(k == k.code());
+        }
+        assert_eq!(ConflictKind::from_code("row"), None);
+    }
+
+    #[test]
+    fn held_reasons_are_constraint_kinds() {
+        let held = [
+            (HELD_UNIQUE, ConflictKind::Unique),
+            (HELD_FOREIGN_KEY, ConflictKind::ForeignKey),
+            (HELD_CHECK, ConflictKind::Check),
+            (HELD_NOT_NULL, ConflictKind::NotNull),
+        ];
+        for (reason, kind) in held {
+            assert_eq!(ConflictKind::from_code(reason), Some(kind));
+            assert!(kind.holds_row());
+        }
+        let others = ConflictKind::ALL.into_iter().filter(|k| !k.holds_row());
+        assert_eq!(others.count(), 3);
+    }
+}
