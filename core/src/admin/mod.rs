@@ -2,6 +2,7 @@
 //! doctor that checks the invariants on a live file.
 
 mod doctor;
+mod shown_values;
 
 use crate::error::{Error, Result};
 use crate::format::change::{ChunkDecoder, Manifest, Step};
