@@ -6,19 +6,19 @@ use crate::format::ids::ReplicaId;
 use crate::format::ids::VersionVector;
 use crate::replica::{Progress, Replica};
 use crate::store::chunks::{Chunks, LogChunks, unpack};
-use crate::store::vectors::{read_vector, store_ack, vector};
+use crate::store::vectors::{VectorOf, read_vector, store_ack, vector};
 use rusqlite::params;
 
 impl Replica {
     /// What this replica holds: origin → highest contiguous seq stored. This is the
     /// acknowledgement a peer gets.
     pub fn version_vector(&self) -> Result<VersionVector> {
-        vector(&self.conn, "stored")
+        vector(&self.conn, VectorOf::Stored)
     }
 
     /// What this replica has applied (≤ [`Replica::version_vector`]).
     pub fn applied_vector(&self) -> Result<VersionVector> {
-        vector(&self.conn, "applied")
+        vector(&self.conn, VectorOf::Applied)
     }
 
     /// Every stored change a replica with vector `theirs` lacks, from every origin (so

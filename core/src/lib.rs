@@ -93,7 +93,7 @@ mod admin;
 
 pub use format::{change, codec};
 
-pub use admin::{DAMAGED_NEXT, Finding, LogEntry};
+pub use admin::{ChangeState, DAMAGED_NEXT, Finding, LogEntry};
 pub use capture::TrackReport;
 pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Lineage, Manifest, OpKind, RowOp, SignedChange,

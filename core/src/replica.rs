@@ -7,6 +7,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use crate::error::{Error, Result};
 use crate::format::ids::ReplicaId;
 use crate::identity::{Binding, Card, KeyStore, SecretIdentity};
+use crate::store::states::OriginKind;
 
 /// A tide replica over one SQLite database file.
 ///
@@ -137,8 +138,14 @@ impl Replica {
         self.keys.store(&secret)?;
         let tx = self.conn.transaction()?;
         let idx = upsert_origin(&tx, &card)?;
-        tx.execute("UPDATE _tide_origins SET peer=1 WHERE peer=2", [])?;
-        tx.execute("UPDATE _tide_origins SET peer=2 WHERE idx=?1", [idx])?;
+        tx.execute(
+            "UPDATE _tide_origins SET peer=?1 WHERE peer=?2",
+            [OriginKind::Peer, OriginKind::Own],
+        )?;
+        tx.execute(
+            "UPDATE _tide_origins SET peer=?2 WHERE idx=?1",
+            params![idx, OriginKind::Own],
+        )?;
         tx.execute("INSERT INTO _tide_meta(k, v) VALUES('self', ?1) ON CONFLICT(k) DO UPDATE SET v=excluded.v", [idx])?;
         tx.commit()?;
         let sealed = self.own_seq()?;
@@ -210,8 +217,8 @@ impl Replica {
         let tx = self.conn.transaction()?;
         let idx = upsert_origin(&tx, card)?;
         tx.execute(
-            "UPDATE _tide_origins SET peer=1 WHERE idx=?1 AND peer=0",
-            [idx],
+            "UPDATE _tide_origins SET peer=?2 WHERE idx=?1 AND peer=?3",
+            params![idx, OriginKind::Peer, OriginKind::Known],
         )?;
         tx.commit()?;
         Ok(())

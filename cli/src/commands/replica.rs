@@ -379,7 +379,7 @@ fn entry_json(e: &tide_core::LogEntry) -> serde_json::Value {
         "time": time(e.hlc),
         "tables": e.tables,
         "ops": e.ops,
-        "state": e.state,
+        "state": e.state.as_str(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! doctor that checks the invariants on a live file.
 
 mod doctor;
+mod shown_values;
 
 use crate::error::{Error, Result};
 use crate::format::change::{ChunkDecoder, Manifest, Step};
@@ -10,6 +11,8 @@ use crate::identity::Card;
 use crate::replica::Replica;
 use crate::store::chunks::Chunks;
 use crate::store::chunks::LogChunks;
+pub use crate::store::states::ChangeState;
+use crate::store::states::OriginKind;
 use rusqlite::{OptionalExtension, params};
 
 /// The tables a change writes, in order, read a chunk at a time.
@@ -50,11 +53,7 @@ pub(crate) fn log_entry(conn: &rusqlite::Connection, r: &rusqlite::Row<'_>) -> R
         hlc: r.get::<_, i64>(3)? as u64,
         ops: manifest.ops as usize,
         tables: change_tables(conn, &manifest)?,
-        state: match r.get::<_, i64>(5)? {
-            1 => "applied",
-            0 => "waiting",
-            _ => "quarantined",
-        },
+        state: r.get(5)?,
     })
 }
 
@@ -74,8 +73,8 @@ pub struct LogEntry {
     pub tables: Vec<String>,
     /// Row ops it carries.
     pub ops: usize,
-    /// `applied`, `waiting` (dependencies missing) or `quarantined`.
-    pub state: &'static str,
+    /// Applied, waiting (dependencies missing) or quarantined.
+    pub state: ChangeState,
 }
 
 /// One check of [`Replica::doctor`].
@@ -120,8 +119,8 @@ impl Replica {
             ));
         }
         let n = self.conn.execute(
-            "UPDATE _tide_origins SET sign_key = NULL, box_key = NULL, peer = 0 WHERE id = ?1 AND sign_key IS NOT NULL",
-            [&id.0[..]],
+            "UPDATE _tide_origins SET sign_key = NULL, box_key = NULL, peer = ?2 WHERE id = ?1 AND sign_key IS NOT NULL",
+            params![&id.0[..], OriginKind::Known],
         )?;
         if n == 0 {
             return Err(Error::UnknownPeer(id.to_hex()));
@@ -165,7 +164,7 @@ impl Replica {
     ) -> Result<Vec<LogEntry>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT o.id, o.name, l.seq, l.hlc, l.body, l.applied, l.packing FROM _tide_log l JOIN _tide_origins o ON o.idx = l.origin
-             WHERE o.id = ?1 AND l.seq > ?2 AND l.applied = 1 ORDER BY l.seq",
+             WHERE o.id = ?1 AND l.seq > ?2 AND l.applied = ?3 ORDER BY l.seq",
         )?;
         let mut out = Vec::new();
         for (origin, seq) in self.applied_vector()? {
@@ -173,7 +172,8 @@ impl Replica {
             if seq <= after {
                 continue;
             }
-            let mut rows = stmt.query(params![&origin.0[..], after as i64])?;
+            let mut rows =
+                stmt.query(params![&origin.0[..], after as i64, ChangeState::Applied])?;
             while let Some(r) = rows.next()? {
                 out.push(log_entry(&self.conn, r)?);
             }
@@ -184,8 +184,8 @@ impl Replica {
     /// Stored changes waiting for dependencies not received yet.
     pub fn waiting_count(&self) -> Result<usize> {
         Ok(self.conn.query_row(
-            "SELECT count(*) FROM _tide_log WHERE applied = 0",
-            [],
+            "SELECT count(*) FROM _tide_log WHERE applied = ?1",
+            [ChangeState::Waiting],
             |r| r.get::<_, i64>(0),
         )? as usize)
     }
@@ -206,8 +206,8 @@ impl Replica {
         tx.execute("DELETE FROM _tide_quarantine WHERE qid = ?1", [number])?;
         // A stored change that could not be applied leaves the log with it.
         tx.execute(
-            "DELETE FROM _tide_log WHERE hash = ?1 AND applied = -1",
-            [&hash],
+            "DELETE FROM _tide_log WHERE hash = ?1 AND applied = ?2",
+            params![&hash, ChangeState::Quarantined],
         )?;
         crate::store::chunks::sweep_chunks(&tx)?;
         tx.commit()?;

@@ -3,8 +3,8 @@
 use crate::error::{Error, Result};
 use crate::replica::{Replica, bump_epoch};
 use crate::store::meta::origins_map;
-use crate::store::tables::{self as tables};
-use rusqlite::{OptionalExtension, params};
+use crate::store::tables::{self as tables, TableInfo};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// What `track` found worth saying.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,60 +43,12 @@ impl Replica {
             )?,
         };
         let (info, warnings) = tables::table_info(&tx, tid, table)?;
-        tx.execute(
-            "INSERT INTO _tide_tables(tid, name, key_columns, columns, tracked) VALUES(?1, ?2, ?3, ?4, 1)
-             ON CONFLICT(tid) DO UPDATE SET key_columns=excluded.key_columns, columns=excluded.columns, tracked=1",
-            params![tid, table, tables::join_names(&info.key_columns), tables::join_names(&info.columns)],
-        )?;
+        register(&tx, &info)?;
         crate::capture::triggers::install_capture(&tx, &info)?;
         bump_epoch(&tx)?;
-        // Rows already in the table are captured as inserts, so peers receive them.
-        let keys = info
-            .key_columns
-            .iter()
-            .map(|k| tables::q(k))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let kcols = (0..info.key_columns.len())
-            .map(|i| format!("k{i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        tx.execute_batch(&format!(
-            "INSERT INTO {}(op, mask, {kcols}) SELECT 1, NULL, {keys} FROM {}",
-            info.cap_table(),
-            tables::q(table)
-        ))?;
+        capture_rows(&tx, &info)?;
         if existing.is_some() {
-            // Tracked before: rows deleted while untracked are captured as deletes. Their
-            // last values are unknown (NULL), so a concurrent update that wins over such a
-            // delete brings back only the columns it wrote.
-            let merger = crate::merge::Merger::new(&tx, origins_map(&tx)?);
-            let mut gone = Vec::new();
-            let mut stmt = tx.prepare("SELECT key FROM _tide_rows WHERE tid=?1")?;
-            let keys = stmt
-                .query_map([tid], |r| r.get::<_, Vec<u8>>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            drop(stmt);
-            for key_bytes in keys {
-                let live = merger
-                    .load_meta(&info, &key_bytes)?
-                    .is_some_and(|m| m.materialized(&merger.origins));
-                let key = crate::format::value::decode_key(&key_bytes)?;
-                if live && merger.read_row(&info, &key)?.is_none() {
-                    gone.push(key);
-                }
-            }
-            let marks = (1..=info.key_columns.len())
-                .map(|i| format!("?{i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO {}(op, mask, {kcols}) VALUES (3, NULL, {marks})",
-                info.cap_table()
-            );
-            for key in gone {
-                tx.execute(&sql, rusqlite::params_from_iter(key.iter()))?;
-            }
+            capture_deletes_while_untracked(&tx, &info)?;
         }
         tx.commit()?;
         Ok(TrackReport {
@@ -135,4 +87,74 @@ impl Replica {
             .map(|t| t.name)
             .collect())
     }
+}
+
+/// Records `t` as tracked, with its columns as they are now.
+fn register(conn: &Connection, t: &TableInfo) -> Result<()> {
+    conn.execute(
+        "INSERT INTO _tide_tables(tid, name, key_columns, columns, tracked) VALUES(?1, ?2, ?3, ?4, 1)
+         ON CONFLICT(tid) DO UPDATE SET key_columns=excluded.key_columns, columns=excluded.columns, tracked=1",
+        params![t.tid, t.name, tables::join_names(&t.key_columns), tables::join_names(&t.columns)],
+    )?;
+    Ok(())
+}
+
+/// Rows already in the table are captured as inserts, so peers receive them.
+fn capture_rows(conn: &Connection, t: &TableInfo) -> Result<()> {
+    let keys = t
+        .key_columns
+        .iter()
+        .map(|k| tables::q(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.execute_batch(&format!(
+        "INSERT INTO {}(op, mask, {}) SELECT 1, NULL, {keys} FROM {}",
+        t.cap_table(),
+        key_slots(t),
+        tables::q(&t.name)
+    ))?;
+    Ok(())
+}
+
+/// For a table tracked before: rows deleted while untracked are captured as deletes.
+/// Their last values are unknown (NULL), so a concurrent update that wins over such a
+/// delete brings back only the columns it wrote.
+fn capture_deletes_while_untracked(conn: &Connection, t: &TableInfo) -> Result<()> {
+    let merger = crate::merge::Merger::new(conn, origins_map(conn)?);
+    let mut gone = Vec::new();
+    let mut stmt = conn.prepare("SELECT key FROM _tide_rows WHERE tid=?1")?;
+    let keys = stmt
+        .query_map([t.tid], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    drop(stmt);
+    for key_bytes in keys {
+        let live = merger
+            .load_meta(t, &key_bytes)?
+            .is_some_and(|m| m.materialized(&merger.origins));
+        let key = crate::format::value::decode_key(&key_bytes)?;
+        if live && merger.read_row(t, &key)?.is_none() {
+            gone.push(key);
+        }
+    }
+    let marks = (1..=t.key_columns.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO {}(op, mask, {}) VALUES (3, NULL, {marks})",
+        t.cap_table(),
+        key_slots(t)
+    );
+    for key in gone {
+        conn.execute(&sql, rusqlite::params_from_iter(key.iter()))?;
+    }
+    Ok(())
+}
+
+/// The capture log's key columns: `k0, k1, …`.
+fn key_slots(t: &TableInfo) -> String {
+    (0..t.key_columns.len())
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -44,56 +44,233 @@ pub(crate) fn install_capture(conn: &Connection, t: &TableInfo) -> Result<()> {
 
 /// The trigger DDL; also used to re-create triggers after tide's own apply.
 pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
-    let cap = t.cap_table();
-    let tname = q(&t.name);
-    let tid = t.tid;
-    let kcols = (0..t.key_columns.len())
-        .map(|i| format!("k{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let keys = |prefix: &str| {
-        t.key_columns
-            .iter()
-            .map(|k| format!("{prefix}.{}", q(k)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let key_same = t
-        .key_columns
+    let p = Pieces::of(conn, t)?;
+    conn.execute_batch(&format!(
+        "{}\n{}\n{}\n{}",
+        insert_trigger(&p),
+        update_trigger(&p, t),
+        rekey_trigger(&p),
+        delete_trigger(&p)
+    ))?;
+    replace_victim_triggers(conn, t, &p)
+}
+
+/// The SQL the capture triggers of one table share.
+struct Pieces {
+    /// The capture log table.
+    cap: String,
+    /// The tracked table, quoted.
+    tname: String,
+    tid: i64,
+    /// The capture log's key columns: `k0, k1, …`.
+    kcols: String,
+    /// The key of the row written: `NEW.a, NEW.b, …`.
+    new_keys: String,
+    /// The key of the row as it was: `OLD.a, OLD.b, …`.
+    old_keys: String,
+    /// `new_keys`, refusing a NULL in a key column that allows one.
+    checked_new_keys: String,
+    /// The capture log's value columns, after a comma (empty for a key-only table).
+    vcols: String,
+    /// The row's values as they were, after a comma (empty for a key-only table).
+    old_cols: String,
+    /// An update keeps the row's key, bit for bit.
+    key_same: String,
+}
+
+impl Pieces {
+    fn of(conn: &Connection, t: &TableInfo) -> Result<Pieces> {
+        let keys = |prefix: &str| {
+            t.key_columns
+                .iter()
+                .map(|k| format!("{prefix}.{}", q(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // A delete keeps the row's last values: should a concurrent update win over the
+        // delete, every replica must be able to bring the whole row back.
+        let (old_cols, vcols) = if t.columns.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                format!(
+                    ", {}",
+                    t.columns
+                        .iter()
+                        .map(|c| format!("OLD.{}", q(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!(
+                    ", {}",
+                    (0..t.columns.len())
+                        .map(|i| format!("v{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        };
+        Ok(Pieces {
+            cap: t.cap_table(),
+            tname: q(&t.name),
+            tid: t.tid,
+            kcols: (0..t.key_columns.len())
+                .map(|i| format!("k{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            new_keys: keys("NEW"),
+            old_keys: keys("OLD"),
+            checked_new_keys: checked_new_keys(conn, t)?,
+            vcols,
+            old_cols,
+            key_same: t
+                .key_columns
+                .iter()
+                .zip(&t.key_untyped)
+                .map(|(k, u)| format!("NOT {}", differs(k, *u)))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        })
+    }
+}
+
+/// The new row's key for the capture log. A row must have a key to be named across
+/// replicas: NULL keys are refused at write time (only where the schema allows them),
+/// folded into the capture insert itself (one statement per row, not two).
+fn checked_new_keys(conn: &Connection, t: &TableInfo) -> Result<String> {
+    let nullable = nullable_keys(conn, t)?;
+    let msg = format!(
+        "tide: a primary key column of {} is NULL; tracked rows need a key",
+        t.name
+    )
+    .replace('\'', "''");
+    Ok(t.key_columns
         .iter()
-        .zip(&t.key_untyped)
-        .map(|(k, u)| format!("NOT {}", differs(k, *u)))
+        .map(|k| {
+            if nullable.contains(k) {
+                format!(
+                    "CASE WHEN NEW.{k} IS NULL THEN RAISE(ABORT, '{msg}') ELSE NEW.{k} END",
+                    k = q(k)
+                )
+            } else {
+                format!("NEW.{}", q(k))
+            }
+        })
         .collect::<Vec<_>>()
-        .join(" AND ");
-    // Bit i marks column i changed; columns past 61 share bit 62 (sealing then rereads them all).
-    // SQL cannot tell 0.0 from -0.0, so an untyped column (one that keeps any value as
-    // given) holding a REAL zero before and after may or may not have changed: its bit
-    // stays clear, and the update's capture keeps the old zero in the column's value slot
-    // instead; sealing compares it bit for bit with the row (see `seal::each_pending`).
-    let ambiguous = |i: usize, untyped: bool| untyped && i < 62;
-    let mask = if t.columns.is_empty() {
-        "0".to_string()
-    } else {
-        t.columns
-            .iter()
-            .zip(&t.untyped)
-            .enumerate()
-            .map(|(i, (c, u))| {
-                let changed = if ambiguous(i, *u) {
-                    format!(
-                        "(NEW.{c} IS NOT OLD.{c} COLLATE BINARY OR typeof(NEW.{c}) IS NOT typeof(OLD.{c}))",
-                        c = q(c)
-                    )
-                } else {
-                    differs(c, *u)
-                };
-                format!("({changed} << {})", i.min(62))
-            })
-            .collect::<Vec<_>>()
-            .join(" | ")
-    };
-    let (zero_cols, zero_vals): (String, String) = t
-        .columns
+        .join(", "))
+}
+
+/// An insert: the new key.
+fn insert_trigger(p: &Pieces) -> String {
+    let Pieces {
+        cap,
+        tname,
+        tid,
+        kcols,
+        checked_new_keys,
+        ..
+    } = p;
+    format!(
+        "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;"
+    )
+}
+
+/// An update that keeps the key: the key and which columns changed.
+fn update_trigger(p: &Pieces, t: &TableInfo) -> String {
+    let Pieces {
+        cap,
+        tname,
+        tid,
+        kcols,
+        new_keys,
+        key_same,
+        ..
+    } = p;
+    let mask = changed_mask(t);
+    let (zero_cols, zero_vals) = zero_slots(t);
+    format!(
+        "CREATE TRIGGER _tide_upd_{tid} AFTER UPDATE ON {tname} WHEN {key_same} BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}{zero_cols}) VALUES (2, {mask}, {new_keys}{zero_vals}); END;"
+    )
+}
+
+/// An update that changes the key: a delete of the old row and an insert of the new.
+fn rekey_trigger(p: &Pieces) -> String {
+    let Pieces {
+        cap,
+        tname,
+        tid,
+        kcols,
+        old_keys,
+        checked_new_keys,
+        vcols,
+        old_cols,
+        key_same,
+        ..
+    } = p;
+    format!(
+        "CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols});
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;"
+    )
+}
+
+/// A delete: the old key and the row's last values.
+fn delete_trigger(p: &Pieces) -> String {
+    let Pieces {
+        cap,
+        tname,
+        tid,
+        kcols,
+        old_keys,
+        vcols,
+        old_cols,
+        ..
+    } = p;
+    format!(
+        "CREATE TRIGGER _tide_del_{tid} AFTER DELETE ON {tname} BEGIN
+           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols}); END;"
+    )
+}
+
+/// SQL cannot tell 0.0 from -0.0, so an untyped column (one that keeps any value as
+/// given) holding a REAL zero before and after may or may not have changed: its bit
+/// stays clear, and the update's capture keeps the old zero in the column's value slot
+/// instead; sealing compares it bit for bit with the row (see `seal::each_pending`).
+fn ambiguous(i: usize, untyped: bool) -> bool {
+    untyped && i < 62
+}
+
+/// The update's mask: bit i marks column i changed; columns past 61 share bit 62
+/// (sealing then rereads them all).
+fn changed_mask(t: &TableInfo) -> String {
+    if t.columns.is_empty() {
+        return "0".to_string();
+    }
+    t.columns
+        .iter()
+        .zip(&t.untyped)
+        .enumerate()
+        .map(|(i, (c, u))| {
+            let changed = if ambiguous(i, *u) {
+                format!(
+                    "(NEW.{c} IS NOT OLD.{c} COLLATE BINARY OR typeof(NEW.{c}) IS NOT typeof(OLD.{c}))",
+                    c = q(c)
+                )
+            } else {
+                differs(c, *u)
+            };
+            format!("({changed} << {})", i.min(62))
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// The update's value slots of [`ambiguous`] columns, and what goes in them: the old
+/// REAL zero when the column held one before and after.
+fn zero_slots(t: &TableInfo) -> (String, String) {
+    t.columns
         .iter()
         .zip(&t.untyped)
         .enumerate()
@@ -107,70 +284,22 @@ pub(crate) fn create_triggers(conn: &Connection, t: &TableInfo) -> Result<()> {
                 ),
             )
         })
-        .unzip();
-    let (new_keys, old_keys) = (keys("NEW"), keys("OLD"));
-    // A delete keeps the row's last values: should a concurrent update win over the
-    // delete, every replica must be able to bring the whole row back.
-    let (old_cols, vcols) = if t.columns.is_empty() {
-        (String::new(), String::new())
-    } else {
-        (
-            format!(
-                ", {}",
-                t.columns
-                    .iter()
-                    .map(|c| format!("OLD.{}", q(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            format!(
-                ", {}",
-                (0..t.columns.len())
-                    .map(|i| format!("v{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )
-    };
-    // A row must have a key to be named across replicas: refuse NULL keys at write time
-    // (only where the schema allows them).
-    let nullable = nullable_keys(conn, t)?;
-    // Folded into the capture insert itself (one statement per row, not two).
-    let msg = format!(
-        "tide: a primary key column of {} is NULL; tracked rows need a key",
-        t.name
-    )
-    .replace('\'', "''");
-    let checked_new_keys = t
-        .key_columns
-        .iter()
-        .map(|k| {
-            if nullable.contains(k) {
-                format!(
-                    "CASE WHEN NEW.{k} IS NULL THEN RAISE(ABORT, '{msg}') ELSE NEW.{k} END",
-                    k = q(k)
-                )
-            } else {
-                format!("NEW.{}", q(k))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    conn.execute_batch(&format!(
-        "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;
-         CREATE TRIGGER _tide_upd_{tid} AFTER UPDATE ON {tname} WHEN {key_same} BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}{zero_cols}) VALUES (2, {mask}, {new_keys}{zero_vals}); END;
-         CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols});
-           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;
-         CREATE TRIGGER _tide_del_{tid} AFTER DELETE ON {tname} BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols}); END;"
-    ))?;
-    // INSERT OR REPLACE (or a column declared UNIQUE ON CONFLICT REPLACE) silently deletes
-    // the rows it collides with in a UNIQUE index, and fires no delete trigger unless the
-    // writer turned recursive_triggers on. Before each write, note every row it may
-    // delete, with its values; sealing then checks which ones are really gone.
+        .unzip()
+}
+
+/// INSERT OR REPLACE (or a column declared UNIQUE ON CONFLICT REPLACE) silently deletes
+/// the rows it collides with in a UNIQUE index, and fires no delete trigger unless the
+/// writer turned recursive_triggers on. Before each write, note every row it may
+/// delete, with its values; sealing then checks which ones are really gone.
+fn replace_victim_triggers(conn: &Connection, t: &TableInfo, p: &Pieces) -> Result<()> {
+    let Pieces {
+        cap,
+        tname,
+        tid,
+        kcols,
+        vcols,
+        ..
+    } = p;
     let all_cols: Vec<String> = t.columns.iter().map(|c| format!("u.{}", q(c))).collect();
     let all_cols = if all_cols.is_empty() {
         String::new()

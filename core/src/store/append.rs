@@ -5,7 +5,8 @@ use crate::format::change::{Change, ChangeHead, Manifest, SignedHead, VerifiedHe
 use crate::format::ids::ReplicaId;
 use crate::identity::SecretIdentity;
 use crate::store::chunks::{store_chunk, unpack};
-use crate::store::vectors::vector;
+use crate::store::states::ChangeState;
+use crate::store::vectors::{VectorOf, vector};
 use rusqlite::{Connection, params};
 
 /// Moves `stored` up over every contiguous seq now in the log.
@@ -73,7 +74,7 @@ pub(crate) fn next_head(conn: &Connection, secret: &SecretIdentity) -> Result<Ch
         [self_idx],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
     )?;
-    let mut deps: Vec<(ReplicaId, u64)> = vector(conn, "applied")?.into_iter().collect();
+    let mut deps: Vec<(ReplicaId, u64)> = vector(conn, VectorOf::Applied)?.into_iter().collect();
     let me = secret.id();
     deps.retain(|(r, _)| *r != me);
     if seq > 0 {
@@ -115,9 +116,14 @@ pub(crate) fn store_own(
         conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
     let head = &manifest.head;
     let signed = SignedHead::sign(manifest.encode(), secret);
+    let state = if applied {
+        ChangeState::Applied
+    } else {
+        ChangeState::Waiting
+    };
     conn.execute(
         "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, signed.bytes(), &signed.signature()[..], i64::from(applied)],
+        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, signed.bytes(), &signed.signature()[..], state],
     )?;
     advance_stored(conn, self_idx)?;
     if applied {

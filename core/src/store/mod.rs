@@ -1,6 +1,6 @@
 //! tide's own tables (`_tide_*`) in the replica's SQLite file: their migrations and typed
 //! access to what they hold (row metadata, kept values, chunks, the log's appends, version
-//! vectors, settings).
+//! vectors, settings), and the states they record as integers.
 
 pub(crate) mod append;
 pub(crate) mod chunks;
@@ -11,5 +11,6 @@ pub(crate) mod migrations;
 pub(crate) mod quarantine;
 pub(crate) mod rowmeta;
 pub(crate) mod savepoint;
+pub(crate) mod states;
 pub(crate) mod tables;
 pub(crate) mod vectors;

@@ -17,12 +17,22 @@ pub(crate) fn store_ack(conn: &Connection, peer: ReplicaId, vector: &VersionVect
     Ok(())
 }
 
-pub(crate) fn vector(conn: &Connection, column: &str) -> Result<VersionVector> {
-    read_vector(
-        conn,
-        &format!("SELECT id, {column} FROM _tide_origins WHERE {column} > 0"),
-        &[],
-    )
+/// Which of an origin's counters a version vector reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VectorOf {
+    /// The highest contiguous seq stored (`_tide_origins.stored`).
+    Stored,
+    /// The highest seq applied (`_tide_origins.applied`).
+    Applied,
+}
+
+/// This replica's version vector of what it stored or applied.
+pub(crate) fn vector(conn: &Connection, of: VectorOf) -> Result<VersionVector> {
+    let sql = match of {
+        VectorOf::Stored => "SELECT id, stored FROM _tide_origins WHERE stored > 0",
+        VectorOf::Applied => "SELECT id, applied FROM _tide_origins WHERE applied > 0",
+    };
+    read_vector(conn, sql, &[])
 }
 
 /// A version vector from a query yielding (replica id, seq) rows.
