@@ -17,6 +17,7 @@ use crate::store::chunks::ChunkCache;
 use crate::store::meta::{origin_idx, origins_map};
 use crate::store::quarantine::{QuarantineReason, quarantine};
 use crate::store::savepoint::Savepoint;
+use crate::store::states::ChangeState;
 use crate::store::tables::{self as tables, TableInfo};
 use applier::{Applier, TableMap, map_table};
 use foldhash::HashMap;
@@ -58,9 +59,11 @@ pub(crate) fn apply_ready(
 ) -> Result<()> {
     // Waiting changes are read a page at a time, in HLC order, and each head only when
     // its turn comes: memory does not grow with their number (invariant 12).
-    let total: i64 = conn.query_row("SELECT count(*) FROM _tide_log WHERE applied=0", [], |r| {
-        r.get(0)
-    })?;
+    let total: i64 = conn.query_row(
+        "SELECT count(*) FROM _tide_log WHERE applied=?1",
+        [ChangeState::Waiting],
+        |r| r.get(0),
+    )?;
     let held: i64 = conn.query_row("SELECT count(*) FROM _tide_held", [], |r| r.get(0))?;
     if total == 0 && held == 0 {
         return Ok(());
@@ -143,15 +146,15 @@ pub(crate) fn apply_ready(
                 merger.closed_any = closed_before;
                 quarantine(conn, id, verified.signed(), code, &detail)?;
                 conn.execute(
-                    "UPDATE _tide_log SET applied=-1 WHERE origin=?1 AND seq=?2",
-                    params![origin, seq as i64],
+                    "UPDATE _tide_log SET applied=?3 WHERE origin=?1 AND seq=?2",
+                    params![origin, seq as i64, ChangeState::Quarantined],
                 )?;
                 report.quarantined.push((id, code));
                 continue;
             }
             savepoint.release()?;
-            conn.prepare_cached("UPDATE _tide_log SET applied=1 WHERE origin=?1 AND seq=?2")?
-                .execute(params![origin, seq as i64])?;
+            conn.prepare_cached("UPDATE _tide_log SET applied=?3 WHERE origin=?1 AND seq=?2")?
+                .execute(params![origin, seq as i64, ChangeState::Applied])?;
             applied.insert(origin, seq);
             max_hlc = max_hlc.max(head.hlc);
             report.applied += 1;
@@ -207,16 +210,19 @@ impl PendingPages {
             let rows = conn
                 .prepare_cached(
                     "SELECT hlc, origin, seq FROM _tide_log
-                     WHERE applied=0 AND (hlc, origin, seq) > (?1, ?2, ?3)
+                     WHERE applied=?5 AND (hlc, origin, seq) > (?1, ?2, ?3)
                      ORDER BY hlc, origin, seq LIMIT ?4",
                 )?
-                .query_map(params![hlc, origin, seq, Self::PAGE], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })?
+                .query_map(
+                    params![hlc, origin, seq, Self::PAGE, ChangeState::Waiting],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             self.done = (rows.len() as i64) < Self::PAGE;
             self.after = rows.last().copied().or(self.after);

@@ -16,7 +16,9 @@ use crate::format::ids::VersionVector;
 use crate::replica::Replica;
 use crate::store::append::advance_stored;
 use crate::store::chunks::{ChunkCache, Chunks, LogChunks};
+use crate::store::states::ChangeState;
 use crate::store::vectors::store_ack;
+use rusqlite::params;
 use take::Ingest;
 
 impl Replica {
@@ -174,10 +176,13 @@ impl Replica {
         }
         if retrying {
             // Stored changes that could not be applied get another go.
-            tx.execute("UPDATE _tide_log SET applied=0 WHERE applied=-1", [])?;
+            tx.execute(
+                "UPDATE _tide_log SET applied=?1 WHERE applied=?2",
+                params![ChangeState::Waiting, ChangeState::Quarantined],
+            )?;
             tx.execute(
                 "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2)",
-                rusqlite::params![
+                params![
                     QuarantineReason::UnknownTable,
                     QuarantineReason::SchemaMismatch
                 ],
@@ -190,8 +195,13 @@ impl Replica {
         // A quarantined change now in the log has been dealt with.
         tx.execute(
             "DELETE FROM _tide_quarantine WHERE reason NOT IN (?1, ?2)
-               AND hash IN (SELECT hash FROM _tide_log WHERE applied >= 0)",
-            rusqlite::params![QuarantineReason::Fork, QuarantineReason::BrokenChain],
+               AND hash IN (SELECT hash FROM _tide_log WHERE applied IN (?3, ?4))",
+            params![
+                QuarantineReason::Fork,
+                QuarantineReason::BrokenChain,
+                ChangeState::Applied,
+                ChangeState::Waiting
+            ],
         )?;
         if let Some((peer, vector)) = ack {
             store_ack(&tx, peer, &vector)?;

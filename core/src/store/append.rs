@@ -153,7 +153,7 @@ pub(crate) fn next_hlc(conn: &Connection) -> Result<u64> {
 pub(crate) fn store_received(conn: &Connection, idx: i64, head: &VerifiedHead) -> Result<()> {
     let signed = head.signed();
     conn.prepare_cached(
-        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0)",
+        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
     )?
     .execute(params![
         idx,
@@ -161,7 +161,8 @@ pub(crate) fn store_received(conn: &Connection, idx: i64, head: &VerifiedHead) -
         &signed.hash()[..],
         head.head.hlc as i64,
         signed.bytes(),
-        &signed.signature()[..]
+        &signed.signature()[..],
+        ChangeState::Waiting
     ])?;
     Ok(())
 }
