@@ -380,7 +380,10 @@ fn a_checked_import_judges_a_fork_inside_the_bundle_as_the_import_does() {
     let imported = import(&mut c.replicas[1], &mut Cursor::new(&b), None).unwrap();
     assert_eq!(imported.report.stored, 1);
     assert_eq!(imported.report.quarantined.len(), 1);
-    assert_eq!(imported.report.quarantined[0].1, tide_core::QuarantineReason::Fork);
+    assert_eq!(
+        imported.report.quarantined[0].1,
+        tide_core::QuarantineReason::Fork
+    );
     let (want, got) = (&imported.report, &checked.report);
     assert_eq!(
         (got.received, got.stored, got.duplicates, &got.quarantined),

@@ -1,7 +1,9 @@
 //! Engine scenarios on real SQLite files: two or three replicas, writes through plain
 //! app connections, changes exchanged in both directions.
 
-use tide_core::{Error, KeyStore, Replica, Resolution, Value, VersionVector};
+use tide_core::{
+    Error, KeyStore, OpenError, Replica, Resolution, TrackError, Value, VersionVector,
+};
 use tide_tests::{Cluster, query_one};
 
 const NOTES: &str = "CREATE TABLE notes(id TEXT PRIMARY KEY, title TEXT, body TEXT, n INTEGER);";
@@ -497,7 +499,7 @@ fn an_apply_that_fails_midway_leaves_the_file_byte_identical() {
     let before = std::fs::read(c.path(1)).unwrap();
     c.replicas[1].inject_apply_failure(Some(2));
     let err = c.replicas[1].import(&changes).unwrap_err();
-    assert!(matches!(err, Error::ApplyAborted(_)), "{err}");
+    assert!(matches!(err, Error::Apply(_)), "{err}");
     assert_eq!(
         std::fs::read(c.path(1)).unwrap(),
         before,
@@ -529,13 +531,19 @@ fn a_copied_database_refuses_to_seal() {
         .execute("INSERT INTO notes VALUES ('b', 't', 'b', 0)", [])
         .unwrap();
     let err = on_other_machine.seal().unwrap_err();
-    assert!(matches!(err, Error::IdentityMissing { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::IdentityMissing { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("looks like a copy"));
 
     // Same key store, other path: a copy on the same machine.
     let mut same_machine = Replica::open(&copy, KeyStore::at(c.dir.path().join("keys0"))).unwrap();
     let err = same_machine.seal().unwrap_err();
-    assert!(matches!(err, Error::IdentityConflict { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::IdentityConflict { .. })),
+        "{err}"
+    );
 
     // A new identity makes it a replica of its own.
     let old = same_machine.id().unwrap();
@@ -557,7 +565,10 @@ fn a_restored_backup_refuses_to_seal() {
     let mut restored = Replica::open(c.path(0), KeyStore::at(c.dir.path().join("keys0"))).unwrap();
     c.write(0, "INSERT INTO notes VALUES ('b', 't', 'b', 0)");
     let err = restored.seal().unwrap_err();
-    assert!(matches!(err, Error::IdentityConflict { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Open(OpenError::IdentityConflict { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -679,7 +690,7 @@ fn an_import_whose_source_swallows_a_refusal_keeps_nothing() {
             Ok(())
         })
         .unwrap_err();
-    assert!(matches!(err, Error::ApplyAborted(_)), "{err}");
+    assert!(matches!(err, Error::Apply(_)), "{err}");
     assert_eq!(std::fs::read(c.path(1)).unwrap(), before);
 }
 
@@ -798,9 +809,18 @@ fn tables_tide_cannot_sync_are_refused_with_reasons() {
              CREATE TABLE good(id BLOB PRIMARY KEY, x) WITHOUT ROWID;",
         )
         .unwrap();
-    assert!(matches!(r.track("nokey"), Err(Error::NoPrimaryKey(_))));
-    assert!(matches!(r.track("auto"), Err(Error::Autoincrement(_))));
-    assert!(matches!(r.track("missing"), Err(Error::NoSuchTable(_))));
+    assert!(matches!(
+        r.track("nokey"),
+        Err(Error::Track(TrackError::NoPrimaryKey(_)))
+    ));
+    assert!(matches!(
+        r.track("auto"),
+        Err(Error::Track(TrackError::Autoincrement(_)))
+    ));
+    assert!(matches!(
+        r.track("missing"),
+        Err(Error::Track(TrackError::NoSuchTable(_)))
+    ));
     let report = r.track("alias").unwrap();
     assert!(report.warnings[0].contains("rowid alias"));
     assert!(r.track("good").unwrap().warnings.is_empty());
@@ -935,7 +955,10 @@ fn unsupported_keys_and_indexes_are_refused_at_track_time() {
         .unwrap();
     for t in ["nocase", "partial", "expr", "nullkey"] {
         let err = r.track(t).unwrap_err();
-        assert!(matches!(err, Error::Untrackable(..)), "{t}: {err}");
+        assert!(
+            matches!(err, Error::Track(TrackError::Untrackable { .. })),
+            "{t}: {err}"
+        );
     }
     r.track("later").unwrap();
     let err = r

@@ -27,9 +27,11 @@ impl Replica {
         merger: &Merger<'_>,
         tables: &'t [TableInfo],
     ) -> Result<Vec<(&'t TableInfo, RowOp)>> {
-        let refuse = |reason: String| Error::CannotResolve {
-            conflict: conflict.id.clone(),
-            reason,
+        let refuse = |reason: crate::error::CannotResolveReason| {
+            Error::Resolve(crate::error::ResolveError::CannotResolve {
+                conflict: conflict.id.clone(),
+                reason,
+            })
         };
         let (kept, _) = merger.stored_values(t, key_bytes)?;
         let row = self.row_values(&RowView {
@@ -66,9 +68,9 @@ impl Replica {
                 continue; // a NULL reference needs no parent
             }
             let Some(pt) = tables.iter().find(|x| x.name.eq_ignore_ascii_case(&parent)) else {
-                return Err(refuse(format!(
-                    "its parent table {parent} is not tracked; add the row it refers to by hand and it returns by itself"
-                )));
+                return Err(refuse(crate::error::CannotResolveReason::ParentUntracked {
+                    parent,
+                }));
             };
             // The parent's key, in its key's column order.
             let mut pkey = Vec::new();
@@ -81,30 +83,27 @@ impl Replica {
                 match at {
                     Some(i) if to.len() == pt.key_columns.len() => pkey.push(values[i].clone()),
                     _ => {
-                        return Err(refuse(format!(
-                            "it refers to {parent} by columns other than its primary key; restore that row by hand and it returns by itself"
-                        )));
+                        return Err(refuse(crate::error::CannotResolveReason::ParentNotByKey {
+                            parent,
+                        }));
                     }
                 }
             }
             if merger.read_row(pt, &pkey)?.is_some() {
                 continue;
             }
-            let shown = pkey
-                .iter()
-                .map(Value::display)
-                .collect::<Vec<_>>()
-                .join(", ");
             let pkey_bytes = crate::format::value::encode_key(&pkey);
             let Some(pm) = merger.load_meta(pt, &pkey_bytes)? else {
-                return Err(refuse(format!(
-                    "the row it refers to, {parent} [{shown}], was never here; add it by hand and the held row returns by itself"
-                )));
+                return Err(refuse(crate::error::CannotResolveReason::ParentNeverHere {
+                    parent,
+                    key: pkey,
+                }));
             };
             if pm.held {
-                return Err(refuse(format!(
-                    "the row it refers to, {parent} [{shown}], is held itself; resolve its conflict first"
-                )));
+                return Err(refuse(crate::error::CannotResolveReason::ParentHeld {
+                    parent,
+                    key: pkey,
+                }));
             }
             let id = |h: &Version| ChangeId {
                 origin: merger.origins[&h.origin],
@@ -141,9 +140,7 @@ impl Replica {
             ));
         }
         if out.is_empty() {
-            return Err(refuse(
-                "every row it refers to is here; it returns at the next import or seal".into(),
-            ));
+            return Err(refuse(crate::error::CannotResolveReason::ParentsPresent));
         }
         Ok(out)
     }

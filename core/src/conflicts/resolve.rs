@@ -29,7 +29,9 @@ impl Replica {
         let t = tables
             .iter()
             .find(|t| t.name == conflict.table)
-            .ok_or_else(|| Error::NotTracked(conflict.table.clone()))?;
+            .ok_or_else(|| {
+                Error::Track(crate::error::TrackError::NotTracked(conflict.table.clone()))
+            })?;
         let origins = origins_map(&self.conn)?;
         let merger = Merger::new(&self.conn, origins.clone());
         let key_bytes = crate::format::value::encode_key(&conflict.key);
@@ -54,12 +56,21 @@ impl Replica {
                 match matching.as_slice() {
                     [one] => Some((*one).clone()),
                     [] => {
-                        return Err(Error::UnknownCandidate {
-                            conflict: conflict.id.clone(),
-                            candidate: c,
-                        });
+                        return Err(Error::Resolve(
+                            crate::error::ResolveError::UnknownCandidate {
+                                conflict: conflict.id.clone(),
+                                candidate: c,
+                            },
+                        ));
                     }
-                    _ => return Err(Error::AmbiguousConflict(c)),
+                    _ => {
+                        return Err(Error::Resolve(
+                            crate::error::ResolveError::AmbiguousCandidate {
+                                conflict: conflict.id.clone(),
+                                candidate: c,
+                            },
+                        ));
+                    }
                 }
             }
             Resolution::KeepWinner => conflict.candidates.iter().find(|c| c.winner).cloned(),
@@ -95,7 +106,11 @@ impl Replica {
                 let value = match (&resolution, &chosen) {
                     (Resolution::Value(v), _) => v.clone(),
                     (_, Some(cand)) => cand.value.clone().unwrap_or(Value::Null),
-                    _ => return Err(Error::UnknownConflict(id.into())),
+                    _ => {
+                        return Err(Error::Resolve(crate::error::ResolveError::UnknownConflict(
+                            id.into(),
+                        )));
+                    }
                 };
                 let live = m.materialized(&origins);
                 let kind = if live { OpKind::Update } else { OpKind::Delete };
@@ -129,10 +144,12 @@ impl Replica {
             }
             None if conflict.kind == "delete" => {
                 let Some(cand) = chosen else {
-                    return Err(Error::UnknownCandidate {
-                        conflict: conflict.id.clone(),
-                        candidate: String::new(),
-                    });
+                    return Err(Error::Resolve(
+                        crate::error::ResolveError::UnknownCandidate {
+                            conflict: conflict.id.clone(),
+                            candidate: String::new(),
+                        },
+                    ));
                 };
                 let kind = if cand.value.is_some() {
                     OpKind::Update
@@ -160,10 +177,10 @@ impl Replica {
                 // the held row, or to fix what it breaks (then it comes back by itself).
                 let held_wins = match (&resolution, &chosen) {
                     (Resolution::Value(_), _) => {
-                        return Err(Error::CannotResolve {
+                        return Err(Error::Resolve(crate::error::ResolveError::CannotResolve {
                             conflict: conflict.id.clone(),
-                            reason: "a whole row is held; keep one of the candidates".into(),
-                        });
+                            reason: crate::error::CannotResolveReason::WholeRowHeld,
+                        }));
                     }
                     (Resolution::KeepWinner, _) => false,
                     (Resolution::Keep(_), Some(cand)) => !cand.winner,
@@ -176,14 +193,12 @@ impl Replica {
                     parents =
                         self.parents_to_restore(&conflict, t, &key_bytes, &m, &merger, &tables)?;
                 } else if held_wins && !has_blocker {
-                    return Err(Error::CannotResolve {
+                    return Err(Error::Resolve(crate::error::ResolveError::CannotResolve {
                         conflict: conflict.id.clone(),
-                        reason: format!(
-                            "the row breaks a {} constraint on its own; fix what it refers to or its values \
-                             and it returns by itself, or discard it by keeping the winner",
-                            conflict.kind
-                        ),
-                    });
+                        reason: crate::error::CannotResolveReason::BreaksConstraint {
+                            constraint: conflict.kind.clone(),
+                        },
+                    }));
                 }
                 if held_wins && has_blocker {
                     let blocker: Option<Vec<u8>> = self
@@ -230,10 +245,10 @@ impl Replica {
             }
         }
         if ops.is_empty() && parents.is_empty() {
-            return Err(Error::CannotResolve {
+            return Err(Error::Resolve(crate::error::ResolveError::CannotResolve {
                 conflict: conflict.id.clone(),
-                reason: "nothing to write: the row it names is gone".into(),
-            });
+                reason: crate::error::CannotResolveReason::NothingToWrite,
+            }));
         }
         let change = crate::store::append::append_own(
             &tx,
