@@ -64,7 +64,7 @@ pub const PREREQUISITES: u8 = 4;
 pub const CONFLICTS_OPEN: u8 = 5;
 
 pub fn describe(e: &anyhow::Error) -> Failure {
-    let message = format!("{e:#}");
+    let message = message(e);
     if let Some(r) = e.downcast_ref::<Refused>() {
         return Failure {
             message,
@@ -123,31 +123,111 @@ fn bundle(b: &BundleError, message: String) -> Failure {
 
 const DISK_FULL_NEXT: &str = "free space on the disk that holds the database (`df -h` shows it), then run the same command again";
 
+/// What to do about a damaged database file.
+const DAMAGED_NEXT: &str = "keep a copy of the file as it is; restore the replica from a backup, or make a new replica (`tide init`) and import from its peers: they hold every change this replica sent them";
+
+const RUN_AGAIN_NEXT: &str = "run the same command again; if it fails again, run `tide doctor`";
+
+const CONFLICTS_NEXT: &str = "tide --db FILE conflicts list";
+
+/// The message: each layer of the error's chain, as `{:#}` shows it, with the CLI's
+/// own wording for the core errors it says more about.
+fn message(e: &anyhow::Error) -> String {
+    e.chain().map(worded).collect::<Vec<_>>().join(": ")
+}
+
+fn worded(layer: &(dyn std::error::Error + 'static)) -> String {
+    let core = match layer.downcast_ref::<BundleError>() {
+        Some(BundleError::Core(c)) => Some(c),
+        _ => layer.downcast_ref::<tide_core::Error>(),
+    };
+    match core {
+        Some(tide_core::Error::DiskFull(tide_core::Interrupted::Import)) => {
+            "the disk is full: free some space and import again; nothing was imported".into()
+        }
+        Some(tide_core::Error::DiskFull(tide_core::Interrupted::Retry)) => {
+            "the disk is full: free some space and run the retry again; nothing was retried".into()
+        }
+        _ => layer.to_string(),
+    }
+}
+
+/// Whether anything changed, the next step and the exit code for each core error. Every
+/// variant is named; the last arm is for variants a later core adds.
 fn core(c: &tide_core::Error, message: String) -> Failure {
     use tide_core::Error::*;
+    use tide_core::{
+        ApplyError, CannotResolveReason as Why, LogBodyError, OpenError, ResolveError, SealError,
+        TrackError, UntrackableReason,
+    };
     let (unchanged, next, code): (bool, Option<String>, u8) = match c {
-        NotInitialized => (true, Some("tide --db FILE init --name NAME".into()), USAGE),
-        Damaged(_) => (true, Some(tide_core::DAMAGED_NEXT.into()), INTERNAL),
+        Open(OpenError::NotInitialized) => (true, Some("tide --db FILE init --name NAME".into()), USAGE),
+        Open(OpenError::Damaged { .. }) => (true, Some(DAMAGED_NEXT.into()), INTERNAL),
         Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseCorrupt => {
-            (false, Some(tide_core::DAMAGED_NEXT.into()), INTERNAL)
+            (false, Some(DAMAGED_NEXT.into()), INTERNAL)
         }
-        OldLogFormat => (true, None, USAGE),
-        NoDatabase(_) => (true, Some("check the path, or create a replica there: tide --db FILE init --name NAME".into()), USAGE),
-        NotADatabase { .. } => (true, Some("check the path: --db names the replica's SQLite file".into()), USAGE),
-        OlderLayout { .. } => (true, Some("any command that writes upgrades the file in place, such as `tide --db FILE status`; then run this again".into()), USAGE),
-        IdentityMissing { .. } | IdentityConflict { .. } => (
+        Open(OpenError::OldLogFormat) => (
+            true,
+            Some("keep the file, make a new replica with this build (`tide init` on a copy of your tables without the _tide_ tables) and sync it from a peer".into()),
+            USAGE,
+        ),
+        Open(OpenError::NoDatabase(_)) => (true, Some("check the path, or create a replica there: tide --db FILE init --name NAME".into()), USAGE),
+        Open(OpenError::NotADatabase { .. }) => (true, Some("check the path: --db names the replica's SQLite file".into()), USAGE),
+        Open(OpenError::OlderLayout { .. }) => (true, Some("any command that writes upgrades the file in place, such as `tide --db FILE status`; then run this again".into()), USAGE),
+        Open(OpenError::IdentityMissing { .. } | OpenError::IdentityConflict { .. }) => (
             true,
             Some("if this file is a copy or a restored backup, give it its own identity: `tide --db FILE init --new-identity`; if you moved the original, point TIDE_HOME at its key store".into()),
             USAGE,
         ),
-        NoSuchTable(_) => (true, Some("create the table first, or check the name (`sqlite3 FILE .tables`)".into()), USAGE),
-        NoPrimaryKey(t) => (true, Some(format!("give {t} a PRIMARY KEY (a random id such as a UUID works best), then track it")), USAGE),
-        Autoincrement(_) | Untrackable(..) => (true, None, USAGE),
-        NotTracked(_) => (true, Some("tide --db FILE status  # lists tracked tables".into()), USAGE),
-        UnknownConflict(_) | AmbiguousConflict(_) | UnknownCandidate { .. } | CannotResolve { .. } => {
-            (true, Some("tide --db FILE conflicts list".into()), USAGE)
+        Track(TrackError::NoSuchTable(_)) => (true, Some("create the table first, or check the name (`sqlite3 FILE .tables`)".into()), USAGE),
+        Track(TrackError::NoPrimaryKey(t)) => (true, Some(format!("give {t} a PRIMARY KEY (a random id such as a UUID works best), then track it")), USAGE),
+        Track(TrackError::Autoincrement(_)) => (true, Some("use a random or composite key instead".into()), USAGE),
+        Track(TrackError::Untrackable { reason: UntrackableReason::KeyCollation, .. }) => {
+            (true, Some("declare the key columns COLLATE BINARY".into()), USAGE)
+        }
+        Track(TrackError::Untrackable { reason: UntrackableReason::NullKeys { .. }, .. }) => {
+            (true, Some("give those rows a key (or delete them) first".into()), USAGE)
+        }
+        Track(TrackError::Untrackable {
+            reason:
+                UntrackableReason::TideTable
+                | UntrackableReason::NulInColumnName
+                | UntrackableReason::PartialIndex { .. }
+                | UntrackableReason::ExpressionIndex { .. },
+            ..
+        }) => (true, None, USAGE),
+        // A reason a later core adds.
+        Track(TrackError::Untrackable { .. }) => (true, None, USAGE),
+        Track(TrackError::NotTracked(_)) => (true, Some("tide --db FILE status  # lists tracked tables".into()), USAGE),
+        Resolve(ResolveError::UnknownConflict(_) | ResolveError::UnknownCandidate { .. }) => {
+            (true, Some(CONFLICTS_NEXT.into()), USAGE)
+        }
+        Resolve(ResolveError::AmbiguousConflict(_)) => {
+            (true, Some("tide --db FILE conflicts list  # then give more characters of the id".into()), USAGE)
+        }
+        Resolve(ResolveError::AmbiguousCandidate { conflict, .. }) => (
+            true,
+            Some(format!("tide --db FILE conflicts show {conflict}  # then give more characters of the candidate")),
+            USAGE,
+        ),
+        Resolve(ResolveError::CannotResolve { reason, .. }) => {
+            let next = match reason {
+                Why::WholeRowHeld => "keep one of the candidates (--keep CANDIDATE) instead of giving a value",
+                Why::BreaksConstraint { .. } => {
+                    "fix what it refers to or its values and it returns by itself, or discard it by keeping the winner (--keep winner)"
+                }
+                Why::ParentUntracked { .. } => "add the row it refers to by hand and it returns by itself",
+                Why::ParentNotByKey { .. } => "restore the row it refers to by hand and it returns by itself",
+                Why::ParentNeverHere { .. } => "add the row it refers to by hand and the held row returns by itself",
+                Why::ParentHeld { .. } => "resolve the conflict of the row it refers to first (tide --db FILE conflicts list)",
+                Why::NothingToWrite | Why::ParentsPresent => CONFLICTS_NEXT,
+                // A reason a later core adds.
+                _ => CONFLICTS_NEXT,
+            };
+            (true, Some(next.into()), USAGE)
         }
         UnknownPeer(_) => (true, Some("tide --db FILE peers list".into()), USAGE),
+        RemoveSelf => (true, None, USAGE),
         UnknownQuarantine(_) => (true, Some("tide --db FILE quarantine list".into()), USAGE),
         Rejected { .. } => (true, Some("ask the sender for a fresh copy; do not trust this input".into()), REJECTED),
         DiskFull(_) => (true, Some(DISK_FULL_NEXT.into()), INTERNAL),
@@ -156,7 +236,23 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
         Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
             (true, Some(DISK_FULL_NEXT.into()), INTERNAL)
         }
-        ApplyAborted(_) | SealAborted(_) => (true, Some("run the same command again; if it fails again, run `tide doctor`".into()), INTERNAL),
+        Apply(
+            ApplyError::TransactionEnded
+            | ApplyError::RowsAlreadyKnown { .. }
+            | ApplyError::CheckWentOn { .. }
+            | ApplyError::ImportWentOn { .. }
+            | ApplyError::OfferedAfterFailure { .. }
+            | ApplyError::Injected,
+        )
+        | Seal(SealError::RowTwice { .. } | SealError::RowsAlreadyKnown { .. }) => (true, Some(RUN_AGAIN_NEXT.into()), INTERNAL),
+        LogBody(
+            LogBodyError::Decompress(_)
+            | LogBodyError::Unpack(_)
+            | LogBodyError::Missing
+            | LogBodyError::UnknownPacking(_),
+        ) => (false, Some("tide --db FILE doctor  # lists the damaged changes".into()), INTERNAL),
+        LogBody(LogBodyError::Compress(_)) | Sqlite(_) | KeyStore { .. } | Decode(_) | Stopped => (false, None, INTERNAL),
+        // A variant a later core adds (of `Error` or of an operation's enum).
         _ => (false, None, INTERNAL),
     };
     Failure {

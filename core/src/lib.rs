@@ -93,14 +93,18 @@ mod admin;
 
 pub use format::{change, codec};
 
-pub use admin::{ChangeState, DAMAGED_NEXT, Finding, LogEntry};
+pub use admin::{ChangeState, Finding, LogEntry};
 pub use capture::TrackReport;
 pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Lineage, Manifest, OpKind, RowOp, SignedChange,
     SignedHead, TableOps, VerifiedChange, VerifiedHead, VerifyError,
 };
 pub use conflicts::{Candidate, Conflict, ConflictKind, Resolution};
-pub use error::{DecodeError, Error, Result};
+pub use error::{
+    ApplyError, CannotResolveReason, DecodeError, Error, IdentityConflictReason, Interrupted,
+    LogBodyError, NotADatabaseReason, OpenError, ResolveError, Result, SealError, TrackError,
+    UntrackableReason,
+};
 pub use format::ids::{ChangeId, ReplicaId, VersionVector};
 pub use format::value::{Value, decode_key, encode_key};
 pub use identity::{Card, KeyStore, SecretIdentity};

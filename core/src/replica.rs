@@ -49,11 +49,11 @@ impl Replica {
     }
 
     /// Opens an existing replica for reading and writing. Nothing is created: a path with
-    /// no file is [`Error::NoDatabase`], a folder or a file SQLite cannot read is
-    /// [`Error::NotADatabase`], and a database with no tide identity (a plain SQLite
-    /// file, never initialised) is [`Error::NotInitialized`]; each leaves the file as it
-    /// was. Metadata of an earlier layout is upgraded in place, and
-    /// [`Replica::upgraded`] says so.
+    /// no file is [`crate::OpenError::NoDatabase`], a folder or a file SQLite cannot read
+    /// is [`crate::OpenError::NotADatabase`], and a database with no tide identity (a
+    /// plain SQLite file, never initialised) is [`crate::OpenError::NotInitialized`];
+    /// each leaves the file as it was. Metadata of an earlier layout is upgraded in
+    /// place, and [`Replica::upgraded`] says so.
     pub fn open_existing(path: impl AsRef<Path>, keys: KeyStore) -> Result<Replica> {
         let path = path.as_ref().to_path_buf();
         let conn = connect_existing(
@@ -71,8 +71,8 @@ impl Replica {
 
     /// Opens an existing replica read-only (SQLite refuses every write through it): for
     /// commands that only look. Refuses what [`Replica::open_existing`] refuses, and
-    /// metadata of an earlier layout too ([`Error::OlderLayout`]): upgrading is a write,
-    /// so it is left to a command that writes.
+    /// metadata of an earlier layout too ([`crate::OpenError::OlderLayout`]): upgrading is
+    /// a write, so it is left to a command that writes.
     pub fn open_read_only(path: impl AsRef<Path>, keys: KeyStore) -> Result<Replica> {
         let path = path.as_ref().to_path_buf();
         let conn = connect_existing(
@@ -81,10 +81,10 @@ impl Replica {
         )?;
         let found = layout(&conn)?;
         if found < crate::store::migrations::LAYOUT {
-            return Err(Error::OlderLayout {
+            return Err(Error::Open(crate::error::OpenError::OlderLayout {
                 found,
                 current: crate::store::migrations::LAYOUT,
-            });
+            }));
         }
         Ok(Replica::new(conn, keys, path, None))
     }
@@ -163,7 +163,7 @@ impl Replica {
         self.conn
             .query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))
             .optional()?
-            .ok_or(Error::NotInitialized)
+            .ok_or(Error::Open(crate::error::OpenError::NotInitialized))
     }
 
     fn id_opt(&self) -> Result<Option<ReplicaId>> {
@@ -176,13 +176,15 @@ impl Replica {
 
     /// This replica's id.
     pub fn id(&self) -> Result<ReplicaId> {
-        self.id_opt()?.ok_or(Error::NotInitialized)
+        self.id_opt()?
+            .ok_or(Error::Open(crate::error::OpenError::NotInitialized))
     }
 
     /// This replica's public card.
     pub fn card(&self) -> Result<Card> {
         let idx = self.self_idx()?;
-        self.origin_card(idx)?.ok_or(Error::NotInitialized)
+        self.origin_card(idx)?
+            .ok_or(Error::Open(crate::error::OpenError::NotInitialized))
     }
 
     fn origin_card(&self, idx: i64) -> Result<Option<Card>> {
@@ -249,9 +251,11 @@ impl Replica {
     /// database may read (its key store permitting) even though it may not write.
     pub fn reading_identity(&self) -> Result<SecretIdentity> {
         let id = self.id()?;
-        self.keys.load(id)?.ok_or_else(|| Error::IdentityMissing {
-            replica: id,
-            keystore: self.keys.dir().to_path_buf(),
+        self.keys.load(id)?.ok_or_else(|| {
+            Error::Open(crate::error::OpenError::IdentityMissing {
+                replica: id,
+                keystore: self.keys.dir().to_path_buf(),
+            })
         })
     }
 
@@ -264,31 +268,30 @@ impl Replica {
     pub(crate) fn secret_for_sealing(&self) -> Result<SecretIdentity> {
         let id = self.id()?;
         let Some(secret) = self.keys.load(id)? else {
-            return Err(Error::IdentityMissing {
+            return Err(Error::Open(crate::error::OpenError::IdentityMissing {
                 replica: id,
                 keystore: self.keys.dir().to_path_buf(),
-            });
+            }));
         };
         let own = self.own_seq()?;
         if let Some(b) = self.keys.load_binding(id)? {
             if b.db_path != self.path {
-                return Err(Error::IdentityConflict {
+                return Err(Error::Open(crate::error::OpenError::IdentityConflict {
                     replica: id,
-                    reason: format!(
-                        "its key is bound to {}, not to {}",
-                        b.db_path.display(),
-                        self.path.display()
-                    ),
-                });
+                    reason: crate::error::IdentityConflictReason::BoundElsewhere {
+                        bound: b.db_path,
+                        this: self.path.clone(),
+                    },
+                }));
             }
             if b.sealed_seq > own {
-                return Err(Error::IdentityConflict {
+                return Err(Error::Open(crate::error::OpenError::IdentityConflict {
                     replica: id,
-                    reason: format!(
-                        "this identity has sealed change {} but this file holds only {own}",
-                        b.sealed_seq
-                    ),
-                });
+                    reason: crate::error::IdentityConflictReason::Behind {
+                        sealed: b.sealed_seq,
+                        held: own,
+                    },
+                }));
             }
         }
         Ok(secret)
@@ -352,10 +355,10 @@ fn configure(conn: &Connection) -> Result<()> {
 
 fn refuse_folder(path: &Path) -> Result<()> {
     if path.is_dir() {
-        return Err(Error::NotADatabase {
+        return Err(Error::Open(crate::error::OpenError::NotADatabase {
             path: path.to_path_buf(),
-            reason: "it is a folder".into(),
-        });
+            reason: crate::error::NotADatabaseReason::Folder,
+        }));
     }
     Ok(())
 }
@@ -367,10 +370,10 @@ fn probe(conn: &Connection, path: &Path) -> Result<()> {
     }) {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::NotADatabase => {
-            Err(Error::NotADatabase {
+            Err(Error::Open(crate::error::OpenError::NotADatabase {
                 path: path.to_path_buf(),
-                reason: "SQLite cannot read it (it is some other kind of file, or damaged)".into(),
-            })
+                reason: crate::error::NotADatabaseReason::Unreadable,
+            }))
         }
         Err(e) => Err(e.into()),
     }
@@ -380,7 +383,9 @@ fn probe(conn: &Connection, path: &Path) -> Result<()> {
 /// anything: refused when absent, not a database, or without a tide identity.
 fn connect_existing(path: &Path, flags: OpenFlags) -> Result<Connection> {
     if !path.exists() {
-        return Err(Error::NoDatabase(path.to_path_buf()));
+        return Err(Error::Open(crate::error::OpenError::NoDatabase(
+            path.to_path_buf(),
+        )));
     }
     refuse_folder(path)?;
     let conn = Connection::open_with_flags(path, flags)?;
@@ -392,7 +397,7 @@ fn connect_existing(path: &Path, flags: OpenFlags) -> Result<Connection> {
         |r| r.get::<_, i64>(0),
     )? == 2;
     if !has_metadata {
-        return Err(Error::NotInitialized);
+        return Err(Error::Open(crate::error::OpenError::NotInitialized));
     }
     let identity: Option<Vec<u8>> = conn
         .query_row(
@@ -404,9 +409,11 @@ fn connect_existing(path: &Path, flags: OpenFlags) -> Result<Connection> {
     if identity.is_none() {
         // Metadata with no identity in it: never initialised, or a damaged page.
         if let Some(damage) = crate::store::health::damage(&conn)? {
-            return Err(Error::Damaged(damage));
+            return Err(Error::Open(crate::error::OpenError::Damaged {
+                report: damage,
+            }));
         }
-        return Err(Error::NotInitialized);
+        return Err(Error::Open(crate::error::OpenError::NotInitialized));
     }
     Ok(conn)
 }

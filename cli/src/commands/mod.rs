@@ -136,26 +136,27 @@ pub fn open_read_path(path: &Path) -> Result<Replica> {
 
 /// Says what is wrong with the path, and the exact command that fixes it.
 fn opened(path: &Path, result: tide_core::Result<Replica>) -> Result<Replica> {
+    use tide_core::OpenError;
     let shown = shell_word(path);
     result.map_err(|e| match e {
-        tide_core::Error::NoDatabase(_) => usage(
+        tide_core::Error::Open(OpenError::NoDatabase(_)) => usage(
             format!("no database at {}", path.display()),
             Some(&format!(
                 "check the path, or create a replica there: tide --db {shown} init --name NAME"
             )),
         ),
-        tide_core::Error::NotInitialized => usage(
+        tide_core::Error::Open(OpenError::NotInitialized) => usage(
             format!(
                 "{} has no tide identity: it is not a tide replica yet",
                 path.display()
             ),
             Some(&format!("tide --db {shown} init --name NAME")),
         ),
-        tide_core::Error::NotADatabase { .. } => usage(
+        tide_core::Error::Open(OpenError::NotADatabase { .. }) => usage(
             e.to_string(),
             Some("check the path: --db names the replica's SQLite file"),
         ),
-        tide_core::Error::OlderLayout { .. } => usage(
+        tide_core::Error::Open(OpenError::OlderLayout { .. }) => usage(
             format!("{}: {e}", path.display()),
             Some(&format!(
                 "any command that writes upgrades it in place, such as `tide --db {shown} status`; then run this again"

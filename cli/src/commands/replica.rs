@@ -39,10 +39,10 @@ pub fn init(out: &Out, db: &Path, name: Option<String>, new_identity: bool) -> R
             }
             r
         }
-        Err(tide_core::Error::NotInitialized | tide_core::Error::NoDatabase(_)) => {
-            Replica::open(db, KeyStore::from_env())
-                .with_context(|| format!("opening {}", db.display()))?
-        }
+        Err(tide_core::Error::Open(
+            tide_core::OpenError::NotInitialized | tide_core::OpenError::NoDatabase(_),
+        )) => Replica::open(db, KeyStore::from_env())
+            .with_context(|| format!("opening {}", db.display()))?,
         Err(e) => return Err(e).with_context(|| format!("opening {}", db.display())),
     };
     let name = name.unwrap_or_else(|| {
@@ -124,7 +124,7 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
     // Sealing happens before status (DESIGN.md §2.4), so what is shown is what would be sent.
     let sealed = match r.seal() {
         Ok(id) => id.map(|c| c.seq),
-        Err(tide_core::Error::NotInitialized) => None,
+        Err(tide_core::Error::Open(tide_core::OpenError::NotInitialized)) => None,
         Err(e) => {
             // Status still shows what is here; the writes wait for the next seal.
             let f = crate::failure::describe(&anyhow::Error::new(e));

@@ -103,7 +103,9 @@ impl Replica {
     fn check_identity(&self) -> Finding {
         let identity = match self.secret_for_sealing() {
             Ok(_) => vec![],
-            Err(Error::NotInitialized) => vec!["no identity yet (run init)".into()],
+            Err(Error::Open(crate::error::OpenError::NotInitialized)) => {
+                vec!["no identity yet (run init)".into()]
+            }
             Err(e) => vec![e.to_string()],
         };
         Finding::of(

@@ -93,7 +93,7 @@ pub struct Finding {
 }
 
 /// What to do about a damaged database file.
-pub const DAMAGED_NEXT: &str = "keep a copy of the file as it is; restore the replica from a backup, or make a new replica (`tide init`) and import from its peers: they hold every change this replica sent them";
+pub(crate) const DAMAGED_NEXT: &str = "keep a copy of the file as it is; restore the replica from a backup, or make a new replica (`tide init`) and import from its peers: they hold every change this replica sent them";
 
 /// What to do when the log or the tables differ from what tide wrote.
 pub(crate) const ALTERED_NEXT: &str = "keep a copy of the file and report it; a new replica (`tide init`) that imports from this one's peers holds every change they received";
@@ -113,10 +113,7 @@ impl Replica {
     /// quarantine as from an unknown replica). What it wrote before stays.
     pub fn remove_peer(&mut self, id: ReplicaId) -> Result<()> {
         if self.id().ok() == Some(id) {
-            return Err(Error::Untrackable(
-                "this replica".into(),
-                "a replica cannot remove itself".into(),
-            ));
+            return Err(Error::RemoveSelf);
         }
         let n = self.conn.execute(
             "UPDATE _tide_origins SET sign_key = NULL, box_key = NULL, peer = ?2 WHERE id = ?1 AND sign_key IS NOT NULL",

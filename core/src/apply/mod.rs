@@ -181,9 +181,7 @@ pub(crate) fn apply_ready(
     crate::store::meta::set_u64(conn, "hlc", max_hlc)?;
     if conn.is_autocommit() {
         // Something ended our transaction behind our back; nothing after it is atomic.
-        return Err(Error::ApplyAborted(
-            "the apply transaction was ended by SQLite".into(),
-        ));
+        return Err(Error::Apply(crate::error::ApplyError::TransactionEnded));
     }
     // Counted as records are written and closed (`Merger::note_opened`, `note_closed`):
     // reading every conflict id before and after would cost memory and time in
@@ -290,7 +288,7 @@ pub(crate) fn apply_change(
                 .as_ref()
                 .expect("the decoder yields a table before its rows");
             if fail_after.is_some_and(|n| *ops_done >= n) {
-                return Err(Error::ApplyAborted("injected failure (test hook)".into()));
+                return Err(Error::Apply(crate::error::ApplyError::Injected));
             }
             *ops_done += 1;
             let key_bytes = encode_key(&op.key);

@@ -70,7 +70,9 @@ impl Replica {
             )
             .optional()?;
         let Some(tid) = tid else {
-            return Err(Error::NotTracked(table.into()));
+            return Err(Error::Track(crate::error::TrackError::NotTracked(
+                table.into(),
+            )));
         };
         crate::capture::triggers::drop_triggers(&tx, tid)?;
         tx.execute_batch(&format!("DROP TABLE IF EXISTS _tide_cap_{tid}"))?;

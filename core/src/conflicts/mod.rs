@@ -136,7 +136,9 @@ impl Replica {
         let id = id.trim().to_ascii_lowercase();
         if id.is_empty() {
             // An empty prefix would name whichever conflict happens to be alone.
-            return Err(Error::UnknownConflict(id));
+            return Err(Error::Resolve(crate::error::ResolveError::UnknownConflict(
+                id,
+            )));
         }
         let all = self.conflicts()?;
         let mut found: Vec<Conflict> = match all.iter().position(|c| c.id == id) {
@@ -144,9 +146,13 @@ impl Replica {
             None => all.into_iter().filter(|c| c.id.starts_with(&id)).collect(),
         };
         match found.len() {
-            0 => Err(Error::UnknownConflict(id)),
+            0 => Err(Error::Resolve(crate::error::ResolveError::UnknownConflict(
+                id,
+            ))),
             1 => Ok(found.remove(0)),
-            _ => Err(Error::AmbiguousConflict(id)),
+            _ => Err(Error::Resolve(
+                crate::error::ResolveError::AmbiguousConflict(id),
+            )),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Foreign-key conflicts kept by `--keep held`: the deleted parents the held row needs.
 
 use super::*;
-use crate::error::{Error, Result};
+use crate::error::{CannotResolveReason, Error, ResolveError, Result};
 use crate::format::change::{CellWrite, OpKind, RowOp};
 use crate::format::value::{Value, encode_key};
 use crate::merge::Merger;
@@ -49,17 +49,13 @@ impl Replica {
             let Some(pt) = tables.iter().find(|x| x.name.eq_ignore_ascii_case(&parent)) else {
                 return Err(refuse(
                     conflict,
-                    format!(
-                        "its parent table {parent} is not tracked; add the row it refers to by hand and it returns by itself"
-                    ),
+                    CannotResolveReason::ParentUntracked { parent },
                 ));
             };
             let Some(pkey) = parent_key(pt, &to, &values) else {
                 return Err(refuse(
                     conflict,
-                    format!(
-                        "it refers to {parent} by columns other than its primary key; restore that row by hand and it returns by itself"
-                    ),
+                    CannotResolveReason::ParentNotByKey { parent },
                 ));
             };
             if let Some(op) = self.restore_op(conflict, &parent, pt, pkey, merger)? {
@@ -67,10 +63,7 @@ impl Replica {
             }
         }
         if out.is_empty() {
-            return Err(refuse(
-                conflict,
-                "every row it refers to is here; it returns at the next import or seal".into(),
-            ));
+            return Err(refuse(conflict, CannotResolveReason::ParentsPresent));
         }
         Ok(out)
     }
@@ -107,26 +100,23 @@ impl Replica {
         if merger.read_row(pt, &pkey)?.is_some() {
             return Ok(None);
         }
-        let shown = pkey
-            .iter()
-            .map(Value::display)
-            .collect::<Vec<_>>()
-            .join(", ");
         let pkey_bytes = encode_key(&pkey);
         let Some(pm) = merger.load_meta(pt, &pkey_bytes)? else {
             return Err(refuse(
                 conflict,
-                format!(
-                    "the row it refers to, {parent} [{shown}], was never here; add it by hand and the held row returns by itself"
-                ),
+                CannotResolveReason::ParentNeverHere {
+                    parent: parent.into(),
+                    key: pkey,
+                },
             ));
         };
         if pm.held {
             return Err(refuse(
                 conflict,
-                format!(
-                    "the row it refers to, {parent} [{shown}], is held itself; resolve its conflict first"
-                ),
+                CannotResolveReason::ParentHeld {
+                    parent: parent.into(),
+                    key: pkey,
+                },
             ));
         }
         let origins = &*merger.origins;
@@ -185,10 +175,10 @@ fn parent_key(pt: &TableInfo, to: &[Option<String>], values: &[Value]) -> Option
     Some(pkey)
 }
 
-/// Refuses to resolve `conflict`, saying why and what to do instead.
-fn refuse(conflict: &Conflict, reason: String) -> Error {
-    Error::CannotResolve {
+/// Refuses to resolve `conflict`, saying why.
+fn refuse(conflict: &Conflict, reason: CannotResolveReason) -> Error {
+    Error::Resolve(ResolveError::CannotResolve {
         conflict: conflict.id.clone(),
         reason,
-    }
+    })
 }

@@ -6,7 +6,7 @@
 //! `insert`, `delete_op` for `delete`, `Replica::constraint_writes` for a held row.
 
 use super::*;
-use crate::error::{Error, Result};
+use crate::error::{CannotResolveReason, Error, ResolveError, Result, TrackError};
 use crate::format::change::{CellWrite, Change, Lineage, OpKind, RowOp, TableOps};
 use crate::format::ids::ChangeId;
 use crate::format::value::{Value, decode_key, encode_key};
@@ -94,7 +94,7 @@ impl Replica {
         let t = tables
             .iter()
             .find(|t| t.name == conflict.table)
-            .ok_or_else(|| Error::NotTracked(conflict.table.clone()))?;
+            .ok_or_else(|| Error::Track(TrackError::NotTracked(conflict.table.clone())))?;
         let merger = Merger::new(&self.conn, origins_map(&self.conn)?);
         let key_bytes = encode_key(&conflict.key);
         let m = merger
@@ -121,10 +121,10 @@ impl Replica {
             }
         };
         if writes.rows.is_empty() && writes.parents.is_empty() {
-            return Err(Error::CannotResolve {
+            return Err(Error::Resolve(ResolveError::CannotResolve {
                 conflict: conflict.id.clone(),
-                reason: "nothing to write: the row it names is gone".into(),
-            });
+                reason: CannotResolveReason::NothingToWrite,
+            }));
         }
         let change = append_resolution(&tx, &secret, t, writes)?;
         let mut report = crate::ingest::ImportReport::default();
@@ -175,14 +175,12 @@ impl Replica {
                     parents,
                 })
             }
-            (true, false) => Err(Error::CannotResolve {
+            (true, false) => Err(Error::Resolve(ResolveError::CannotResolve {
                 conflict: conflict.id.clone(),
-                reason: format!(
-                    "the row breaks a {} constraint on its own; fix what it refers to or its values \
-                     and it returns by itself, or discard it by keeping the winner",
-                    conflict.kind
-                ),
-            }),
+                reason: CannotResolveReason::BreaksConstraint {
+                    constraint: conflict.kind.to_string(),
+                },
+            })),
         }
     }
 
@@ -235,11 +233,14 @@ fn chosen_candidate<'c>(
         .collect();
     match matching.as_slice() {
         [one] => Ok(Some(*one)),
-        [] => Err(Error::UnknownCandidate {
+        [] => Err(Error::Resolve(ResolveError::UnknownCandidate {
             conflict: conflict.id.clone(),
             candidate: named,
-        }),
-        _ => Err(Error::AmbiguousConflict(named)),
+        })),
+        _ => Err(Error::Resolve(ResolveError::AmbiguousCandidate {
+            conflict: conflict.id.clone(),
+            candidate: named,
+        })),
     }
 }
 
@@ -266,7 +267,11 @@ fn cell_op(
     let value = match (resolution, chosen) {
         (Resolution::Value(v), _) => v.clone(),
         (_, Some(cand)) => cand.value.clone().unwrap_or(Value::Null),
-        _ => return Err(Error::UnknownConflict(requested.into())),
+        _ => {
+            return Err(Error::Resolve(ResolveError::UnknownConflict(
+                requested.into(),
+            )));
+        }
     };
     let (kind, row_preds) = if target.m.materialized(target.origins) {
         (OpKind::Update, target.heads(ROW, |h| h.alive))
@@ -285,10 +290,10 @@ fn cell_op(
 /// every head of the row's existence.
 fn delete_op(target: &Target<'_>, chosen: Option<&Candidate>) -> Result<RowOp> {
     let Some(cand) = chosen else {
-        return Err(Error::UnknownCandidate {
+        return Err(Error::Resolve(ResolveError::UnknownCandidate {
             conflict: target.conflict.id.clone(),
             candidate: String::new(),
-        });
+        }));
     };
     let kind = if cand.value.is_some() {
         OpKind::Update
@@ -305,10 +310,10 @@ fn keeps_held(
     chosen: Option<&Candidate>,
 ) -> Result<bool> {
     match (resolution, chosen) {
-        (Resolution::Value(_), _) => Err(Error::CannotResolve {
+        (Resolution::Value(_), _) => Err(Error::Resolve(ResolveError::CannotResolve {
             conflict: conflict.id.clone(),
-            reason: "a whole row is held; keep one of the candidates".into(),
-        }),
+            reason: CannotResolveReason::WholeRowHeld,
+        })),
         (Resolution::KeepWinner, _) => Ok(false),
         (Resolution::Keep(_), Some(cand)) => Ok(!cand.winner),
         (Resolution::Keep(_), None) => unreachable!("Keep found its candidate above"),

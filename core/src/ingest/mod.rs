@@ -96,9 +96,9 @@ impl Replica {
         source(&mut |head, chunks| ingest.offer(head, chunks))?;
         let Ingest { report, failed, .. } = ingest;
         if let Some(e) = failed {
-            return Err(Error::ApplyAborted(format!(
-                "an offered change failed and the check went on: {e}"
-            )));
+            return Err(Error::Apply(crate::error::ApplyError::CheckWentOn {
+                failure: e,
+            }));
         }
         // Drops the temporary table too.
         tx.rollback()?;
@@ -114,9 +114,9 @@ impl Replica {
                 if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
             {
                 Error::DiskFull(if retrying {
-                    "run the retry again; nothing was retried"
+                    crate::error::Interrupted::Retry
                 } else {
-                    "import again; nothing was imported"
+                    crate::error::Interrupted::Import
                 })
             }
             other => other,
@@ -167,9 +167,9 @@ impl Replica {
         } = ingest;
         if let Some(e) = failed {
             // The source swallowed the error and went on: nothing of it is kept.
-            return Err(Error::ApplyAborted(format!(
-                "an offered change failed and the import went on: {e}"
-            )));
+            return Err(Error::Apply(crate::error::ApplyError::ImportWentOn {
+                failure: e,
+            }));
         }
         for idx in touched {
             advance_stored(&tx, idx)?;

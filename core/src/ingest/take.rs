@@ -33,9 +33,9 @@ impl Ingest<'_> {
     /// fails even if the source went on.
     pub(crate) fn offer(&mut self, signed: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
         if let Some(e) = &self.failed {
-            return Err(Error::ApplyAborted(format!(
-                "a change was offered after the import failed: {e}"
-            )));
+            return Err(Error::Apply(
+                crate::error::ApplyError::OfferedAfterFailure { failure: e.clone() },
+            ));
         }
         let taken = self.take(signed, chunks);
         if let Err(e) = &taken {

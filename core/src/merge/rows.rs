@@ -83,12 +83,13 @@ impl<'c> Merger<'c> {
     pub(crate) fn write_fresh(&self, t: &TableInfo, keys: &[&[u8]], v: Version) -> Result<()> {
         let written = self.write_fresh_where_new(t, keys, v)?;
         if written != keys.len() {
-            return Err(crate::error::Error::ApplyAborted(format!(
-                "{} of {} rows of {} written as new already had metadata",
-                keys.len() - written,
-                keys.len(),
-                t.name
-            )));
+            return Err(crate::error::Error::Apply(
+                crate::error::ApplyError::RowsAlreadyKnown {
+                    table: t.name.clone(),
+                    rows: keys.len() - written,
+                    of: keys.len(),
+                },
+            ));
         }
         Ok(())
     }

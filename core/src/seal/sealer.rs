@@ -63,7 +63,15 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
         // With `no_meta` this is what catches a key sealed twice (the guard in `row`
         // needs the metadata it did not read).
         self.merger.write_fresh(t, &fresh, v).map_err(|e| match e {
-            crate::error::Error::ApplyAborted(why) => crate::error::Error::SealAborted(why),
+            crate::error::Error::Apply(crate::error::ApplyError::RowsAlreadyKnown {
+                table,
+                rows,
+                of,
+            }) => crate::error::Error::Seal(crate::error::SealError::RowsAlreadyKnown {
+                table,
+                rows,
+                of,
+            }),
             e => e,
         })
     }
@@ -93,10 +101,12 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
         if let Some(m) = &m0
             && m.cells.iter().flatten().any(|h| h.vref() == own)
         {
-            return Err(crate::error::Error::SealAborted(format!(
-                "the capture log names the row {:?} of {} twice",
-                p.key, t.name
-            )));
+            return Err(crate::error::Error::Seal(
+                crate::error::SealError::RowTwice {
+                    table: t.name.clone(),
+                    key: p.key,
+                },
+            ));
         }
         let Some(m0) = m0 else {
             // A row this replica never had: every column is new, nothing overwritten.

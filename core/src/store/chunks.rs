@@ -53,7 +53,7 @@ impl Chunks for LogChunks<'_> {
     fn chunk(&mut self, index: usize, want: &ChunkRef) -> Result<Vec<u8>> {
         let (data, packing) = self.stored(index, want)?;
         crate::format::change::unpack_chunk(data, packing, want.len)
-            .map_err(|e| Error::LogBody(format!("decompressed: {e}")))
+            .map_err(|e| Error::LogBody(crate::error::LogBodyError::Unpack(e)))
     }
 
     fn stored(&mut self, _index: usize, want: &ChunkRef) -> Result<(Vec<u8>, i64)> {
@@ -61,7 +61,7 @@ impl Chunks for LogChunks<'_> {
             .prepare_cached("SELECT data, packing FROM _tide_chunks WHERE hash=?1")?
             .query_row([&want.hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?
-            .ok_or_else(|| Error::LogBody("found (it is missing from the log)".into()))
+            .ok_or(Error::LogBody(crate::error::LogBodyError::Missing))
     }
 }
 
@@ -125,8 +125,8 @@ pub(crate) fn pack(chunk: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, i64)> {
     if chunk.len() < PACK_FROM {
         return Ok((chunk.into(), crate::format::change::PACKING_RAW));
     }
-    let packed =
-        zstd::bulk::compress(chunk, 1).map_err(|e| Error::LogBody(format!("compressed: {e}")))?;
+    let packed = zstd::bulk::compress(chunk, 1)
+        .map_err(|e| Error::LogBody(crate::error::LogBodyError::Compress(e)))?;
     Ok(if packed.len() < chunk.len() {
         (packed.into(), crate::format::change::PACKING_ZSTD)
     } else {
@@ -139,8 +139,10 @@ pub(crate) fn unpack(stored: Vec<u8>, packing: i64) -> Result<Vec<u8>> {
     match packing {
         0 => Ok(stored),
         1 => zstd::stream::decode_all(&stored[..])
-            .map_err(|e| Error::LogBody(format!("decompressed: {e}"))),
-        other => Err(Error::LogBody(format!("read: unknown packing {other}"))),
+            .map_err(|e| Error::LogBody(crate::error::LogBodyError::Decompress(e))),
+        other => Err(Error::LogBody(crate::error::LogBodyError::UnknownPacking(
+            other,
+        ))),
     }
 }
 

@@ -50,7 +50,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
             |r| r.get(0),
         )?;
         if changes > 0 {
-            return Err(Error::OldLogFormat);
+            return Err(Error::Open(crate::error::OpenError::OldLogFormat));
         }
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(done.unwrap_or(0)) {
@@ -219,7 +219,10 @@ mod tests {
             c
         };
         let c = old(true);
-        assert!(matches!(migrate(&c), Err(Error::OldLogFormat)));
+        assert!(matches!(
+            migrate(&c),
+            Err(Error::Open(crate::error::OpenError::OldLogFormat))
+        ));
         let tables: i64 = c
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name='_tide_chunks'",

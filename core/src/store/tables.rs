@@ -78,10 +78,10 @@ pub(crate) fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>
 /// Inspects `table` and returns its shape, refusing tables tide cannot sync.
 pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Vec<String>)> {
     if table.starts_with("_tide_") {
-        return Err(Error::Untrackable(
-            table.into(),
-            "tide's own tables are never tracked".into(),
-        ));
+        return Err(Error::Track(crate::error::TrackError::Untrackable {
+            table: table.into(),
+            reason: crate::error::UntrackableReason::TideTable,
+        }));
     }
     let sql: Option<String> = conn
         .query_row(
@@ -91,15 +91,21 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
         )
         .optional()?;
     let Some(sql) = sql else {
-        return Err(Error::NoSuchTable(table.into()));
+        return Err(Error::Track(crate::error::TrackError::NoSuchTable(
+            table.into(),
+        )));
     };
     if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
-        return Err(Error::Autoincrement(table.into()));
+        return Err(Error::Track(crate::error::TrackError::Autoincrement(
+            table.into(),
+        )));
     }
     let cols = read_columns(conn, table)?;
     let mut keys: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
     if keys.is_empty() {
-        return Err(Error::NoPrimaryKey(table.into()));
+        return Err(Error::Track(crate::error::TrackError::NoPrimaryKey(
+            table.into(),
+        )));
     }
     keys.sort_by_key(|c| c.pk);
     let mut warnings = Vec::new();
@@ -119,12 +125,10 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
                 .iter()
                 .any(|(_, coll)| !coll.eq_ignore_ascii_case("BINARY"))
         {
-            return Err(Error::Untrackable(
-                table.into(),
-                "its PRIMARY KEY compares with a collation other than BINARY, so keys that differ byte-wise \
-                 could name one row; declare the key columns COLLATE BINARY"
-                    .into(),
-            ));
+            return Err(Error::Track(crate::error::TrackError::Untrackable {
+                table: table.into(),
+                reason: crate::error::UntrackableReason::KeyCollation,
+            }));
         }
     }
     let null_keys = keys
@@ -138,19 +142,17 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
         |r| r.get(0),
     )?;
     if nulls > 0 {
-        return Err(Error::Untrackable(
-            table.into(),
-            format!(
-                "{nulls} row(s) have a NULL primary key; give them a key (or delete them) first"
-            ),
-        ));
+        return Err(Error::Track(crate::error::TrackError::Untrackable {
+            table: table.into(),
+            reason: crate::error::UntrackableReason::NullKeys { rows: nulls as u64 },
+        }));
     }
     for c in &cols {
         if c.name.contains('\0') {
-            return Err(Error::Untrackable(
-                table.into(),
-                "a column name contains NUL".into(),
-            ));
+            return Err(Error::Track(crate::error::TrackError::Untrackable {
+                table: table.into(),
+                reason: crate::error::UntrackableReason::NulInColumnName,
+            }));
         }
     }
     Ok((cols, warnings))
@@ -205,12 +207,10 @@ pub(crate) fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<Uniqu
     let mut out = Vec::new();
     for (name, origin, partial) in list {
         if partial {
-            return Err(Error::Untrackable(
-                table.into(),
-                format!(
-                    "UNIQUE index {name:?} is partial (has a WHERE clause); tide cannot yet merge concurrent rows under it"
-                ),
-            ));
+            return Err(Error::Track(crate::error::TrackError::Untrackable {
+                table: table.into(),
+                reason: crate::error::UntrackableReason::PartialIndex { index: name },
+            }));
         }
         let cols: Vec<(Option<String>, Option<String>)> = conn
             .prepare_cached(
@@ -221,12 +221,10 @@ pub(crate) fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<Uniqu
         let mut columns = Vec::new();
         for (c, coll) in cols {
             let Some(c) = c else {
-                return Err(Error::Untrackable(
-                    table.into(),
-                    format!(
-                        "UNIQUE index {name:?} is on an expression; tide cannot yet merge concurrent rows under it"
-                    ),
-                ));
+                return Err(Error::Track(crate::error::TrackError::Untrackable {
+                    table: table.into(),
+                    reason: crate::error::UntrackableReason::ExpressionIndex { index: name },
+                }));
             };
             columns.push((c, coll.unwrap_or_else(|| "BINARY".into())));
         }

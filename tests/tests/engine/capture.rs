@@ -21,9 +21,18 @@ fn tables_tide_cannot_sync_are_refused_with_reasons() {
              CREATE TABLE good(id BLOB PRIMARY KEY, x) WITHOUT ROWID;",
         )
         .unwrap();
-    assert!(matches!(r.track("nokey"), Err(Error::NoPrimaryKey(_))));
-    assert!(matches!(r.track("auto"), Err(Error::Autoincrement(_))));
-    assert!(matches!(r.track("missing"), Err(Error::NoSuchTable(_))));
+    assert!(matches!(
+        r.track("nokey"),
+        Err(Error::Track(tide_core::TrackError::NoPrimaryKey(_)))
+    ));
+    assert!(matches!(
+        r.track("auto"),
+        Err(Error::Track(tide_core::TrackError::Autoincrement(_)))
+    ));
+    assert!(matches!(
+        r.track("missing"),
+        Err(Error::Track(tide_core::TrackError::NoSuchTable(_)))
+    ));
     let report = r.track("alias").unwrap();
     assert!(report.warnings[0].contains("rowid alias"));
     assert!(r.track("good").unwrap().warnings.is_empty());
@@ -49,7 +58,10 @@ fn unsupported_keys_and_indexes_are_refused_at_track_time() {
         .unwrap();
     for t in ["nocase", "partial", "expr", "nullkey"] {
         let err = r.track(t).unwrap_err();
-        assert!(matches!(err, Error::Untrackable(..)), "{t}: {err}");
+        assert!(
+            matches!(err, Error::Track(tide_core::TrackError::Untrackable { .. })),
+            "{t}: {err}"
+        );
     }
     r.track("later").unwrap();
     let err = r

@@ -1125,7 +1125,12 @@ fn keep_by_full_candidate_id_is_exact() -> Result<(), Box<dyn std::error::Error>
     let before = w.replicas[l].state_hash()?;
     let refused = w.replicas[l].resolve(&doc.id, Resolution::Keep(loser.id.clone()));
     assert!(
-        matches!(refused, Err(tide_core::Error::UnknownCandidate { .. })),
+        matches!(
+            refused,
+            Err(tide_core::Error::Resolve(
+                tide_core::ResolveError::UnknownCandidate { .. }
+            ))
+        ),
         "{refused:?}"
     );
     assert_eq!(w.replicas[l].state_hash()?, before);

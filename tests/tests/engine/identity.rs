@@ -23,13 +23,25 @@ fn a_copied_database_refuses_to_seal() {
         .execute("INSERT INTO notes VALUES ('b', 't', 'b', 0)", [])
         .unwrap();
     let err = on_other_machine.seal().unwrap_err();
-    assert!(matches!(err, Error::IdentityMissing { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Open(tide_core::OpenError::IdentityMissing { .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("looks like a copy"));
 
     // Same key store, other path: a copy on the same machine.
     let mut same_machine = Replica::open(&copy, KeyStore::at(c.dir.path().join("keys0"))).unwrap();
     let err = same_machine.seal().unwrap_err();
-    assert!(matches!(err, Error::IdentityConflict { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Open(tide_core::OpenError::IdentityConflict { .. })
+        ),
+        "{err}"
+    );
 
     // A new identity makes it a replica of its own.
     let old = same_machine.id().unwrap();
@@ -51,7 +63,13 @@ fn a_restored_backup_refuses_to_seal() {
     let mut restored = Replica::open(c.path(0), KeyStore::at(c.dir.path().join("keys0"))).unwrap();
     c.write(0, "INSERT INTO notes VALUES ('b', 't', 'b', 0)");
     let err = restored.seal().unwrap_err();
-    assert!(matches!(err, Error::IdentityConflict { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Open(tide_core::OpenError::IdentityConflict { .. })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
