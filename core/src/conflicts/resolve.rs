@@ -5,8 +5,9 @@ use crate::error::{Error, Result};
 use crate::format::change::{CellWrite, Lineage, OpKind, RowOp, TableOps};
 use crate::format::ids::ChangeId;
 use crate::format::value::{Value, decode_key};
-use crate::merge::{HELD_FOREIGN_KEY, Merger};
+use crate::merge::Merger;
 use crate::replica::Replica;
+use crate::store::held::HeldReason;
 use crate::store::meta::origins_map;
 use crate::store::rowmeta::{ROW, RowMeta, Version};
 use crate::store::tables::{self as tables, TableInfo};
@@ -170,7 +171,7 @@ impl Replica {
                     (Resolution::Keep(_), None) => unreachable!("Keep found its candidate above"),
                 };
                 let has_blocker = conflict.candidates.len() > 1;
-                if held_wins && !has_blocker && conflict.kind == HELD_FOREIGN_KEY {
+                if held_wins && !has_blocker && conflict.kind == HeldReason::ForeignKey.code() {
                     // Keeping a row held for a missing parent brings the parent back;
                     // settling after the apply then releases the row.
                     parents =
