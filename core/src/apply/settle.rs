@@ -105,7 +105,7 @@ pub(crate) fn hold_foreign_key_violators(
                 .query_map([], |r| (0..n).map(|i| r.get(i)).collect())?
                 .collect::<rusqlite::Result<_>>()?;
             for key in orphans {
-                merger.hold(t, &key, crate::merge::HELD_FOREIGN_KEY)?;
+                merger.hold(t, &key, crate::store::held::HeldReason::ForeignKey)?;
             }
         }
     }

@@ -95,7 +95,7 @@ impl FromSql for ConflictKind {
 #[cfg(test)]
 mod tests {
     use super::ConflictKind;
-    use crate::merge::{HELD_CHECK, HELD_FOREIGN_KEY, HELD_NOT_NULL, HELD_UNIQUE};
+    use crate::store::held::HeldReason;
 
     #[test]
     fn codes_round_trip() {
@@ -110,10 +110,10 @@ mod tests {
     #[test]
     fn held_reasons_are_constraint_kinds() {
         let held = [
-            (HELD_UNIQUE, ConflictKind::Unique),
-            (HELD_FOREIGN_KEY, ConflictKind::ForeignKey),
-            (HELD_CHECK, ConflictKind::Check),
-            (HELD_NOT_NULL, ConflictKind::NotNull),
+            (HeldReason::Unique.code(), ConflictKind::Unique),
+            (HeldReason::ForeignKey.code(), ConflictKind::ForeignKey),
+            (HeldReason::Check.code(), ConflictKind::Check),
+            (HeldReason::NotNull.code(), ConflictKind::NotNull),
         ];
         for (reason, kind) in held {
             assert_eq!(ConflictKind::from_code(reason), Some(kind));

@@ -1,12 +1,91 @@
-//! Conflict records: opened, updated and closed as a row's heads change, with ids every replica derives alike.
+//! Conflict records: which cells of a row are in conflict, and their records opened,
+//! updated and closed as the row's heads change, with ids every replica derives alike.
 
+use super::values::HeadValues;
 use super::*;
 use crate::error::Result;
 use crate::format::ids::ChangeId;
+use crate::store::held::{self, HeldReason};
+use crate::store::kept::NULL;
+use crate::store::rowmeta::{ROW, RowMeta, Version};
 use rusqlite::OptionalExtension;
 use std::sync::OnceLock;
 
 impl<'c> Merger<'c> {
+    /// Re-examines every cell that has or had several heads: a cell whose heads hold
+    /// different values (the row's: alive and deleted ones) has a conflict record, any
+    /// other none.
+    pub(crate) fn cell_conflicts(
+        &mut self,
+        row: &RowRef<'_>,
+        m0: &RowMeta,
+        m1: &RowMeta,
+        vals: &HeadValues<'_>,
+    ) -> Result<()> {
+        for c in 0..=vals.ncols {
+            if m1.cells[c].len() < 2 && m0.cells[c].len() < 2 {
+                continue;
+            }
+            let kind = if c == ROW {
+                let alive = m1.cells[c].iter().any(|h| h.alive);
+                let dead = m1.cells[c].iter().any(|h| !h.alive);
+                (alive && dead).then_some("delete")
+            } else {
+                // Several heads whose values are not all one value (a missing one is NULL).
+                let mut values = m1.cells[c]
+                    .iter()
+                    .map(|h| vals.value(c, h).unwrap_or(&NULL));
+                let first = values.next();
+                let differ = first.is_some_and(|first| values.any(|v| v != first));
+                differ.then(|| {
+                    if m1.cells[c].iter().all(|h| h.created) {
+                        "insert"
+                    } else {
+                        "update"
+                    }
+                })
+            };
+            // A cell has a conflict record only while it has several heads.
+            let may_exist = m0.cells[c].len() >= 2;
+            if kind.is_none() && !may_exist {
+                continue;
+            }
+            let col = if c == ROW {
+                ""
+            } else {
+                row.t.columns[c - 1].as_str()
+            };
+            let candidates: Vec<ChangeId> = m1.cells[c].iter().map(|h| self.change_id(h)).collect();
+            self.set_conflict(row, c as i64, col, kind, &candidates, may_exist)?;
+        }
+        Ok(())
+    }
+
+    /// A held row is a constraint conflict between it and the row that keeps its slot,
+    /// recorded while it is held (for a row held now or before).
+    pub(crate) fn held_conflict(
+        &mut self,
+        row: &RowRef<'_>,
+        m0: &RowMeta,
+        m1: &RowMeta,
+    ) -> Result<()> {
+        let reason = if m1.held {
+            held::reason(self.conn, row.t.tid, row.key_bytes)?
+        } else {
+            None
+        };
+        let candidates: Vec<ChangeId> = m1.cells[ROW].iter().map(|h| self.change_id(h)).collect();
+        // A row has a constraint conflict record only while it is held.
+        self.set_conflict(
+            row,
+            CONSTRAINT_CELL,
+            "",
+            reason.map(HeldReason::code),
+            &candidates,
+            m0.held,
+        )
+    }
+
     pub(crate) fn set_conflict(
         &mut self,
         row: &RowRef<'_>,
@@ -55,6 +134,13 @@ impl<'c> Merger<'c> {
             |s| s.execute(rusqlite::params![&id[..], row.t.tid, row.key_bytes, col, kind, epoch]),
         )?;
         Ok(())
+    }
+
+    pub(crate) fn change_id(&self, h: &Version) -> ChangeId {
+        ChangeId {
+            origin: self.origins[&h.origin],
+            seq: h.seq,
+        }
     }
 
     /// A conflict record goes (closed, or replaced by one with other candidates). One this

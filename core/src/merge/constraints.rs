@@ -1,14 +1,61 @@
 //! Constraint conflicts: rows a UNIQUE index, a foreign key, a CHECK or NOT NULL refuses are held out of the table, alike on every replica.
 
+use super::values::HeadValues;
 use super::*;
 use crate::error::Result;
 use crate::format::ids::ReplicaId;
 use crate::format::value::{Value, encode_key};
+use crate::store::held::{self, HeldReason};
 use crate::store::rowmeta::RowMeta;
 use crate::store::tables::{TableInfo, q};
 use rusqlite::{ErrorCode, params_from_iter};
 
 impl<'c> Merger<'c> {
+    /// A write of the shown row that `failure` refused. A constraint conflict needs the
+    /// whole row (to find the rows in the way, to hold it, to show its conflict), so the
+    /// unchanged columns are loaded first. A row that outranks every row blocking its
+    /// UNIQUE slot takes it; otherwise it is held, out of the table. Returns whether the
+    /// table shows the row after all.
+    pub(crate) fn refused(
+        &mut self,
+        row: &RowRef<'_>,
+        m1: &mut RowMeta,
+        vals: &mut HeadValues<'_>,
+        changed: &[usize],
+        mut row_values: Vec<Value>,
+        failure: rusqlite::Error,
+    ) -> Result<bool> {
+        let Some(reason) = constraint_reason(&failure) else {
+            return Err(failure.into());
+        };
+        let t = row.t;
+        if vals.old_mat && vals.old_visible.is_none() {
+            vals.old_visible = self.read_row(t, row.key)?;
+            row_values = vals.shown_row(m1);
+        }
+        let won = reason == HeldReason::Unique && self.try_evict_blockers(row, m1, &row_values)?;
+        if won
+            && self
+                .write_shown(row, vals.old_mat, changed, &row_values)
+                .is_ok()
+        {
+            return Ok(true);
+        }
+        m1.held = true;
+        if vals.old_mat {
+            self.delete_row(t, row.key)?;
+        }
+        let blocker = if reason == HeldReason::Unique {
+            self.find_unique_blockers(t, row.key, &row_values)?
+                .into_iter()
+                .next()
+        } else {
+            None
+        };
+        held::hold(self.conn, t.tid, row.key_bytes, reason, blocker.as_deref())?;
+        Ok(false)
+    }
+
     /// Rows that hold, in some UNIQUE index (the primary key included: keys that differ
     /// byte-wise can still collide, like 1 and 1.0), the values `values` would take.
     pub(crate) fn find_unique_blockers(
@@ -118,8 +165,7 @@ impl<'c> Merger<'c> {
             let key = crate::format::value::decode_key(b)?;
             let mut held = mb.clone();
             held.held = true;
-            self.conn.prepare_cached("INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, ?4)
-                 ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=excluded.blocker")?.execute(rusqlite::params![t.tid, b, HELD_UNIQUE, row.key_bytes])?;
+            held::hold(self.conn, t.tid, b, HeldReason::Unique, Some(row.key_bytes))?;
             self.transition(
                 &RowRef {
                     t,
@@ -136,7 +182,7 @@ impl<'c> Merger<'c> {
     }
 
     /// Puts `key` on hold with `reason` (used for foreign key violations found at commit).
-    pub(crate) fn hold(&mut self, t: &TableInfo, key: &[Value], reason: &str) -> Result<()> {
+    pub(crate) fn hold(&mut self, t: &TableInfo, key: &[Value], reason: HeldReason) -> Result<()> {
         let key_bytes = encode_key(key);
         let Some(m0) = self.load_meta(t, &key_bytes)? else {
             return Ok(());
@@ -146,12 +192,7 @@ impl<'c> Merger<'c> {
         }
         let mut m1 = m0.clone();
         m1.held = true;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO _tide_held(tid, key, reason, blocker) VALUES(?1, ?2, ?3, NULL)
-             ON CONFLICT(tid, key) DO UPDATE SET reason=excluded.reason, blocker=NULL",
-            )?
-            .execute(rusqlite::params![t.tid, key_bytes, reason])?;
+        held::hold(self.conn, t.tid, &key_bytes, reason, None)?;
         self.transition(
             &RowRef {
                 t,
@@ -191,16 +232,16 @@ impl<'c> Merger<'c> {
 }
 
 /// Classifies a failed write: a constraint we hold rows for, or `None` for a real error.
-pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<&'static str> {
+pub(crate) fn constraint_reason(e: &rusqlite::Error) -> Option<HeldReason> {
     if let rusqlite::Error::SqliteFailure(f, _) = e
         && f.code == ErrorCode::ConstraintViolation
     {
         return Some(match f.extended_code {
             rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => HELD_UNIQUE,
-            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => HELD_FOREIGN_KEY,
-            rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL => HELD_NOT_NULL,
-            _ => HELD_CHECK,
+            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => HeldReason::Unique,
+            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => HeldReason::ForeignKey,
+            rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL => HeldReason::NotNull,
+            _ => HeldReason::Check,
         });
     }
     None

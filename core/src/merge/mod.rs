@@ -3,7 +3,11 @@
 //!
 //! Everything that writes row state goes through [`Merger::transition`]: sealing local
 //! writes, applying remote changes, resolving conflicts, holding and releasing rows in
-//! constraint conflicts. One path, so the rules cannot drift apart.
+//! constraint conflicts. One path, so the rules cannot drift apart. Its steps, in
+//! order: find the values of the row's heads ([`values`]), make the table show the new
+//! state ([`visible`]) or hold a row a constraint refuses ([`constraints`]), keep the
+//! values of the heads it does not show, re-examine the row's conflict records
+//! ([`conflict_records`]), write the metadata ([`transition`]).
 //!
 //! One shortcut, for speed: a row this replica has no metadata for, written whole by
 //! one version with nothing overwritten, has a single head per cell, no stored values
@@ -18,6 +22,8 @@ mod rows;
 #[cfg(test)]
 mod tests;
 mod transition;
+mod values;
+mod visible;
 
 pub(crate) use constraints::constraint_reason;
 
@@ -27,12 +33,6 @@ use crate::store::tables::{TableInfo, q};
 use foldhash::HashMap;
 use rusqlite::{Connection, Statement};
 use std::rc::Rc;
-
-/// Why a row is held out of its table.
-pub(crate) const HELD_UNIQUE: &str = "unique";
-pub(crate) const HELD_FOREIGN_KEY: &str = "foreign_key";
-pub(crate) const HELD_CHECK: &str = "check";
-pub(crate) const HELD_NOT_NULL: &str = "not_null";
 
 /// The column number of a row-level constraint conflict in `_tide_conflicts`.
 pub(crate) const CONSTRAINT_CELL: i64 = -1;

@@ -6,7 +6,7 @@ use crate::format::change::{Encoder, OpKind};
 use crate::format::ids::ChangeId;
 use crate::format::value::encode_key;
 use crate::merge::{Merger, RowRef, Visible};
-use crate::store::rowmeta::{ROW, RowMeta, VRef, Version};
+use crate::store::rowmeta::{ROW, RowMeta, Stamp, VRef, Version};
 use crate::store::tables::TableInfo;
 use foldhash::HashMap;
 use rusqlite::{Connection, params};
@@ -94,136 +94,212 @@ impl<S: FnMut(&[u8; 32], &[u8]) -> Result<()>> Sealer<'_, S> {
             // Created and deleted since the last seal, or never visible here: nothing to say.
             (None, false) => return Ok(false),
         };
-        let values = p.current.as_ref().or(p.last_delete.as_ref());
-        // A row already written by this very change would name the change as its own
-        // predecessor: a change no replica could accept. Never seal that.
-        let own = self.v.vref();
-        if let Some(m) = &m0
-            && m.cells.iter().flatten().any(|h| h.vref() == own)
-        {
-            return Err(crate::error::Error::Seal(
-                crate::error::SealError::RowTwice {
-                    table: t.name.clone(),
-                    key: p.key,
-                },
-            ));
-        }
+        self.refuse_written_twice(t, &p, m0.as_ref())?;
         let Some(m0) = m0 else {
-            // A row this replica never had: every column is new, nothing overwritten.
-            let values = values.expect("the row exists: it was just inserted");
-            self.start_table(t);
-            self.enc
-                .row(kind, &p.key, std::iter::empty(), None, t.columns.len())?;
-            for (c, value) in values.iter().enumerate() {
-                self.enc.cell(c, value, std::iter::empty());
-            }
+            self.encode_new_row(t, kind, &p)?;
             return Ok(true);
         };
-        // A row created where it was deleted overwrites what the deletion saw: the
-        // cell heads the deleting changes causally covered, not values written
-        // concurrently with the deletion (those stay as candidates).
-        let deleted_over = if was_live {
-            Vec::new()
+        let cells = if p.current.is_some() || p.last_delete.is_some() {
+            self.cell_predecessors(t, key_bytes, &m0, was_live, mask)?
         } else {
-            deletion_contexts(self.conn, &m0)?
+            Vec::new()
         };
-        // The app saw the visible state: it overwrote the heads showing it, and this
-        // replica's own earlier writes (a replica's later write supersedes its earlier
-        // ones, shown or kept), no others.
-        let me = self.v.origin;
-        let row_preds: Vec<VRef> = m0.cells[ROW]
-            .iter()
-            .filter(|h| h.alive == was_live || h.origin == me)
-            .map(|h| h.vref())
-            .collect();
-        let mut cells: Vec<(usize, Vec<VRef>)> = Vec::new();
-        if values.is_some() {
-            for c in 0..t.columns.len() {
-                if !written(mask, c) {
-                    continue;
-                }
-                let heads = &m0.cells[c + 1];
-                let preds: Vec<VRef> = if !was_live {
-                    heads
-                        .iter()
-                        .filter(|h| {
-                            h.origin == me || deleted_over.iter().any(|d| d.covers(h, &origins))
-                        })
-                        .map(|h| h.vref())
-                        .collect()
-                } else if heads.len() > 1 && in_conflict(self.conn, t, key_bytes, c)? {
-                    // Only the value the app saw is overwritten, with this replica's own
-                    // earlier candidates; the others' candidates stay.
-                    let shown = m0.winner(c + 1, &origins).map(|w| w.vref());
-                    heads
-                        .iter()
-                        .map(|h| h.vref())
-                        .filter(|h| Some(*h) == shown || h.0 == me)
-                        .collect()
-                } else {
-                    heads.iter().map(|h| h.vref()).collect()
-                };
-                cells.push((c, preds));
-            }
-        }
         if kind == OpKind::Update && cells.is_empty() {
             // Nothing changed (an UPDATE that set columns to what they were, or a row
             // noted as a possible REPLACE victim that survived).
             return Ok(false);
         }
-        let lineage = if kind == OpKind::Update {
-            m0.birth(&origins)
-        } else {
-            None
+        let op = Op {
+            kind,
+            row_preds: self.row_predecessors(&m0, was_live),
+            cells,
+            lineage: if kind == OpKind::Update {
+                m0.birth(&origins)
+            } else {
+                None
+            },
         };
+        self.encode_op(t, &p, &op)?;
+        self.merge_op(t, p, key_bytes, &m0, op)?;
+        Ok(false)
+    }
+
+    /// A row already written by this very change would name the change as its own
+    /// predecessor: a change no replica could accept. Never seal that.
+    fn refuse_written_twice(&self, t: &TableInfo, p: &Pending, m0: Option<&RowMeta>) -> Result<()> {
+        let own = self.v.vref();
+        if let Some(m) = m0
+            && m.cells.iter().flatten().any(|h| h.vref() == own)
+        {
+            return Err(crate::error::Error::Seal(
+                crate::error::SealError::RowTwice {
+                    table: t.name.clone(),
+                    key: p.key.clone(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// A row this replica never had: every column is new, nothing overwritten.
+    fn encode_new_row(&mut self, t: &TableInfo, kind: OpKind, p: &Pending) -> Result<()> {
+        let values = p
+            .current
+            .as_ref()
+            .or(p.last_delete.as_ref())
+            .expect("the row exists: it was just inserted");
         self.start_table(t);
-        let row_ids: Vec<ChangeId> = row_preds.iter().map(|p| self.to_id(p)).collect();
-        let lineage_id = lineage.map(|l| crate::format::change::Lineage {
+        self.enc
+            .row(kind, &p.key, std::iter::empty(), None, t.columns.len())?;
+        for (c, value) in values.iter().enumerate() {
+            self.enc.cell(c, value, std::iter::empty());
+        }
+        Ok(())
+    }
+
+    /// The row heads the app overwrote: those showing the state it saw, and this
+    /// replica's own earlier writes (a replica's later write supersedes its earlier ones,
+    /// shown or kept), no others.
+    fn row_predecessors(&self, m0: &RowMeta, was_live: bool) -> Vec<VRef> {
+        let me = self.v.origin;
+        m0.cells[ROW]
+            .iter()
+            .filter(|h| h.alive == was_live || h.origin == me)
+            .map(|h| h.vref())
+            .collect()
+    }
+
+    /// The heads each column in `mask` overwrites. A row created where it was deleted
+    /// overwrites what the deletion saw: the cell heads the deleting changes causally
+    /// covered, not values written concurrently with the deletion (those stay as
+    /// candidates). A live row overwrites the value the app saw.
+    fn cell_predecessors(
+        &self,
+        t: &TableInfo,
+        key_bytes: &[u8],
+        m0: &RowMeta,
+        was_live: bool,
+        mask: u64,
+    ) -> Result<Vec<(usize, Vec<VRef>)>> {
+        let origins = &*self.merger.origins;
+        let deleted_over = if was_live {
+            Vec::new()
+        } else {
+            deletion_contexts(self.conn, m0)?
+        };
+        let me = self.v.origin;
+        let mut cells: Vec<(usize, Vec<VRef>)> = Vec::new();
+        for c in 0..t.columns.len() {
+            if !written(mask, c) {
+                continue;
+            }
+            let heads = &m0.cells[c + 1];
+            let preds: Vec<VRef> = if !was_live {
+                heads
+                    .iter()
+                    .filter(|h| h.origin == me || deleted_over.iter().any(|d| d.covers(h, origins)))
+                    .map(|h| h.vref())
+                    .collect()
+            } else if heads.len() > 1 && in_conflict(self.conn, t, key_bytes, c)? {
+                // Only the value the app saw is overwritten, with this replica's own
+                // earlier candidates; the others' candidates stay.
+                let shown = m0.winner(c + 1, origins).map(|w| w.vref());
+                heads
+                    .iter()
+                    .map(|h| h.vref())
+                    .filter(|h| Some(*h) == shown || h.0 == me)
+                    .collect()
+            } else {
+                heads.iter().map(|h| h.vref()).collect()
+            };
+            cells.push((c, preds));
+        }
+        Ok(cells)
+    }
+
+    /// Writes the op into the change: the row with its predecessors and lineage, then
+    /// each written cell with its own.
+    fn encode_op(&mut self, t: &TableInfo, p: &Pending, op: &Op) -> Result<()> {
+        self.start_table(t);
+        let row_ids: Vec<ChangeId> = op.row_preds.iter().map(|p| self.to_id(p)).collect();
+        let lineage_id = op.lineage.map(|l| crate::format::change::Lineage {
             change: self.to_id(&(l.origin, l.seq)),
             hlc: l.hlc,
         });
-        self.enc
-            .row(kind, &p.key, row_ids.into_iter(), lineage_id, cells.len())?;
-        // Cells are only planned when there are values to write.
-        let values = values.map(Vec::as_slice).unwrap_or_default();
-        for (c, preds) in &cells {
+        self.enc.row(
+            op.kind,
+            &p.key,
+            row_ids.into_iter(),
+            lineage_id,
+            op.cells.len(),
+        )?;
+        let values = written_values(p);
+        for (c, preds) in &op.cells {
             let ids: Vec<ChangeId> = preds.iter().map(|p| self.to_id(p)).collect();
             self.enc.cell(*c, &values[*c], ids.into_iter());
         }
+        Ok(())
+    }
+
+    /// Merges the op into the row's state. The app already wrote the table (or deleted
+    /// the row, whose last values the capture log gave).
+    fn merge_op(
+        &mut self,
+        t: &TableInfo,
+        p: Pending,
+        key_bytes: &[u8],
+        m0: &RowMeta,
+        op: Op,
+    ) -> Result<()> {
         let v = Version {
-            alive: kind != OpKind::Delete,
-            created: kind == OpKind::Insert,
-            lineage,
+            alive: op.kind != OpKind::Delete,
+            created: op.kind == OpKind::Insert,
+            lineage: op.lineage,
             ..self.v
         };
         let mut m1 = m0.successor();
-        m1.write(ROW, v, &row_preds);
-        let mut new_values = Vec::with_capacity(cells.len());
-        for (c, preds) in cells {
+        m1.write(ROW, v, &op.row_preds);
+        let values = written_values(&p);
+        let mut new_values = Vec::with_capacity(op.cells.len());
+        for (c, preds) in op.cells {
             m1.write(c + 1, v, &preds);
             new_values.push((c, v, values[c].clone()));
         }
-        if kind != OpKind::Delete {
+        if op.kind != OpKind::Delete {
             // The app wrote the row into its table: whatever held it is settled by this write.
             m1.held = false;
         }
-        let visible = match (kind, p.last_delete) {
+        let visible = match (op.kind, p.last_delete) {
             (OpKind::Delete, Some(old)) => Visible::LocalDelete(old),
             _ => Visible::LocalWrite,
         };
-        self.merger.transition(
-            &RowRef {
-                t,
-                key: &p.key,
-                key_bytes,
-            },
-            Some(&m0),
-            m1,
-            &new_values,
-            visible,
-        )?;
-        Ok(false)
+        let row = RowRef {
+            t,
+            key: &p.key,
+            key_bytes,
+        };
+        self.merger
+            .transition(&row, Some(m0), m1, &new_values, visible)
     }
+}
+
+/// The values a captured row's op writes: the row's now, or its last before a delete
+/// (none for a delete the capture log has no values for).
+fn written_values(p: &Pending) -> &[crate::format::value::Value] {
+    p.current
+        .as_ref()
+        .or(p.last_delete.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// One captured row as an op of the change: its kind, the heads it overwrites in the
+/// row and in each written cell, and (for an update) the creation its row descends from.
+struct Op {
+    kind: OpKind,
+    row_preds: Vec<VRef>,
+    cells: Vec<(usize, Vec<VRef>)>,
+    lineage: Option<Stamp>,
 }
 
 /// A deleting change and the version vector it was made against.
