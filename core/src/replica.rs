@@ -20,7 +20,7 @@ pub struct Replica {
     /// The metadata layouts (from, to) opening upgraded between, if it did.
     upgraded: Option<(u64, u64)>,
     /// Test hook: make the apply fail after this many row ops (atomicity tests).
-    pub(crate) fail_after_ops: Option<usize>,
+    pub(crate) hooks: TestHooks,
     /// Told how long exports and imports are getting on (see [`Replica::set_progress`]).
     pub(crate) progress: Option<Box<dyn FnMut(crate::replica::Progress)>>,
 }
@@ -101,7 +101,7 @@ impl Replica {
             keys,
             path,
             upgraded,
-            fail_after_ops: None,
+            hooks: TestHooks::default(),
             progress: None,
         }
     }
@@ -324,15 +324,18 @@ impl Replica {
         self.progress = report;
     }
 
-    /// Test hook: the next apply fails after `ops` row ops (then the hook clears).
+    /// Test hook (feature `testing`): the next apply fails after `ops` row ops, then
+    /// the hook clears.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn inject_apply_failure(&mut self, ops: Option<usize>) {
-        self.fail_after_ops = ops;
+        self.hooks.fail_after_ops = ops;
     }
 
     /// Test hook: this replica's changes close a chunk past `bytes` bytes instead of
     /// [`crate::format::change::CHUNK_TARGET`], so small tests make changes of many chunks.
     /// Kept in the database, so the `tide` binary honours it too.
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn set_chunk_target(&mut self, bytes: usize) -> Result<()> {
         crate::store::meta::set_u64(&self.conn, "chunk_target", bytes as u64)
@@ -456,4 +459,27 @@ pub struct Progress {
     pub done: u64,
     /// Changes in all.
     pub total: u64,
+}
+
+/// Failures tide's own tests inject (feature `testing`). Without the feature it holds
+/// nothing and its check is a constant `false`, so the apply path carries no hook.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TestHooks {
+    /// The apply fails once this many row ops are done.
+    #[cfg(feature = "testing")]
+    pub(crate) fail_after_ops: Option<usize>,
+}
+
+impl TestHooks {
+    /// Whether the apply must fail now, `ops_done` row ops in.
+    #[inline(always)]
+    pub(crate) fn apply_fails_at(self, ops_done: usize) -> bool {
+        #[cfg(feature = "testing")]
+        return self.fail_after_ops.is_some_and(|n| ops_done >= n);
+        #[cfg(not(feature = "testing"))]
+        {
+            let _ = ops_done;
+            false
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::format::change::{ChunkDecoder, RowOp, Step, VerifiedHead};
 use crate::format::ids::ChangeId;
 use crate::format::value::encode_key;
 use crate::merge::{BATCH, Merger};
-use crate::replica::Progress;
+use crate::replica::{Progress, TestHooks};
 use crate::store::append::load_head;
 use crate::store::chunks::ChunkCache;
 use crate::store::meta::{origin_idx, origins_map};
@@ -54,7 +54,7 @@ pub(crate) fn apply_ready(
     conn: &Connection,
     mut cache: ChunkCache,
     report: &mut ImportReport,
-    fail_after: Option<usize>,
+    hooks: TestHooks,
     mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
 ) -> Result<()> {
     // Waiting changes are read a page at a time, in HLC order, and each head only when
@@ -136,7 +136,7 @@ pub(crate) fn apply_ready(
                 &tables,
                 (origin, seq, &verified),
                 &mut ops_done,
-                fail_after,
+                hooks,
             )?;
             if let Err((code, detail)) = outcome {
                 savepoint.rollback()?;
@@ -241,7 +241,7 @@ pub(crate) fn apply_change(
     tables: &HashMap<String, TableInfo>,
     (origin, seq, manifest): (i64, u64, &VerifiedHead),
     ops_done: &mut usize,
-    fail_after: Option<usize>,
+    hooks: TestHooks,
 ) -> Result<std::result::Result<(), (QuarantineReason, String)>> {
     let mut applier = Applier {
         merger,
@@ -287,7 +287,7 @@ pub(crate) fn apply_change(
             let m = map
                 .as_ref()
                 .expect("the decoder yields a table before its rows");
-            if fail_after.is_some_and(|n| *ops_done >= n) {
+            if hooks.apply_fails_at(*ops_done) {
                 return Err(Error::Apply(crate::error::ApplyError::Injected));
             }
             *ops_done += 1;

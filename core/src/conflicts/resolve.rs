@@ -128,7 +128,13 @@ impl Replica {
         }
         let change = append_resolution(&tx, &secret, t, writes)?;
         let mut report = crate::ingest::ImportReport::default();
-        crate::apply::apply_ready(&tx, Default::default(), &mut report, None, None)?;
+        crate::apply::apply_ready(
+            &tx,
+            Default::default(),
+            &mut report,
+            Default::default(),
+            None,
+        )?;
         tx.commit()?;
         debug_assert!(sealed.is_none_or(|s| s.seq < change.head.seq));
         self.record_sealed(change.head.seq)?;

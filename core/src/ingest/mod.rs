@@ -125,7 +125,7 @@ impl Replica {
 
     pub(crate) fn import_in_one_transaction(&mut self, source: Source<'_>) -> Result<ImportReport> {
         let retrying = matches!(source, Source::Quarantine(_));
-        let fail_after = self.fail_after_ops.take();
+        let hooks = std::mem::take(&mut self.hooks);
         // IMMEDIATE: no app write can slip in between sealing and applying.
         let tx = rusqlite::Transaction::new_unchecked(
             &self.conn,
@@ -189,7 +189,7 @@ impl Replica {
             )?;
         }
         let mut progress = self.progress.take();
-        let applied = apply_ready(&tx, cache, &mut report, fail_after, progress.as_deref_mut());
+        let applied = apply_ready(&tx, cache, &mut report, hooks, progress.as_deref_mut());
         self.progress = progress;
         applied?;
         // A quarantined change now in the log has been dealt with.

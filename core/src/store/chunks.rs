@@ -153,7 +153,7 @@ pub trait Chunks {
     fn chunk(&mut self, index: usize, want: &ChunkRef) -> crate::error::Result<Vec<u8>>;
 
     /// Chunk `index` as it is kept at rest, with its packing ([`PACKING_RAW`] or
-    /// [`PACKING_ZSTD`]), so that stores which both pack the same way (the log, a bundle
+    /// [`PACKING_ZSTD`](crate::change::PACKING_ZSTD)), so that stores which both pack the same way (the log, a bundle
     /// image) pass it on without unpacking and packing it again. By default, as signed.
     fn stored(&mut self, index: usize, want: &ChunkRef) -> crate::error::Result<(Vec<u8>, i64)> {
         Ok((self.chunk(index, want)?, PACKING_RAW))

@@ -17,7 +17,7 @@ pub(crate) fn signing_message(hash: &[u8; 32]) -> Vec<u8> {
 }
 
 /// A change's head as bytes with its signature, not yet checked against any key. Its
-/// chunks travel beside it (see [`Chunks`]).
+/// chunks travel beside it (see [`Chunks`](crate::Chunks)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedHead {
     bytes: Vec<u8>,
