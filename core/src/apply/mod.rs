@@ -52,7 +52,7 @@ pub struct ImportReport {
 /// transaction; capture triggers are off meanwhile so tide's writes are not captured.
 pub(crate) fn apply_ready(
     conn: &Connection,
-    mut cache: ChunkCache,
+    cache: ChunkCache,
     report: &mut ImportReport,
     hooks: TestHooks,
     mut on_progress: Option<&mut (dyn FnMut(Progress) + '_)>,
@@ -70,27 +70,7 @@ pub(crate) fn apply_ready(
     }
     let tracked = tables::tracked_tables(conn)?;
     let _off = tables::TriggersOff::new(conn)?;
-    let tables: HashMap<String, TableInfo> = tracked
-        .iter()
-        .map(|t| (t.name.clone(), t.clone()))
-        .collect();
-    let mut applied: HashMap<i64, u64> = HashMap::default();
-    {
-        let mut s = conn.prepare("SELECT idx, applied FROM _tide_origins")?;
-        for row in s.query_map([], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
-        })? {
-            let (i, a) = row?;
-            applied.insert(i, a);
-        }
-    }
-    let mut merger = Merger::new(conn, HashMap::default());
-    // Each apply stamps the conflict records it writes (see `Merger::set_conflict`).
-    let epoch = crate::store::meta::get_u64(conn, "apply_epoch")? + 1;
-    crate::store::meta::set_u64(conn, "apply_epoch", epoch)?;
-    merger.epoch = epoch as i64;
-    let mut max_hlc = crate::store::meta::get_u64(conn, "hlc")?;
-    let mut ops_done = 0usize;
+    let mut run = Run::start(conn, &tracked, cache, hooks)?;
     let mut waiting;
     loop {
         let mut progress = false;
@@ -98,67 +78,14 @@ pub(crate) fn apply_ready(
         let mut pages = PendingPages::default();
         while let Some((origin, seq)) = pages.next(conn)? {
             let verified = VerifiedHead::from_log(load_head(conn, origin, seq)?)?;
-            let head = &verified.head;
-            let mut ready = true;
-            for (rid, s) in &head.deps {
-                let idx = origin_idx(conn, *rid)?;
-                if applied.get(&idx).copied().unwrap_or(0) < *s {
-                    ready = false;
-                    break;
-                }
-            }
-            if !ready {
+            if !run.ready(&verified)? {
                 waiting += 1;
                 continue;
             }
             progress = true;
-            if head
-                .deps
-                .iter()
-                .any(|(r, _)| !merger.origins.values().any(|x| x == r))
-                || !merger.origins.values().any(|x| *x == head.origin)
-            {
-                merger.origins = std::rc::Rc::new(origins_map(conn)?);
-            }
-            let id = ChangeId {
-                origin: head.origin,
-                seq: head.seq,
-            };
-            // A change applies whole or not at all: a table that turns out not to map
-            // here rolls back the ops already applied from it, and it goes to quarantine.
-            let savepoint = Savepoint::begin(conn, "tide_change")?;
-            let ops_before = ops_done;
-            let (opened_before, closed_before) = (merger.conflicts_written, merger.closed_any);
-            let outcome = apply_change(
-                conn,
-                &mut cache,
-                &mut merger,
-                &tables,
-                (origin, seq, &verified),
-                &mut ops_done,
-                hooks,
-            )?;
-            if let Err((code, detail)) = outcome {
-                savepoint.rollback()?;
-                ops_done = ops_before;
-                // What the change opened or closed is undone with it.
-                merger.conflicts_written = opened_before;
-                merger.closed_any = closed_before;
-                quarantine(conn, id, verified.signed(), code, &detail)?;
-                conn.execute(
-                    "UPDATE _tide_log SET applied=?3 WHERE origin=?1 AND seq=?2",
-                    params![origin, seq as i64, ChangeState::Quarantined],
-                )?;
-                report.quarantined.push((id, code));
+            if !run.apply_one((origin, seq), &verified, report)? {
                 continue;
             }
-            savepoint.release()?;
-            conn.prepare_cached("UPDATE _tide_log SET applied=?3 WHERE origin=?1 AND seq=?2")?
-                .execute(params![origin, seq as i64, ChangeState::Applied])?;
-            applied.insert(origin, seq);
-            max_hlc = max_hlc.max(head.hlc);
-            report.applied += 1;
-            report.ops_applied += ops_done - ops_before;
             if let Some(p) = on_progress.as_deref_mut() {
                 p(Progress {
                     stage: "applying",
@@ -172,22 +99,149 @@ pub(crate) fn apply_ready(
         }
     }
     report.waiting = waiting;
-    merger.origins = std::rc::Rc::new(origins_map(conn)?);
-    settle(&mut merger, &tracked)?;
-    for (idx, seq) in &applied {
-        conn.prepare_cached("UPDATE _tide_origins SET applied=?2 WHERE idx=?1 AND applied<?2")?
-            .execute(params![idx, *seq as i64])?;
+    run.finish(&tracked, report)
+}
+
+/// One apply's state across the changes it applies.
+struct Run<'c> {
+    conn: &'c Connection,
+    merger: Merger<'c>,
+    tables: HashMap<String, TableInfo>,
+    /// Origin → highest seq applied, as the apply goes.
+    applied: HashMap<i64, u64>,
+    max_hlc: u64,
+    ops_done: usize,
+    cache: ChunkCache,
+    hooks: TestHooks,
+}
+
+impl<'c> Run<'c> {
+    fn start(
+        conn: &'c Connection,
+        tracked: &[TableInfo],
+        cache: ChunkCache,
+        hooks: TestHooks,
+    ) -> Result<Run<'c>> {
+        let tables = tracked
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        let mut applied: HashMap<i64, u64> = HashMap::default();
+        {
+            let mut s = conn.prepare("SELECT idx, applied FROM _tide_origins")?;
+            for row in s.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64))
+            })? {
+                let (i, a) = row?;
+                applied.insert(i, a);
+            }
+        }
+        let mut merger = Merger::new(conn, HashMap::default());
+        // Each apply stamps the conflict records it writes (see `Merger::set_conflict`).
+        let epoch = crate::store::meta::get_u64(conn, "apply_epoch")? + 1;
+        crate::store::meta::set_u64(conn, "apply_epoch", epoch)?;
+        merger.epoch = epoch as i64;
+        Ok(Run {
+            conn,
+            merger,
+            tables,
+            applied,
+            max_hlc: crate::store::meta::get_u64(conn, "hlc")?,
+            ops_done: 0,
+            cache,
+            hooks,
+        })
     }
-    crate::store::meta::set_u64(conn, "hlc", max_hlc)?;
-    if conn.is_autocommit() {
-        // Something ended our transaction behind our back; nothing after it is atomic.
-        return Err(Error::Apply(crate::error::ApplyError::TransactionEnded));
+
+    /// Whether every change `head` depends on is applied here.
+    fn ready(&self, head: &VerifiedHead) -> Result<bool> {
+        for (rid, s) in &head.head.deps {
+            let idx = origin_idx(self.conn, *rid)?;
+            if self.applied.get(&idx).copied().unwrap_or(0) < *s {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
-    // Counted as records are written and closed (`Merger::note_opened`, `note_closed`):
-    // reading every conflict id before and after would cost memory and time in
-    // proportion to all the conflicts the replica holds.
-    report.conflicts_opened += merger.conflicts_written.max(0) as usize;
-    Ok(())
+
+    /// Applies one ready change whole, or rolls it back and quarantines it when a table
+    /// of it does not map here. Returns whether it applied.
+    fn apply_one(
+        &mut self,
+        (origin, seq): (i64, u64),
+        verified: &VerifiedHead,
+        report: &mut ImportReport,
+    ) -> Result<bool> {
+        let (conn, head) = (self.conn, &verified.head);
+        let merger = &mut self.merger;
+        if head
+            .deps
+            .iter()
+            .any(|(r, _)| !merger.origins.values().any(|x| x == r))
+            || !merger.origins.values().any(|x| *x == head.origin)
+        {
+            merger.origins = std::rc::Rc::new(origins_map(conn)?);
+        }
+        let id = verified.id();
+        // A change applies whole or not at all: a table that turns out not to map
+        // here rolls back the ops already applied from it, and it goes to quarantine.
+        let savepoint = Savepoint::begin(conn, "tide_change")?;
+        let ops_before = self.ops_done;
+        let (opened_before, closed_before) = (merger.conflicts_written, merger.closed_any);
+        let outcome = apply_change(
+            conn,
+            &mut self.cache,
+            merger,
+            &self.tables,
+            (origin, seq, verified),
+            &mut self.ops_done,
+            self.hooks,
+        )?;
+        if let Err((code, detail)) = outcome {
+            savepoint.rollback()?;
+            self.ops_done = ops_before;
+            // What the change opened or closed is undone with it.
+            merger.conflicts_written = opened_before;
+            merger.closed_any = closed_before;
+            quarantine(conn, id, verified.signed(), code, &detail)?;
+            conn.execute(
+                "UPDATE _tide_log SET applied=?3 WHERE origin=?1 AND seq=?2",
+                params![origin, seq as i64, ChangeState::Quarantined],
+            )?;
+            report.quarantined.push((id, code));
+            return Ok(false);
+        }
+        savepoint.release()?;
+        conn.prepare_cached("UPDATE _tide_log SET applied=?3 WHERE origin=?1 AND seq=?2")?
+            .execute(params![origin, seq as i64, ChangeState::Applied])?;
+        self.applied.insert(origin, seq);
+        self.max_hlc = self.max_hlc.max(head.hlc);
+        report.applied += 1;
+        report.ops_applied += self.ops_done - ops_before;
+        Ok(true)
+    }
+
+    /// Settles held rows and foreign keys, records what is applied per origin and the
+    /// clock, and counts the conflicts the apply opened.
+    fn finish(mut self, tracked: &[TableInfo], report: &mut ImportReport) -> Result<()> {
+        let conn = self.conn;
+        self.merger.origins = std::rc::Rc::new(origins_map(conn)?);
+        settle(&mut self.merger, tracked)?;
+        for (idx, seq) in &self.applied {
+            conn.prepare_cached("UPDATE _tide_origins SET applied=?2 WHERE idx=?1 AND applied<?2")?
+                .execute(params![idx, *seq as i64])?;
+        }
+        crate::store::meta::set_u64(conn, "hlc", self.max_hlc)?;
+        if conn.is_autocommit() {
+            // Something ended our transaction behind our back; nothing after it is atomic.
+            return Err(Error::Apply(crate::error::ApplyError::TransactionEnded));
+        }
+        // Counted as records are written and closed (`Merger::note_opened`, `note_closed`):
+        // reading every conflict id before and after would cost memory and time in
+        // proportion to all the conflicts the replica holds.
+        report.conflicts_opened += self.merger.conflicts_written.max(0) as usize;
+        Ok(())
+    }
 }
 
 /// The changes waiting to apply, in (HLC, origin, seq) order, a page at a time: applying

@@ -18,7 +18,7 @@ use crate::store::append::advance_stored;
 use crate::store::chunks::{ChunkCache, Chunks, LogChunks};
 use crate::store::states::ChangeState;
 use crate::store::vectors::store_ack;
-use rusqlite::params;
+use rusqlite::{Connection, params};
 use take::Ingest;
 
 impl Replica {
@@ -137,72 +137,15 @@ impl Replica {
         } else {
             None
         };
-        let mut ingest = Ingest {
-            conn: &tx,
-            retrying,
-            checking: false,
-            report: ImportReport::default(),
-            touched: Vec::new(),
-            cache: ChunkCache::default(),
-            failed: None,
-        };
-        let mut ack = None;
-        match source {
-            Source::Offered(source, from) => {
-                ack = from;
-                source(&mut |head, chunks| ingest.offer(head, chunks))?
-            }
-            Source::Quarantine(heads) => {
-                for head in &heads {
-                    ingest.offer(head, &mut LogChunks { conn: &tx })?;
-                }
-            }
-        }
-        let Ingest {
-            mut report,
-            touched,
-            cache,
-            failed,
-            ..
-        } = ingest;
-        if let Some(e) = failed {
-            // The source swallowed the error and went on: nothing of it is kept.
-            return Err(Error::Apply(crate::error::ApplyError::ImportWentOn {
-                failure: e,
-            }));
-        }
-        for idx in touched {
-            advance_stored(&tx, idx)?;
-        }
+        let (mut report, cache, ack) = take_all(&tx, source, retrying)?;
         if retrying {
-            // Stored changes that could not be applied get another go.
-            tx.execute(
-                "UPDATE _tide_log SET applied=?1 WHERE applied=?2",
-                params![ChangeState::Waiting, ChangeState::Quarantined],
-            )?;
-            tx.execute(
-                "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2)",
-                params![
-                    QuarantineReason::UnknownTable,
-                    QuarantineReason::SchemaMismatch
-                ],
-            )?;
+            requeue_quarantined(&tx)?;
         }
         let mut progress = self.progress.take();
         let applied = apply_ready(&tx, cache, &mut report, hooks, progress.as_deref_mut());
         self.progress = progress;
         applied?;
-        // A quarantined change now in the log has been dealt with.
-        tx.execute(
-            "DELETE FROM _tide_quarantine WHERE reason NOT IN (?1, ?2)
-               AND hash IN (SELECT hash FROM _tide_log WHERE applied IN (?3, ?4))",
-            params![
-                QuarantineReason::Fork,
-                QuarantineReason::BrokenChain,
-                ChangeState::Applied,
-                ChangeState::Waiting
-            ],
-        )?;
+        drop_dealt_with(&tx)?;
         if let Some((peer, vector)) = ack {
             store_ack(&tx, peer, &vector)?;
         }
@@ -214,10 +157,93 @@ impl Replica {
     }
 }
 
+/// Takes every change `source` offers, each verified and stored (or quarantined) before
+/// the next is read, then moves each touched origin's stored seq up. Returns the report
+/// so far, the chunks just received, and the sender's acknowledgement if it gave one.
+fn take_all(
+    tx: &Connection,
+    source: Source<'_>,
+    retrying: bool,
+) -> Result<(ImportReport, ChunkCache, Option<Ack>)> {
+    let mut ingest = Ingest {
+        conn: tx,
+        retrying,
+        checking: false,
+        report: ImportReport::default(),
+        touched: Vec::new(),
+        cache: ChunkCache::default(),
+        failed: None,
+    };
+    let mut ack = None;
+    match source {
+        Source::Offered(source, from) => {
+            ack = from;
+            source(&mut |head, chunks| ingest.offer(head, chunks))?
+        }
+        Source::Quarantine(heads) => {
+            for head in &heads {
+                ingest.offer(head, &mut LogChunks { conn: tx })?;
+            }
+        }
+    }
+    let Ingest {
+        report,
+        touched,
+        cache,
+        failed,
+        ..
+    } = ingest;
+    if let Some(e) = failed {
+        // The source swallowed the error and went on: nothing of it is kept.
+        return Err(Error::Apply(crate::error::ApplyError::ImportWentOn {
+            failure: e,
+        }));
+    }
+    for idx in touched {
+        advance_stored(tx, idx)?;
+    }
+    Ok((report, cache, ack))
+}
+
+/// Retrying the quarantine: stored changes that could not be applied get another go, and
+/// entries that waited for a table or a schema are taken again from the log.
+fn requeue_quarantined(tx: &Connection) -> Result<()> {
+    tx.execute(
+        "UPDATE _tide_log SET applied=?1 WHERE applied=?2",
+        params![ChangeState::Waiting, ChangeState::Quarantined],
+    )?;
+    tx.execute(
+        "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2)",
+        params![
+            QuarantineReason::UnknownTable,
+            QuarantineReason::SchemaMismatch
+        ],
+    )?;
+    Ok(())
+}
+
+/// A quarantined change now in the log, applied or waiting, has been dealt with.
+fn drop_dealt_with(tx: &Connection) -> Result<()> {
+    tx.execute(
+        "DELETE FROM _tide_quarantine WHERE reason NOT IN (?1, ?2)
+           AND hash IN (SELECT hash FROM _tide_log WHERE applied IN (?3, ?4))",
+        params![
+            QuarantineReason::Fork,
+            QuarantineReason::BrokenChain,
+            ChangeState::Applied,
+            ChangeState::Waiting
+        ],
+    )?;
+    Ok(())
+}
+
+/// A sender's acknowledgement: what it holds, by its own account.
+pub(crate) type Ack = (ReplicaId, VersionVector);
+
 /// Where an import's changes come from.
 pub(crate) enum Source<'s> {
     /// A caller offers them with their chunks, maybe with the sender's acknowledgement.
-    Offered(OfferFn<'s>, Option<(ReplicaId, VersionVector)>),
+    Offered(OfferFn<'s>, Option<Ack>),
     /// The quarantine, retried: heads from it, chunks from the log's chunk store.
     Quarantine(Vec<SignedHead>),
 }

@@ -2,7 +2,7 @@
 
 use crate::apply::ImportReport;
 use crate::error::{Error, Result};
-use crate::format::change::{SignedHead, VerifyError};
+use crate::format::change::{SignedHead, VerifiedHead, VerifyError};
 use crate::format::ids::ChangeId;
 use crate::store::append::store_received;
 use crate::store::chunks::store_packed;
@@ -44,119 +44,22 @@ impl Ingest<'_> {
         taken
     }
 
+    /// Takes one change: verified against its origin's key, checked against the log
+    /// (duplicate, fork, broken chain), its chunks checked against the verified head and
+    /// stored, then the head stored to wait for its turn to apply.
     pub(crate) fn take(&mut self, signed: &SignedHead, chunks: &mut dyn Chunks) -> Result<()> {
         self.report.received += 1;
-        let id = match signed.peek_id() {
-            Ok(id) => id,
-            Err(e) if !self.retrying => {
-                return Err(Error::Rejected {
-                    change: None,
-                    reason: VerifyError::Decode(e),
-                });
-            }
-            Err(_) => return Ok(()),
-        };
-        let key: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT sign_key FROM _tide_origins WHERE id=?1",
-                [&id.origin.0[..]],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
-        let Some(key) = key else {
-            self.keep_chunks(signed, chunks)?;
-            return self.quarantine(
-                id,
-                signed,
-                QuarantineReason::UnknownOrigin,
-                "signed by a replica this one does not know",
-            );
-        };
-        let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
-        let manifest = match signed.verify(&key) {
-            Ok(m) => m,
-            Err(reason) if !self.retrying => {
-                return Err(Error::Rejected {
-                    change: Some(id),
-                    reason,
-                });
-            }
-            Err(_) => return self.bad_signature(id, signed),
+        let Some((id, head)) = self.verified(signed, chunks)? else {
+            return Ok(());
         };
         let idx = origin_idx(self.conn, id.origin)?;
-        let existing = self.stored_hash(idx, id.seq)?;
-        if let Some(hash) = existing {
-            if hash == signed.hash() {
-                self.report.duplicates += 1;
-                return Ok(());
-            }
-            self.keep_chunks(signed, chunks)?;
-            return self.quarantine(
-                id,
-                signed,
-                QuarantineReason::Fork,
-                "another change with this origin and seq is already stored",
-            );
+        if !self.fits_the_log(id, idx, &head, chunks)? {
+            return Ok(());
         }
-        if id.seq > 1 {
-            let prev = self.stored_hash(idx, id.seq - 1)?;
-            if prev.is_some_and(|p| p != manifest.head.prev) {
-                self.keep_chunks(signed, chunks)?;
-                return self.quarantine(
-                    id,
-                    signed,
-                    QuarantineReason::BrokenChain,
-                    "its previous-change hash does not match the stored log",
-                );
-            }
-        }
-        // Every chunk is checked against the signed head before it is stored. A chunk
-        // that arrives packed is kept as it came, once it unpacks to what the head names.
-        let mut ops = 0;
-        for (i, want) in manifest.chunks.iter().enumerate() {
-            let checked = chunks.stored(i, want).and_then(|(stored, packing)| {
-                let (chunk, stored) = match packing {
-                    crate::format::change::PACKING_RAW => (stored, None),
-                    crate::format::change::PACKING_ZSTD => (
-                        crate::format::change::unzstd_chunk(&stored, want.len)?,
-                        Some(stored),
-                    ),
-                    _ => Err(crate::error::DecodeError::Malformed("chunk packing"))?,
-                };
-                let n = manifest.check_chunk(i, &chunk)?;
-                Ok((n, chunk, stored, packing))
-            });
-            let (n, chunk, stored, packing) = match checked {
-                Ok(x) => x,
-                Err(e) if !self.retrying => {
-                    return Err(match e {
-                        Error::Decode(d) => Error::Rejected {
-                            change: Some(id),
-                            reason: VerifyError::Decode(d),
-                        },
-                        other => other,
-                    });
-                }
-                // Retrying: a chunk that is missing or does not match leaves the change
-                // in quarantine; anything else (the disk, SQLite) stops the retry.
-                Err(Error::Decode(_) | Error::LogBody(_)) => {
-                    return self.bad_signature(id, signed);
-                }
-                Err(e) => return Err(e),
-            };
-            ops += n;
-            if self.checking {
-                continue;
-            }
-            match &stored {
-                None => store_chunk(self.conn, &want.hash, &chunk)?,
-                Some(stored) => store_packed(self.conn, &want.hash, stored, packing)?,
-            }
-            self.cache.offer(want.hash, chunk);
-        }
-        if ops != manifest.ops {
+        let Some(ops) = self.store_chunks(id, &head, chunks)? else {
+            return Ok(());
+        };
+        if ops != head.ops {
             if !self.retrying {
                 return Err(Error::Rejected {
                     change: Some(id),
@@ -174,13 +77,155 @@ impl Ingest<'_> {
             self.report.stored += 1;
             return Ok(());
         }
-        store_received(self.conn, idx, &manifest)?;
+        store_received(self.conn, idx, &head)?;
         self.report.stored += 1;
         if !self.touched.contains(&idx) {
             // One entry per origin, not per change: a bundle may hold millions.
             self.touched.push(idx);
         }
         Ok(())
+    }
+
+    /// The change's id and its head verified with its origin's key; `None` when it went
+    /// to quarantine instead (an unknown origin; a bad signature while retrying).
+    fn verified(
+        &mut self,
+        signed: &SignedHead,
+        chunks: &mut dyn Chunks,
+    ) -> Result<Option<(ChangeId, VerifiedHead)>> {
+        let id = match signed.peek_id() {
+            Ok(id) => id,
+            Err(e) if !self.retrying => {
+                return Err(Error::Rejected {
+                    change: None,
+                    reason: VerifyError::Decode(e),
+                });
+            }
+            Err(_) => return Ok(None),
+        };
+        let key: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT sign_key FROM _tide_origins WHERE id=?1",
+                [&id.origin.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(key) = key else {
+            self.keep_chunks(signed, chunks)?;
+            self.quarantine(
+                id,
+                signed,
+                QuarantineReason::UnknownOrigin,
+                "signed by a replica this one does not know",
+            )?;
+            return Ok(None);
+        };
+        let key: [u8; 32] = key.try_into().expect("keys are stored as 32 bytes");
+        match signed.verify(&key) {
+            Ok(head) => Ok(Some((id, head))),
+            Err(reason) if !self.retrying => Err(Error::Rejected {
+                change: Some(id),
+                reason,
+            }),
+            Err(_) => self.bad_signature(id, signed).map(|()| None),
+        }
+    }
+
+    /// Whether the change is new and extends its origin's hash chain. A duplicate is
+    /// counted; a fork or a broken chain goes to quarantine.
+    fn fits_the_log(
+        &mut self,
+        id: ChangeId,
+        idx: i64,
+        head: &VerifiedHead,
+        chunks: &mut dyn Chunks,
+    ) -> Result<bool> {
+        let signed = head.signed();
+        if let Some(hash) = self.stored_hash(idx, id.seq)? {
+            if hash == signed.hash() {
+                self.report.duplicates += 1;
+                return Ok(false);
+            }
+            self.keep_chunks(signed, chunks)?;
+            self.quarantine(
+                id,
+                signed,
+                QuarantineReason::Fork,
+                "another change with this origin and seq is already stored",
+            )?;
+            return Ok(false);
+        }
+        if id.seq > 1 {
+            let prev = self.stored_hash(idx, id.seq - 1)?;
+            if prev.is_some_and(|p| p != head.head.prev) {
+                self.keep_chunks(signed, chunks)?;
+                self.quarantine(
+                    id,
+                    signed,
+                    QuarantineReason::BrokenChain,
+                    "its previous-change hash does not match the stored log",
+                )?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Checks every chunk against the verified head before it is stored, and counts the
+    /// rows. A chunk that arrives packed is kept as it came, once it unpacks to what the
+    /// head names. `None` when a chunk failed while retrying (the change stays in
+    /// quarantine).
+    fn store_chunks(
+        &mut self,
+        id: ChangeId,
+        head: &VerifiedHead,
+        chunks: &mut dyn Chunks,
+    ) -> Result<Option<u64>> {
+        let mut ops = 0;
+        for (i, want) in head.chunks.iter().enumerate() {
+            let checked = chunks.stored(i, want).and_then(|(stored, packing)| {
+                let (chunk, stored) = match packing {
+                    crate::format::change::PACKING_RAW => (stored, None),
+                    crate::format::change::PACKING_ZSTD => (
+                        crate::format::change::unzstd_chunk(&stored, want.len)?,
+                        Some(stored),
+                    ),
+                    _ => Err(crate::error::DecodeError::Malformed("chunk packing"))?,
+                };
+                let n = head.check_chunk(i, &chunk)?;
+                Ok((n, chunk, stored, packing))
+            });
+            let (n, chunk, stored, packing) = match checked {
+                Ok(x) => x,
+                Err(e) if !self.retrying => {
+                    return Err(match e {
+                        Error::Decode(d) => Error::Rejected {
+                            change: Some(id),
+                            reason: VerifyError::Decode(d),
+                        },
+                        other => other,
+                    });
+                }
+                // Retrying: a chunk that is missing or does not match leaves the change
+                // in quarantine; anything else (the disk, SQLite) stops the retry.
+                Err(Error::Decode(_) | Error::LogBody(_)) => {
+                    return self.bad_signature(id, head.signed()).map(|()| None);
+                }
+                Err(e) => return Err(e),
+            };
+            ops += n;
+            if self.checking {
+                continue;
+            }
+            match &stored {
+                None => store_chunk(self.conn, &want.hash, &chunk)?,
+                Some(stored) => store_packed(self.conn, &want.hash, stored, packing)?,
+            }
+            self.cache.offer(want.hash, chunk);
+        }
+        Ok(Some(ops))
     }
 
     /// Keeps the chunks of a change that goes to quarantine, so that retrying it later

@@ -1,6 +1,6 @@
 //! What tide knows of a tracked table: its key, columns, unique indexes, and the switch that turns capture off.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TrackError, UntrackableReason};
 use rusqlite::{Connection, OptionalExtension};
 
 /// Quotes an SQL identifier.
@@ -78,10 +78,7 @@ pub(crate) fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>
 /// Inspects `table` and returns its shape, refusing tables tide cannot sync.
 pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Vec<String>)> {
     if table.starts_with("_tide_") {
-        return Err(Error::Track(crate::error::TrackError::Untrackable {
-            table: table.into(),
-            reason: crate::error::UntrackableReason::TideTable,
-        }));
+        return Err(untrackable(table, UntrackableReason::TideTable));
     }
     let sql: Option<String> = conn
         .query_row(
@@ -91,21 +88,15 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
         )
         .optional()?;
     let Some(sql) = sql else {
-        return Err(Error::Track(crate::error::TrackError::NoSuchTable(
-            table.into(),
-        )));
+        return Err(Error::Track(TrackError::NoSuchTable(table.into())));
     };
     if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
-        return Err(Error::Track(crate::error::TrackError::Autoincrement(
-            table.into(),
-        )));
+        return Err(Error::Track(TrackError::Autoincrement(table.into())));
     }
     let cols = read_columns(conn, table)?;
     let mut keys: Vec<&Column> = cols.iter().filter(|c| c.pk > 0).collect();
     if keys.is_empty() {
-        return Err(Error::Track(crate::error::TrackError::NoPrimaryKey(
-            table.into(),
-        )));
+        return Err(Error::Track(TrackError::NoPrimaryKey(table.into())));
     }
     keys.sort_by_key(|c| c.pk);
     let mut warnings = Vec::new();
@@ -118,6 +109,16 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
              the same ids; such collisions show up as conflicts. Prefer random ids (for example a UUID) for new rows."
         ));
     }
+    check_keys(conn, table, &keys)?;
+    if cols.iter().any(|c| c.name.contains('\0')) {
+        return Err(untrackable(table, UntrackableReason::NulInColumnName));
+    }
+    Ok((cols, warnings))
+}
+
+/// Refuses a primary key that compares with a collation other than BINARY (replicas
+/// could disagree on which rows are the same) or that holds NULL in some row.
+fn check_keys(conn: &Connection, table: &str, keys: &[&Column]) -> Result<()> {
     for index in unique_indexes(conn, table)? {
         if index.primary
             && index
@@ -125,10 +126,7 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
                 .iter()
                 .any(|(_, coll)| !coll.eq_ignore_ascii_case("BINARY"))
         {
-            return Err(Error::Track(crate::error::TrackError::Untrackable {
-                table: table.into(),
-                reason: crate::error::UntrackableReason::KeyCollation,
-            }));
+            return Err(untrackable(table, UntrackableReason::KeyCollation));
         }
     }
     let null_keys = keys
@@ -142,20 +140,20 @@ pub(crate) fn inspect(conn: &Connection, table: &str) -> Result<(Vec<Column>, Ve
         |r| r.get(0),
     )?;
     if nulls > 0 {
-        return Err(Error::Track(crate::error::TrackError::Untrackable {
-            table: table.into(),
-            reason: crate::error::UntrackableReason::NullKeys { rows: nulls as u64 },
-        }));
+        return Err(untrackable(
+            table,
+            UntrackableReason::NullKeys { rows: nulls as u64 },
+        ));
     }
-    for c in &cols {
-        if c.name.contains('\0') {
-            return Err(Error::Track(crate::error::TrackError::Untrackable {
-                table: table.into(),
-                reason: crate::error::UntrackableReason::NulInColumnName,
-            }));
-        }
-    }
-    Ok((cols, warnings))
+    Ok(())
+}
+
+/// The refusal of `table` for `reason`.
+fn untrackable(table: &str, reason: UntrackableReason) -> Error {
+    Error::Track(TrackError::Untrackable {
+        table: table.into(),
+        reason,
+    })
 }
 
 /// Builds the `TableInfo` for a table about to be tracked (tid assigned by the caller).
@@ -207,10 +205,10 @@ pub(crate) fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<Uniqu
     let mut out = Vec::new();
     for (name, origin, partial) in list {
         if partial {
-            return Err(Error::Track(crate::error::TrackError::Untrackable {
-                table: table.into(),
-                reason: crate::error::UntrackableReason::PartialIndex { index: name },
-            }));
+            return Err(untrackable(
+                table,
+                UntrackableReason::PartialIndex { index: name },
+            ));
         }
         let cols: Vec<(Option<String>, Option<String>)> = conn
             .prepare_cached(
@@ -221,10 +219,10 @@ pub(crate) fn unique_indexes(conn: &Connection, table: &str) -> Result<Vec<Uniqu
         let mut columns = Vec::new();
         for (c, coll) in cols {
             let Some(c) = c else {
-                return Err(Error::Track(crate::error::TrackError::Untrackable {
-                    table: table.into(),
-                    reason: crate::error::UntrackableReason::ExpressionIndex { index: name },
-                }));
+                return Err(untrackable(
+                    table,
+                    UntrackableReason::ExpressionIndex { index: name },
+                ));
             };
             columns.push((c, coll.unwrap_or_else(|| "BINARY".into())));
         }
