@@ -350,7 +350,7 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.set_prepared_statement_cache_capacity(64);
     // tide's connection leaves foreign keys off (SQLite's default): an apply must not
     // cascade deletes or set NULLs the origin did not capture. Foreign keys are
-    // settled explicitly after every apply and seal (`log::settle`). Said explicitly:
+    // settled explicitly after every apply and seal (`apply::settle`). Said explicitly:
     // rusqlite's bundled SQLite turns them on by default.
     conn.execute_batch("PRAGMA foreign_keys = OFF;")?;
     Ok(())

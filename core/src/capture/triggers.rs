@@ -237,7 +237,7 @@ fn delete_trigger(p: &Pieces) -> String {
 /// SQL cannot tell 0.0 from -0.0, so an untyped column (one that keeps any value as
 /// given) holding a REAL zero before and after may or may not have changed: its bit
 /// stays clear, and the update's capture keeps the old zero in the column's value slot
-/// instead; sealing compares it bit for bit with the row (see `seal::each_pending`).
+/// instead; sealing compares it bit for bit with the row (see `seal::pending::each_pending`).
 fn ambiguous(i: usize, untyped: bool) -> bool {
     untyped && i < 62
 }

@@ -15,11 +15,10 @@
 //! itself. A row held by `check` or `not_null` returns once someone writes values that
 //! satisfy the constraint.
 
-mod kind;
 mod parents;
 mod resolve;
 
-pub use kind::ConflictKind;
+pub use crate::store::conflict_kind::ConflictKind;
 
 use crate::error::{Error, Result};
 use crate::format::ids::{ChangeId, hex};

@@ -5,7 +5,8 @@ use super::values::HeadValues;
 use super::*;
 use crate::error::Result;
 use crate::format::ids::ChangeId;
-use crate::store::held::{self, HeldReason};
+use crate::store::conflict_kind::ConflictKind;
+use crate::store::held;
 use crate::store::kept::NULL;
 use crate::store::rowmeta::{ROW, RowMeta, Version};
 use rusqlite::OptionalExtension;
@@ -29,7 +30,7 @@ impl<'c> Merger<'c> {
             let kind = if c == ROW {
                 let alive = m1.cells[c].iter().any(|h| h.alive);
                 let dead = m1.cells[c].iter().any(|h| !h.alive);
-                (alive && dead).then_some("delete")
+                (alive && dead).then_some(ConflictKind::Delete)
             } else {
                 // Several heads whose values are not all one value (a missing one is NULL).
                 let mut values = m1.cells[c]
@@ -39,9 +40,9 @@ impl<'c> Merger<'c> {
                 let differ = first.is_some_and(|first| values.any(|v| v != first));
                 differ.then(|| {
                     if m1.cells[c].iter().all(|h| h.created) {
-                        "insert"
+                        ConflictKind::Insert
                     } else {
-                        "update"
+                        ConflictKind::Update
                     }
                 })
             };
@@ -80,7 +81,7 @@ impl<'c> Merger<'c> {
             row,
             CONSTRAINT_CELL,
             "",
-            reason.map(HeldReason::code),
+            reason.map(ConflictKind::from),
             &candidates,
             m0.held,
         )
@@ -91,7 +92,7 @@ impl<'c> Merger<'c> {
         row: &RowRef<'_>,
         col: i64,
         col_name: &str,
-        kind: Option<&str>,
+        kind: Option<ConflictKind>,
         candidates: &[ChangeId],
         may_exist: bool,
     ) -> Result<()> {
@@ -107,8 +108,15 @@ impl<'c> Merger<'c> {
         } else {
             None
         };
-        let id =
-            kind.map(|kind| conflict_id(&row.t.name, row.key_bytes, col_name, kind, candidates));
+        let id = kind.map(|kind| {
+            conflict_id(
+                &row.t.name,
+                row.key_bytes,
+                col_name,
+                kind.code(),
+                candidates,
+            )
+        });
         if let Some((old, _)) = &existing
             && id.as_ref().is_some_and(|id| id[..] == old[..])
         {

@@ -4,6 +4,7 @@
 
 pub(crate) mod append;
 pub(crate) mod chunks;
+pub(crate) mod conflict_kind;
 pub(crate) mod health;
 pub(crate) mod held;
 pub(crate) mod kept;

@@ -1,8 +1,11 @@
-//! What a conflict is about: a cell, a deleted row, or a row a constraint holds.
+//! What a conflict is about, as `_tide_conflicts.kind` records it: a cell, a deleted
+//! row, or a row a constraint holds.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ValueRef};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 
-/// The kind of a [`Conflict`](super::Conflict). Stored in `_tide_conflicts.kind` by its
+use crate::store::held::HeldReason;
+
+/// The kind of a [`Conflict`](crate::Conflict). Stored in `_tide_conflicts.kind` by its
 /// [`code`](ConflictKind::code), which is also what the CLI prints and `--json` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -84,6 +87,23 @@ impl PartialEq<&str> for ConflictKind {
     }
 }
 
+impl From<HeldReason> for ConflictKind {
+    fn from(reason: HeldReason) -> ConflictKind {
+        match reason {
+            HeldReason::Unique => ConflictKind::Unique,
+            HeldReason::ForeignKey => ConflictKind::ForeignKey,
+            HeldReason::Check => ConflictKind::Check,
+            HeldReason::NotNull => ConflictKind::NotNull,
+        }
+    }
+}
+
+impl ToSql for ConflictKind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
 impl FromSql for ConflictKind {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         let code = value.as_str()?;
@@ -117,6 +137,8 @@ mod tests {
         ];
         for (reason, kind) in held {
             assert_eq!(ConflictKind::from_code(reason), Some(kind));
+            let held = HeldReason::from_code(reason).expect("a held reason's code");
+            assert_eq!(ConflictKind::from(held), kind);
             assert!(kind.holds_row());
         }
         let others = ConflictKind::ALL.into_iter().filter(|k| !k.holds_row());
