@@ -1,8 +1,6 @@
 //! What a conflict is about, as `_tide_conflicts.kind` records it: a cell, a deleted
 //! row, or a row a constraint holds.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-
 use crate::store::held::HeldReason;
 
 /// The kind of a [`Conflict`](crate::Conflict). Stored in `_tide_conflicts.kind` by its
@@ -74,18 +72,7 @@ impl ConflictKind {
     }
 }
 
-impl std::fmt::Display for ConflictKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.code())
-    }
-}
-
-/// Compares with a stored or printed code.
-impl PartialEq<&str> for ConflictKind {
-    fn eq(&self, code: &&str) -> bool {
-        self.code() == *code
-    }
-}
+stored_as_code!(ConflictKind, "conflict kind");
 
 impl From<HeldReason> for ConflictKind {
     fn from(reason: HeldReason) -> ConflictKind {
@@ -95,20 +82,6 @@ impl From<HeldReason> for ConflictKind {
             HeldReason::Check => ConflictKind::Check,
             HeldReason::NotNull => ConflictKind::NotNull,
         }
-    }
-}
-
-impl ToSql for ConflictKind {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.code()))
-    }
-}
-
-impl FromSql for ConflictKind {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let code = value.as_str()?;
-        ConflictKind::from_code(code)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown conflict kind {code:?}").into()))
     }
 }
 

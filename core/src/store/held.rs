@@ -1,7 +1,6 @@
 //! The held rows (`_tide_held`): rows kept out of their table because a constraint
 //! refuses them, each with the reason and, for a UNIQUE slot, the row that keeps it.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::Result;
@@ -45,19 +44,7 @@ impl HeldReason {
     }
 }
 
-impl ToSql for HeldReason {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.code()))
-    }
-}
-
-impl FromSql for HeldReason {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let code = value.as_str()?;
-        HeldReason::from_code(code)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown held reason {code:?}").into()))
-    }
-}
+stored_as_code!(HeldReason, "held reason");
 
 /// Records the row `key` of table `tid` as held for `reason`, kept out by `blocker` (the
 /// row that keeps a UNIQUE slot) if any.

@@ -1,7 +1,6 @@
 //! The quarantine table: changes that verified but cannot be applied here, each with a
 //! reason a person can act on.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params};
 
 use crate::error::Result;
@@ -71,33 +70,7 @@ impl QuarantineReason {
     }
 }
 
-impl std::fmt::Display for QuarantineReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.code())
-    }
-}
-
-/// Compares with a stored or printed code.
-impl PartialEq<&str> for QuarantineReason {
-    fn eq(&self, code: &&str) -> bool {
-        self.code() == *code
-    }
-}
-
-impl ToSql for QuarantineReason {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.code()))
-    }
-}
-
-impl FromSql for QuarantineReason {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let code = value.as_str()?;
-        QuarantineReason::from_code(code).ok_or_else(|| {
-            FromSqlError::Other(format!("unknown quarantine reason {code:?}").into())
-        })
-    }
-}
+stored_as_code!(QuarantineReason, "quarantine reason");
 
 pub(crate) fn quarantine(
     conn: &Connection,
