@@ -356,7 +356,7 @@ pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
             if r.id().ok() == Some(p.id) {
                 return Err(usage(
                     format!("{peer:?} is this replica itself, not a peer"),
-                    Some("tide peers list"),
+                    Some("tide --db FILE peers list"),
                 ));
             }
             r.remove_peer(p.id)?;
