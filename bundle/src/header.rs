@@ -335,6 +335,7 @@ fn malformed(e: DecodeError) -> BundleError {
     BundleError::Malformed(match e {
         DecodeError::Truncated(what) | DecodeError::Malformed(what) => what,
         DecodeError::UnknownVersion(_) => "version",
+        _ => "header",
     })
 }
 

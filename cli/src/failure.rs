@@ -174,6 +174,7 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
         Open(OpenError::NoDatabase(_)) => (true, Some("check the path, or create a replica there: tide --db FILE init --name NAME".into()), USAGE),
         Open(OpenError::NotADatabase { .. }) => (true, Some("check the path: --db names the replica's SQLite file".into()), USAGE),
         Open(OpenError::OlderLayout { .. }) => (true, Some("any command that writes upgrades the file in place, such as `tide --db FILE status`; then run this again".into()), USAGE),
+        Open(OpenError::NewerLayout { .. }) => (true, Some("use a tide at least as new as the one that wrote this file (`tide --version` shows this one's)".into()), USAGE),
         Open(OpenError::IdentityMissing { .. } | OpenError::IdentityConflict { .. }) => (
             true,
             Some("if this file is a copy or a restored backup, give it its own identity: `tide --db FILE init --new-identity`; if you moved the original, point TIDE_HOME at its key store".into()),
@@ -241,8 +242,7 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
             | ApplyError::RowsAlreadyKnown { .. }
             | ApplyError::CheckWentOn { .. }
             | ApplyError::ImportWentOn { .. }
-            | ApplyError::OfferedAfterFailure { .. }
-            | ApplyError::Injected,
+            | ApplyError::OfferedAfterFailure { .. },
         )
         | Seal(SealError::RowTwice { .. } | SealError::RowsAlreadyKnown { .. }) => (true, Some(RUN_AGAIN_NEXT.into()), INTERNAL),
         LogBody(

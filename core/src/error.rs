@@ -141,7 +141,20 @@ pub enum OpenError {
         /// The layout this build writes.
         current: u64,
     },
-    /// The log holds changes of a format this build no longer reads. Nothing was changed.
+    /// The database's tide metadata has a later layout than any this build knows: a
+    /// newer tide wrote it, and this build could misread or damage it.
+    #[error(
+        "this database's tide metadata was written by a newer version of tide (layout \
+         {found}; this build knows layouts up to {current})"
+    )]
+    NewerLayout {
+        /// The layout (number of metadata migrations) the file has.
+        found: u64,
+        /// The latest layout this build knows.
+        current: u64,
+    },
+    /// The log holds changes of format 2, which this build does not read. Nothing was
+    /// changed.
     #[error(
         "this database's change log was written by an earlier development build of tide \
          (change format 2); this build reads format 3 only"
@@ -430,7 +443,8 @@ pub enum ApplyError {
         /// The earlier failure, as it was reported.
         failure: String,
     },
-    /// A failure injected by a test hook.
+    /// A failure injected by a test hook (feature `testing`).
+    #[cfg(feature = "testing")]
     #[doc(hidden)]
     #[error("injected failure (test hook)")]
     Injected,

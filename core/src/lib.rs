@@ -55,7 +55,8 @@
 // The engine's layers, from the bottom up: a module uses only the modules
 // listed before it (`.ci/modules.py` checks this in CI).
 
-// The change format: bytes, values, ids, signatures. No database.
+// The change format: bytes, values, ids, signatures. Nothing here reads or writes a
+// database.
 mod format;
 
 mod error;

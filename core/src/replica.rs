@@ -80,10 +80,17 @@ impl Replica {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let found = layout(&conn)?;
-        if found < crate::store::migrations::LAYOUT {
+        let current = crate::store::migrations::LAYOUT;
+        if found < current {
             return Err(Error::Open(crate::error::OpenError::OlderLayout {
                 found,
-                current: crate::store::migrations::LAYOUT,
+                current,
+            }));
+        }
+        if found > current {
+            return Err(Error::Open(crate::error::OpenError::NewerLayout {
+                found,
+                current,
             }));
         }
         Ok(Replica::new(conn, keys, path, None))
@@ -160,10 +167,7 @@ impl Replica {
     }
 
     pub(crate) fn self_idx(&self) -> Result<i64> {
-        self.conn
-            .query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))
-            .optional()?
-            .ok_or(Error::Open(crate::error::OpenError::NotInitialized))
+        crate::store::meta::self_idx(&self.conn)
     }
 
     fn id_opt(&self) -> Result<Option<ReplicaId>> {
@@ -334,7 +338,7 @@ impl Replica {
 
     /// Test hook: this replica's changes close a chunk past `bytes` bytes instead of
     /// [`crate::format::change::CHUNK_TARGET`], so small tests make changes of many chunks.
-    /// Kept in the database, so the `tide` binary honours it too.
+    /// Kept in the database, for every connection of a build with the feature.
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn set_chunk_target(&mut self, bytes: usize) -> Result<()> {
@@ -462,7 +466,7 @@ pub struct Progress {
 }
 
 /// Failures tide's own tests inject (feature `testing`). Without the feature it holds
-/// nothing and its check is a constant `false`, so the apply path carries no hook.
+/// nothing and its check compiles to nothing, so the apply path carries no hook.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct TestHooks {
     /// The apply fails once this many row ops are done.
@@ -471,15 +475,14 @@ pub(crate) struct TestHooks {
 }
 
 impl TestHooks {
-    /// Whether the apply must fail now, `ops_done` row ops in.
+    /// Fails the apply when the hook says so, `ops_done` row ops in.
     #[inline(always)]
-    pub(crate) fn apply_fails_at(self, ops_done: usize) -> bool {
+    pub(crate) fn before_op(self, ops_done: usize) -> Result<()> {
         #[cfg(feature = "testing")]
-        return self.fail_after_ops.is_some_and(|n| ops_done >= n);
-        #[cfg(not(feature = "testing"))]
-        {
-            let _ = ops_done;
-            false
+        if self.fail_after_ops.is_some_and(|n| ops_done >= n) {
+            return Err(Error::Apply(crate::error::ApplyError::Injected));
         }
+        let _ = ops_done;
+        Ok(())
     }
 }

@@ -85,7 +85,10 @@ pub fn run(out: &Out, r: &mut Replica, cmd: ConflictsCommand) -> Result<u8> {
                 (Some("held"), None) => {
                     let held = conflict.candidates.iter().find(|c| !c.winner);
                     match held {
-                        Some(h) if conflict.column.is_none() && conflict.kind != "delete" => {
+                        Some(h)
+                            if conflict.column.is_none()
+                                && conflict.kind != tide_core::ConflictKind::Delete =>
+                        {
                             Resolution::Keep(h.id.clone())
                         }
                         _ => {

@@ -162,6 +162,10 @@ fn opened(path: &Path, result: tide_core::Result<Replica>) -> Result<Replica> {
                 "any command that writes upgrades it in place, such as `tide --db {shown} status`; then run this again"
             )),
         ),
+        tide_core::Error::Open(OpenError::NewerLayout { .. }) => usage(
+            format!("{}: {e}", path.display()),
+            Some("use a tide at least as new as the one that wrote this file (`tide --version` shows this one's)"),
+        ),
         other => anyhow::Error::new(other).context(format!("opening {}", path.display())),
     })
 }

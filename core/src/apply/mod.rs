@@ -341,9 +341,7 @@ pub(crate) fn apply_change(
             let m = map
                 .as_ref()
                 .expect("the decoder yields a table before its rows");
-            if hooks.apply_fails_at(*ops_done) {
-                return Err(Error::Apply(crate::error::ApplyError::Injected));
-            }
+            hooks.before_op(*ops_done)?;
             *ops_done += 1;
             let key_bytes = encode_key(&op.key);
             if !batch_keys.insert(hasher.hash_one(&key_bytes)) {

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::replica::{Replica, bump_epoch};
 use crate::store::meta::origins_map;
+use crate::store::states::CaptureOp;
 use crate::store::tables::{self as tables, TableInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -110,9 +111,10 @@ fn capture_rows(conn: &Connection, t: &TableInfo) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     conn.execute_batch(&format!(
-        "INSERT INTO {}(op, mask, {}) SELECT 1, NULL, {keys} FROM {}",
+        "INSERT INTO {}(op, mask, {}) SELECT {}, NULL, {keys} FROM {}",
         t.cap_table(),
         key_slots(t),
+        CaptureOp::Insert.stored(),
         tables::q(&t.name)
     ))?;
     Ok(())
@@ -143,9 +145,10 @@ fn capture_deletes_while_untracked(conn: &Connection, t: &TableInfo) -> Result<(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "INSERT INTO {}(op, mask, {}) VALUES (3, NULL, {marks})",
+        "INSERT INTO {}(op, mask, {}) VALUES ({}, NULL, {marks})",
         t.cap_table(),
-        key_slots(t)
+        key_slots(t),
+        CaptureOp::Delete.stored()
     );
     for key in gone {
         conn.execute(&sql, rusqlite::params_from_iter(key.iter()))?;

@@ -7,6 +7,7 @@
 //! shell and Python's `sqlite3` module (3.40 here) must be captured too.
 
 use crate::error::Result;
+use crate::store::states::CaptureOp;
 use crate::store::tables::{TableInfo, is_without_rowid, q, read_columns, unique_indexes};
 use rusqlite::Connection;
 
@@ -172,7 +173,8 @@ fn insert_trigger(p: &Pieces) -> String {
     } = p;
     format!(
         "CREATE TRIGGER _tide_ins_{tid} AFTER INSERT ON {tname} BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;"
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES ({insert}, NULL, {checked_new_keys}); END;",
+        insert = CaptureOp::Insert.stored(),
     )
 }
 
@@ -191,7 +193,8 @@ fn update_trigger(p: &Pieces, t: &TableInfo) -> String {
     let (zero_cols, zero_vals) = zero_slots(t);
     format!(
         "CREATE TRIGGER _tide_upd_{tid} AFTER UPDATE ON {tname} WHEN {key_same} BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}{zero_cols}) VALUES (2, {mask}, {new_keys}{zero_vals}); END;"
+           INSERT INTO {cap}(op, mask, {kcols}{zero_cols}) VALUES ({update}, {mask}, {new_keys}{zero_vals}); END;",
+        update = CaptureOp::Update.stored(),
     )
 }
 
@@ -211,8 +214,10 @@ fn rekey_trigger(p: &Pieces) -> String {
     } = p;
     format!(
         "CREATE TRIGGER _tide_rekey_{tid} AFTER UPDATE ON {tname} WHEN NOT ({key_same}) BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols});
-           INSERT INTO {cap}(op, mask, {kcols}) VALUES (1, NULL, {checked_new_keys}); END;"
+           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES ({delete}, NULL, {old_keys}{old_cols});
+           INSERT INTO {cap}(op, mask, {kcols}) VALUES ({insert}, NULL, {checked_new_keys}); END;",
+        delete = CaptureOp::Delete.stored(),
+        insert = CaptureOp::Insert.stored(),
     )
 }
 
@@ -230,7 +235,8 @@ fn delete_trigger(p: &Pieces) -> String {
     } = p;
     format!(
         "CREATE TRIGGER _tide_del_{tid} AFTER DELETE ON {tname} BEGIN
-           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES (3, NULL, {old_keys}{old_cols}); END;"
+           INSERT INTO {cap}(op, mask, {kcols}{vcols}) VALUES ({delete}, NULL, {old_keys}{old_cols}); END;",
+        delete = CaptureOp::Delete.stored(),
     )
 }
 
@@ -343,11 +349,12 @@ fn replace_victim_triggers(conn: &Connection, t: &TableInfo, p: &Pieces) -> Resu
             .join(", ");
         conn.execute_batch(&format!(
             "CREATE TRIGGER _tide_uins_{tid}_{i} BEFORE INSERT ON {tname} BEGIN
-               INSERT INTO {cap}(op, mask, {kcols}{vcols}) SELECT 3, NULL, {ukeys}{all_cols} FROM {tname} u
+               INSERT INTO {cap}(op, mask, {kcols}{vcols}) SELECT {delete}, NULL, {ukeys}{all_cols} FROM {tname} u
                  WHERE {matches} AND NOT ({new}); END;
              CREATE TRIGGER _tide_uupd_{tid}_{i} BEFORE UPDATE OF {of} ON {tname} BEGIN
-               INSERT INTO {cap}(op, mask, {kcols}{vcols}) SELECT 3, NULL, {ukeys}{all_cols} FROM {tname} u
+               INSERT INTO {cap}(op, mask, {kcols}{vcols}) SELECT {delete}, NULL, {ukeys}{all_cols} FROM {tname} u
                  WHERE {matches} AND NOT ({old}) AND NOT ({new}); END;",
+            delete = CaptureOp::Delete.stored(),
             new = not_this("NEW"),
             old = not_this("OLD"),
         ))?;

@@ -1,4 +1,5 @@
-//! Foreign-key conflicts kept by `--keep held`: the deleted parents the held row needs.
+//! Foreign-key conflicts resolved by keeping the held row: the deleted parents it needs
+//! come back with it.
 
 use super::*;
 use crate::error::{CannotResolveReason, Error, ResolveError, Result};

@@ -7,6 +7,7 @@
 
 /// Bytes that do not decode: a change, a key, a card or a metadata blob.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The input ended while reading the named field.
     #[error("input ends early while reading {0}")]

@@ -215,8 +215,8 @@ fn requeue_quarantined(tx: &Connection) -> Result<()> {
     tx.execute(
         "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2)",
         params![
-            QuarantineReason::UnknownTable,
-            QuarantineReason::SchemaMismatch
+            QuarantineReason::WAITING_FOR_TABLES[0],
+            QuarantineReason::WAITING_FOR_TABLES[1]
         ],
     )?;
     Ok(())
@@ -228,8 +228,8 @@ fn drop_dealt_with(tx: &Connection) -> Result<()> {
         "DELETE FROM _tide_quarantine WHERE reason NOT IN (?1, ?2)
            AND hash IN (SELECT hash FROM _tide_log WHERE applied IN (?3, ?4))",
         params![
-            QuarantineReason::Fork,
-            QuarantineReason::BrokenChain,
+            QuarantineReason::FINAL[0],
+            QuarantineReason::FINAL[1],
             ChangeState::Applied,
             ChangeState::Waiting
         ],

@@ -1,4 +1,5 @@
-//! The quarantine: changes that verified but cannot be applied, each with a reason a person can act on.
+//! The quarantine: changes that cannot be applied here (yet), each with a reason a person
+//! can act on; listed, retried.
 
 use super::Source;
 use crate::error::Result;
@@ -50,7 +51,7 @@ impl Replica {
         )?;
         let heads = stmt
             .query_map(
-                params![QuarantineReason::Fork, QuarantineReason::BrokenChain],
+                params![QuarantineReason::FINAL[0], QuarantineReason::FINAL[1]],
                 |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?

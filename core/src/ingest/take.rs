@@ -301,8 +301,8 @@ impl Ingest<'_> {
                 params![
                     &signed.hash()[..],
                     code,
-                    QuarantineReason::Fork,
-                    QuarantineReason::BrokenChain
+                    QuarantineReason::FINAL[0],
+                    QuarantineReason::FINAL[1]
                 ],
             )?;
         }

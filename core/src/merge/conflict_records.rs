@@ -108,15 +108,8 @@ impl<'c> Merger<'c> {
         } else {
             None
         };
-        let id = kind.map(|kind| {
-            conflict_id(
-                &row.t.name,
-                row.key_bytes,
-                col_name,
-                kind.code(),
-                candidates,
-            )
-        });
+        let id =
+            kind.map(|kind| conflict_id(&row.t.name, row.key_bytes, col_name, kind, candidates));
         if let Some((old, _)) = &existing
             && id.as_ref().is_some_and(|id| id[..] == old[..])
         {
@@ -195,7 +188,7 @@ pub(crate) fn conflict_id(
     table: &str,
     key_bytes: &[u8],
     col: &str,
-    kind: &str,
+    kind: ConflictKind,
     candidates: &[ChangeId],
 ) -> [u8; 16] {
     let mut sorted = candidates.to_vec();
@@ -203,7 +196,12 @@ pub(crate) fn conflict_id(
     // The hashed input is gathered first: one update instead of a dozen small ones, and
     // the derived-key hasher is set up once per process.
     let mut input = Vec::with_capacity(64 + key_bytes.len() + 24 * sorted.len());
-    for part in [table.as_bytes(), key_bytes, col.as_bytes(), kind.as_bytes()] {
+    for part in [
+        table.as_bytes(),
+        key_bytes,
+        col.as_bytes(),
+        kind.code().as_bytes(),
+    ] {
         input.extend_from_slice(&(part.len() as u64).to_le_bytes());
         input.extend_from_slice(part);
     }

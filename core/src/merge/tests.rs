@@ -4,6 +4,7 @@ use super::conflict_records::conflict_id;
 use super::*;
 use crate::format::ids::{ChangeId, ReplicaId};
 use crate::format::value::Value;
+use crate::store::conflict_kind::ConflictKind;
 use crate::store::rowmeta::Origins;
 use crate::store::tables::TableInfo;
 use rusqlite::Connection;
@@ -69,15 +70,15 @@ pub(crate) fn a_conflict_id_is_the_documented_hash_whatever_the_candidate_order(
     let hash = h.finalize();
     let want = &hash.as_bytes()[..16];
     assert_eq!(
-        conflict_id("notes", b"\x01\x02", "title", "update", &[a, b]),
+        conflict_id("notes", b"\x01\x02", "title", ConflictKind::Update, &[a, b]),
         want
     );
     assert_eq!(
-        conflict_id("notes", b"\x01\x02", "title", "update", &[b, a]),
+        conflict_id("notes", b"\x01\x02", "title", ConflictKind::Update, &[b, a]),
         want
     );
     assert_ne!(
-        conflict_id("notes", b"\x01\x02", "title", "insert", &[a, b]),
+        conflict_id("notes", b"\x01\x02", "title", ConflictKind::Insert, &[a, b]),
         want
     );
 }

@@ -21,8 +21,6 @@ use crate::store::rowmeta::Version;
 use crate::store::tables::{self as tables};
 use rusqlite::Connection;
 
-pub(crate) const OP_INSERT: i64 = 1;
-pub(crate) const OP_DELETE: i64 = 3;
 /// Mask bit 62 stands for every column from 62 on.
 pub(crate) const WIDE_BIT: u64 = 1 << 62;
 
@@ -72,8 +70,7 @@ pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result
     if !has_pending(conn)? {
         return Ok(None);
     }
-    let self_idx: i64 =
-        conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
+    let self_idx = crate::store::meta::self_idx(conn)?;
     let head = crate::store::append::next_head(conn, secret)?;
     // Chunks go to the log's chunk store as they fill, so a change of any size is
     // sealed in bounded memory.

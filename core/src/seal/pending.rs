@@ -3,6 +3,7 @@
 use super::*;
 use crate::error::Result;
 use crate::format::value::Value;
+use crate::store::states::CaptureOp;
 use crate::store::tables::{TableInfo, q};
 use rusqlite::Connection;
 
@@ -65,7 +66,7 @@ pub(crate) fn each_pending(
             .collect::<rusqlite::Result<Vec<_>>>()
     };
     while let Some(r) = rows.next()? {
-        let op: i64 = r.get(0)?;
+        let op: CaptureOp = r.get(0)?;
         let mask: Option<i64> = r.get(1)?;
         let key = values(r, 2, nk)?;
         if run.first().is_some_and(|p| !sql_equal_keys(&p.key, &key)) {
@@ -99,9 +100,9 @@ pub(crate) fn each_pending(
         };
         let p = &mut run[at];
         match op {
-            OP_INSERT => p.mask = u64::MAX,
-            OP_DELETE => p.last_delete = Some(values(r, 2 + nk, nc)?),
-            _ => {
+            CaptureOp::Insert => p.mask = u64::MAX,
+            CaptureOp::Delete => p.last_delete = Some(values(r, 2 + nk, nc)?),
+            CaptureOp::Update => {
                 p.mask |= mask.unwrap_or(-1) as u64;
                 for &i in &zero_cols {
                     if p.zeros.iter().any(|(c, _)| *c == i) {

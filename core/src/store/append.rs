@@ -1,7 +1,8 @@
-//! Appending this replica's own changes to the log: the next head, the hash chain, the clock.
+//! Appending to the log: this replica's own changes (the next head, the hash chain, the
+//! clock) and others' verified heads; reading a stored head back.
 
 use crate::error::Result;
-use crate::format::change::{Change, ChangeHead, Manifest, SignedHead, VerifiedHead};
+use crate::format::change::{Change, ChangeHead, Manifest, PACKING_RAW, SignedHead, VerifiedHead};
 use crate::format::ids::ReplicaId;
 use crate::identity::SecretIdentity;
 use crate::store::chunks::{store_chunk, unpack};
@@ -67,8 +68,7 @@ pub(crate) fn append_own(
 /// The head of this replica's next change: the next seq, the hash chain, the version
 /// vector applied here, and a fresh HLC reading.
 pub(crate) fn next_head(conn: &Connection, secret: &SecretIdentity) -> Result<ChangeHead> {
-    let self_idx: i64 =
-        conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
+    let self_idx = crate::store::meta::self_idx(conn)?;
     let (seq, prev): (u64, Option<Vec<u8>>) = conn.query_row(
         "SELECT coalesce(max(seq), 0), (SELECT hash FROM _tide_log WHERE origin=?1 ORDER BY seq DESC LIMIT 1) FROM _tide_log WHERE origin=?1",
         [self_idx],
@@ -93,15 +93,17 @@ pub(crate) fn next_head(conn: &Connection, secret: &SecretIdentity) -> Result<Ch
     })
 }
 
-/// The size past which this replica's writers close a chunk: [`CHUNK_TARGET`] unless a
-/// test set another (`Replica::set_chunk_target`).
+/// The size past which this replica's writers close a chunk: [`CHUNK_TARGET`], or in a
+/// build with the `testing` feature, the size a test set (`Replica::set_chunk_target`).
 ///
 /// [`CHUNK_TARGET`]: crate::format::change::CHUNK_TARGET
 pub(crate) fn chunk_target(conn: &Connection) -> Result<usize> {
-    Ok(match crate::store::meta::get_u64(conn, "chunk_target")? {
-        0 => crate::format::change::CHUNK_TARGET,
-        n => n as usize,
-    })
+    #[cfg(feature = "testing")]
+    if let n @ 1.. = crate::store::meta::get_u64(conn, "chunk_target")? {
+        return Ok(n as usize);
+    }
+    let _ = conn;
+    Ok(crate::format::change::CHUNK_TARGET)
 }
 
 /// Signs the head of this replica's change (its chunks already stored) and appends it to
@@ -112,8 +114,7 @@ pub(crate) fn store_own(
     manifest: &Manifest,
     applied: bool,
 ) -> Result<()> {
-    let self_idx: i64 =
-        conn.query_row("SELECT v FROM _tide_meta WHERE k='self'", [], |r| r.get(0))?;
+    let self_idx = crate::store::meta::self_idx(conn)?;
     let head = &manifest.head;
     let signed = SignedHead::sign(manifest.encode(), secret);
     let state = if applied {
@@ -122,8 +123,8 @@ pub(crate) fn store_own(
         ChangeState::Waiting
     };
     conn.execute(
-        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, signed.bytes(), &signed.signature()[..], state],
+        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![self_idx, head.seq as i64, &signed.hash()[..], head.hlc as i64, signed.bytes(), &signed.signature()[..], state, PACKING_RAW],
     )?;
     advance_stored(conn, self_idx)?;
     if applied {
@@ -153,7 +154,7 @@ pub(crate) fn next_hlc(conn: &Connection) -> Result<u64> {
 pub(crate) fn store_received(conn: &Connection, idx: i64, head: &VerifiedHead) -> Result<()> {
     let signed = head.signed();
     conn.prepare_cached(
-        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+        "INSERT INTO _tide_log(origin, seq, hash, hlc, body, sig, applied, packing) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         idx,
@@ -162,7 +163,8 @@ pub(crate) fn store_received(conn: &Connection, idx: i64, head: &VerifiedHead) -
         head.head.hlc as i64,
         signed.bytes(),
         &signed.signature()[..],
-        ChangeState::Waiting
+        ChangeState::Waiting,
+        PACKING_RAW
     ])?;
     Ok(())
 }

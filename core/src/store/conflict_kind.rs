@@ -4,7 +4,7 @@
 use crate::store::held::HeldReason;
 
 /// The kind of a [`Conflict`](crate::Conflict). Stored in `_tide_conflicts.kind` by its
-/// [`code`](ConflictKind::code), which is also what the CLI prints and `--json` holds.
+/// [`code`](ConflictKind::code), which is also how it is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConflictKind {
@@ -41,7 +41,7 @@ impl ConflictKind {
         ConflictKind::NotNull,
     ];
 
-    /// Its stable code, as stored, shown and written in `--json` output.
+    /// Its stable code, as stored and shown.
     pub fn code(self) -> &'static str {
         match self {
             ConflictKind::Update => "update",

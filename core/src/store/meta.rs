@@ -16,6 +16,16 @@ pub(crate) fn get_u64(conn: &Connection, key: &str) -> Result<u64> {
         .unwrap_or(0) as u64)
 }
 
+/// This replica's own origin number (`_tide_meta.self`), set by `init`.
+pub(crate) fn self_idx(conn: &Connection) -> Result<i64> {
+    conn.prepare_cached("SELECT v FROM _tide_meta WHERE k='self'")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .ok_or(crate::error::Error::Open(
+            crate::error::OpenError::NotInitialized,
+        ))
+}
+
 /// Sets a counter or setting in `_tide_meta`.
 pub(crate) fn set_u64(conn: &Connection, key: &str, v: u64) -> Result<()> {
     conn.execute(

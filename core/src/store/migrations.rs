@@ -3,8 +3,9 @@
 //! Migrations are append-only and frozen. Migration `n` is the function `migration_n`;
 //! `_tide_meta.migration` records how many ran, and [`LAYOUT`], the layout this build
 //! writes, is their number. A database is upgraded by running, in order, each migration
-//! it has not had, each in a savepoint of its own together with the bump of the recorded
-//! number, so an upgrade stops after the last migration that completed, never inside one.
+//! it has not had, in one transaction: every step or none. Each step runs in a savepoint
+//! of its own together with the bump of the recorded number. A database of a later
+//! layout than [`LAYOUT`] (written by a newer tide) is refused, never written.
 //!
 //! Once released, a migration never changes: a database of any earlier layout must be
 //! upgraded exactly as it was by the build that introduced each step. So a migration
@@ -43,6 +44,12 @@ pub(crate) const FORMAT_3: usize = 4;
 /// Creates or upgrades tide's metadata tables. Idempotent.
 pub(crate) fn migrate(conn: &Connection) -> Result<()> {
     let done = layout_found(conn)?;
+    if let Some(found) = done.filter(|n| *n > MIGRATIONS.len()) {
+        return Err(Error::Open(crate::error::OpenError::NewerLayout {
+            found: found as u64,
+            current: LAYOUT,
+        }));
+    }
     if done.is_some_and(|n| n < FORMAT_3) {
         let changes: i64 = conn.query_row(
             "SELECT (SELECT count(*) FROM _tide_log) + (SELECT count(*) FROM _tide_quarantine)",

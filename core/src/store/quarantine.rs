@@ -1,5 +1,5 @@
-//! The quarantine table: changes that verified but cannot be applied here, each with a
-//! reason a person can act on.
+//! The quarantine table: changes that cannot be applied here (an unknown origin, an
+//! unknown table, a fork, …), each kept whole with a reason a person can act on.
 
 use rusqlite::{Connection, params};
 
@@ -38,7 +38,7 @@ impl QuarantineReason {
         QuarantineReason::BadSignature,
     ];
 
-    /// Its stable code, as stored and as shown in `--json` output.
+    /// Its stable code, as stored and shown.
     pub fn code(self) -> &'static str {
         match self {
             QuarantineReason::Fork => "fork",
@@ -55,18 +55,21 @@ impl QuarantineReason {
         QuarantineReason::ALL.into_iter().find(|r| r.code() == code)
     }
 
-    /// Whether retrying can ever apply the change here: a fork or a broken hash chain
-    /// stays wrong whatever this replica learns later.
-    pub fn retryable(self) -> bool {
-        !matches!(self, QuarantineReason::Fork | QuarantineReason::BrokenChain)
-    }
+    /// The reasons no retry overcomes: a fork or a broken hash chain stays wrong
+    /// whatever this replica learns later. Such entries stay until discarded.
+    pub(crate) const FINAL: [QuarantineReason; 2] =
+        [QuarantineReason::Fork, QuarantineReason::BrokenChain];
 
-    /// Whether tracking a table or following a schema change may let the change apply.
-    pub fn waits_for_schema(self) -> bool {
-        matches!(
-            self,
-            QuarantineReason::UnknownTable | QuarantineReason::SchemaMismatch
-        )
+    /// The reasons a change of this replica's tables (a table tracked, a column added)
+    /// may clear: a retry takes such changes again from the log.
+    pub(crate) const WAITING_FOR_TABLES: [QuarantineReason; 2] = [
+        QuarantineReason::UnknownTable,
+        QuarantineReason::SchemaMismatch,
+    ];
+
+    /// Whether retrying can ever apply the change here.
+    pub fn retryable(self) -> bool {
+        !QuarantineReason::FINAL.contains(&self)
     }
 }
 

@@ -101,6 +101,39 @@ impl FromSql for OriginKind {
     }
 }
 
+/// What a capture-log row (`_tide_cap_N.op`) records, as the capture triggers write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CaptureOp {
+    /// A row inserted (stored as 1): its key.
+    Insert,
+    /// A row updated in place (stored as 2): its key and which columns changed.
+    Update,
+    /// A row deleted (stored as 3): its key and last values.
+    Delete,
+}
+
+impl CaptureOp {
+    /// The stored integer, as the trigger SQL writes it.
+    pub(crate) const fn stored(self) -> i64 {
+        match self {
+            CaptureOp::Insert => 1,
+            CaptureOp::Update => 2,
+            CaptureOp::Delete => 3,
+        }
+    }
+}
+
+impl FromSql for CaptureOp {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_i64()? {
+            1 => Ok(CaptureOp::Insert),
+            2 => Ok(CaptureOp::Update),
+            3 => Ok(CaptureOp::Delete),
+            n => Err(FromSqlError::OutOfRange(n)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +163,14 @@ mod tests {
             assert_eq!((stored, back), (n, kind));
         }
         let odd: rusqlite::Result<ChangeState> = c.query_row("SELECT 5", [], |r| r.get(0));
+        assert!(odd.is_err());
+        for op in [CaptureOp::Insert, CaptureOp::Update, CaptureOp::Delete] {
+            let back: CaptureOp = c
+                .query_row("SELECT ?1", [op.stored()], |r| r.get(0))
+                .unwrap();
+            assert_eq!(back, op);
+        }
+        let odd: rusqlite::Result<CaptureOp> = c.query_row("SELECT 4", [], |r| r.get(0));
         assert!(odd.is_err());
     }
 }

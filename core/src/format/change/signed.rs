@@ -250,6 +250,7 @@ impl SignedChange {
 
 /// Why a change failed verification.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// The signature does not match the head under the origin's key.
     #[error("signature does not verify")]
@@ -262,8 +263,9 @@ pub enum VerifyError {
     Decode(DecodeError),
 }
 
-/// A change whose signature checked out against its origin's key. Only this type is
-/// stored or applied: being verified is a type, not a flag a caller could forget.
+/// A whole change whose signature checked out against its origin's key, decoded: for
+/// callers that hold a change in memory. Ingest works a chunk at a time, from a
+/// [`VerifiedHead`].
 #[derive(Clone, Debug)]
 pub struct VerifiedChange {
     change: Change,
