@@ -74,11 +74,14 @@ mod merge;
 // Applying stored changes in causal order.
 mod apply;
 
+// Capture triggers, and following the application's schema changes.
+mod capture;
+
 // Sealing captured writes into this replica's signed changes.
 mod seal;
 
-// Capture triggers and tracking.
-mod capture;
+// Tracking and untracking tables.
+mod track;
 
 // Verifying, storing and applying others' changes; what a peer lacks.
 mod ingest;
@@ -95,7 +98,7 @@ mod admin;
 pub use format::{change, codec};
 
 pub use admin::{ChangeState, Finding, LogEntry};
-pub use capture::TrackReport;
+pub use track::TrackReport;
 pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Lineage, Manifest, OpKind, RowOp, SignedChange,
     SignedHead, TableOps, VerifiedChange, VerifiedHead, VerifyError,

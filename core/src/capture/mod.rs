@@ -1,7 +1,4 @@
 //! Capture: AFTER triggers note every write to a tracked table, from any connection, in a
 //! per-table capture log that sealing reads.
 
-pub(crate) mod track;
 pub(crate) mod triggers;
-
-pub use track::TrackReport;
