@@ -93,7 +93,7 @@ mod admin;
 
 pub use format::{change, codec};
 
-pub use admin::{ChangeState, Finding, LogEntry};
+pub use admin::{ChangeState, Check, Finding, LogEntry, Remedy};
 pub use capture::TrackReport;
 pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Lineage, Manifest, OpKind, RowOp, SignedChange,
@@ -109,5 +109,5 @@ pub use format::ids::{ChangeId, ReplicaId, VersionVector};
 pub use format::value::{Value, decode_key, encode_key};
 pub use identity::{Card, KeyStore, SecretIdentity};
 pub use ingest::{ImportReport, QuarantineEntry, QuarantineReason};
-pub use replica::{Progress, Replica};
+pub use replica::{Progress, Replica, Stage};
 pub use store::chunks::Chunks;
