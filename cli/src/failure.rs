@@ -126,6 +126,29 @@ const DISK_FULL_NEXT: &str = "free space on the disk that holds the database (`d
 /// What to do about a damaged database file.
 const DAMAGED_NEXT: &str = "keep a copy of the file as it is; restore the replica from a backup, or make a new replica (`tide init`) and import from its peers: they hold every change this replica sent them";
 
+/// What to do when the log or the tables differ from what tide wrote.
+const ALTERED_NEXT: &str = "keep a copy of the file and report it; a new replica (`tide init`) that imports from this one's peers holds every change they received";
+
+/// What to do about a database with no tide identity yet.
+const INIT_NEXT: &str = "tide --db FILE init --name NAME";
+
+/// The next step for a failed doctor check, by its remedy (`FILE` stands for the
+/// database). Every remedy is named; the last arm is for remedies a later core adds.
+pub fn remedy_next(remedy: tide_core::Remedy) -> &'static str {
+    use tide_core::Remedy;
+    match remedy {
+        Remedy::Repair => "tide --db FILE doctor --repair  # re-creates them",
+        Remedy::RestoreOrRebuild => DAMAGED_NEXT,
+        Remedy::Report => ALTERED_NEXT,
+        Remedy::NewIdentity => {
+            "if this file is a copy or a restored backup, give it its own identity: tide --db FILE init --new-identity"
+        }
+        Remedy::Init => INIT_NEXT,
+        // A remedy a later core adds.
+        _ => ALTERED_NEXT,
+    }
+}
+
 const RUN_AGAIN_NEXT: &str = "run the same command again; if it fails again, run `tide doctor`";
 
 const CONFLICTS_NEXT: &str = "tide --db FILE conflicts list";
@@ -161,7 +184,7 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
         TrackError, UntrackableReason,
     };
     let (unchanged, next, code): (bool, Option<String>, u8) = match c {
-        Open(OpenError::NotInitialized) => (true, Some("tide --db FILE init --name NAME".into()), USAGE),
+        Open(OpenError::NotInitialized) => (true, Some(INIT_NEXT.into()), USAGE),
         Open(OpenError::Damaged { .. }) => (true, Some(DAMAGED_NEXT.into()), INTERNAL),
         Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseCorrupt => {
             (false, Some(DAMAGED_NEXT.into()), INTERNAL)

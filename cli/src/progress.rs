@@ -113,7 +113,12 @@ pub fn attach(replica: &mut tide_core::Replica, allowed: bool) {
     let mut bar = Bar::new(allowed);
     if bar.enabled {
         replica.set_progress(Some(Box::new(move |p: tide_core::Progress| {
-            bar.draw(p.stage, p.done as f64, Some(p.total as f64), "changes")
+            bar.draw(
+                p.stage.name(),
+                p.done as f64,
+                Some(p.total as f64),
+                "changes",
+            )
         })));
     }
 }

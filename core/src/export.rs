@@ -83,7 +83,7 @@ impl Replica {
                 done += 1;
                 if let Some(p) = self.progress.as_mut() {
                     p(Progress {
-                        stage: "packing",
+                        stage: crate::replica::Stage::Packing,
                         done,
                         total,
                     });

@@ -97,8 +97,7 @@ mod admin;
 
 pub use format::{change, codec};
 
-pub use admin::{ChangeState, Finding, LogEntry};
-pub use track::TrackReport;
+pub use admin::{ChangeState, Check, Finding, LogEntry, Remedy};
 pub use change::{
     CellWrite, Change, ChangeHead, ChunkRef, Lineage, Manifest, OpKind, RowOp, SignedChange,
     SignedHead, TableOps, VerifiedChange, VerifiedHead, VerifyError,
@@ -113,5 +112,6 @@ pub use format::ids::{ChangeId, ReplicaId, VersionVector};
 pub use format::value::{Value, decode_key, encode_key};
 pub use identity::{Card, KeyStore, SecretIdentity};
 pub use ingest::{ImportReport, QuarantineEntry, QuarantineReason};
-pub use replica::{Progress, Replica};
+pub use replica::{Progress, Replica, Stage};
 pub use store::chunks::Chunks;
+pub use track::TrackReport;

@@ -457,12 +457,38 @@ fn upsert_origin(conn: &Connection, card: &Card) -> Result<i64> {
 /// Progress of a long operation, for a person watching: `done` of `total` changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// `packing` (listing changes for export) or `applying` (import).
-    pub stage: &'static str,
+    /// What is being done.
+    pub stage: Stage,
     /// Changes done so far.
     pub done: u64,
     /// Changes in all.
     pub total: u64,
+}
+
+/// The stage of a long operation a [`Progress`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// `packing`: listing the changes an export sends.
+    Packing,
+    /// `applying`: applying the changes an import brings.
+    Applying,
+}
+
+impl Stage {
+    /// Its word, as a person reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Packing => "packing",
+            Stage::Applying => "applying",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
 }
 
 /// Failures tide's own tests inject (feature `testing`). Without the feature it holds

@@ -474,7 +474,7 @@ pub fn quarantine(out: &Out, r: &mut Replica, cmd: QuarantineCommand) -> Result<
 pub fn doctor(out: &Out, r: &mut Replica, repair: bool) -> Result<u8> {
     let findings = r.doctor(repair)?;
     if out.json {
-        out.json(&json!(findings.iter().map(|f| json!({"check": f.check, "ok": f.ok, "detail": f.detail, "repaired": f.repaired, "next": (!f.ok).then_some(f.next)})).collect::<Vec<_>>()));
+        out.json(&json!(findings.iter().map(|f| json!({"check": f.check.name(), "ok": f.ok, "detail": f.detail, "repaired": f.repaired, "next": (!f.ok).then_some(crate::failure::remedy_next(f.remedy))})).collect::<Vec<_>>()));
     } else {
         for f in &findings {
             out.data(format!(
@@ -499,7 +499,7 @@ pub fn doctor(out: &Out, r: &mut Replica, repair: bool) -> Result<u8> {
             said.push_str(&format!(
                 "\n  Next ({}): {}",
                 f.check,
-                f.next.replace("FILE", &db)
+                crate::failure::remedy_next(f.remedy).replace("FILE", &db)
             ));
         }
         out.say(said);

@@ -19,12 +19,7 @@ use rusqlite::Connection;
 
 impl Finding {
     /// The finding of a check that found `problems`.
-    fn of(
-        check: &'static str,
-        problems: Vec<String>,
-        repaired: bool,
-        next: &'static str,
-    ) -> Finding {
+    fn of(check: Check, problems: Vec<String>, repaired: bool, remedy: Remedy) -> Finding {
         Finding {
             check,
             ok: problems.is_empty() || repaired,
@@ -34,7 +29,7 @@ impl Finding {
                 problems.join("; ")
             },
             repaired,
-            next,
+            remedy,
         }
     }
 }
@@ -51,13 +46,23 @@ impl Replica {
             let damage = format!(
                 "the file is damaged: {damage}; no other check ran, as they would read those pages"
             );
-            let finding = Finding::of("sqlite integrity", vec![damage], false, DAMAGED_NEXT);
+            let finding = Finding::of(
+                Check::FileIntact,
+                vec![damage],
+                false,
+                Remedy::RestoreOrRebuild,
+            );
             return Ok(vec![finding]);
         }
-        let mut out = vec![Finding::of("sqlite integrity", vec![], false, DAMAGED_NEXT)];
+        let mut out = vec![Finding::of(
+            Check::FileIntact,
+            vec![],
+            false,
+            Remedy::RestoreOrRebuild,
+        )];
         let (chain, sigs) = log_problems(&self.conn)?;
-        out.push(Finding::of("hash chains", chain, false, ALTERED_NEXT));
-        out.push(Finding::of("signatures", sigs, false, ALTERED_NEXT));
+        out.push(Finding::of(Check::LogChain, chain, false, Remedy::Report));
+        out.push(Finding::of(Check::Signatures, sigs, false, Remedy::Report));
 
         // Row metadata against the tables (what the merge says is shown is shown).
         let tables = tables::tracked_tables(&self.conn)?;
@@ -65,14 +70,18 @@ impl Replica {
             let merger = Merger::new(&self.conn, origins_map(&self.conn)?);
             let rows = row_problems(&self.conn, &tables, &merger)?;
             out.push(Finding::of(
-                "rows match metadata",
+                Check::RowsMatchMetadata,
                 rows,
                 false,
-                ALTERED_NEXT,
+                Remedy::Report,
             ));
             let shown = shown_values_differ(&self.conn, &tables, &merger)?;
-            let check = "shown values are the winners";
-            out.push(Finding::of(check, shown, false, ALTERED_NEXT));
+            out.push(Finding::of(
+                Check::ShownValuesWin,
+                shown,
+                false,
+                Remedy::Report,
+            ));
         }
         out.push(self.check_triggers(&tables, repair)?);
         out.push(self.check_identity());
@@ -92,28 +101,25 @@ impl Replica {
             tx.commit()?;
         }
         Ok(Finding::of(
-            "capture triggers",
+            Check::Triggers,
             missing,
             repaired,
-            "tide --db FILE doctor --repair  # re-creates them",
+            Remedy::Repair,
         ))
     }
 
-    /// Identity (invariant 11): this file may seal under its identity.
+    /// Identity (invariant 11): this file may seal under its identity. A file with none
+    /// yet is to be initialized; one whose identity is missing here or bound to another
+    /// file (a copy, a restored backup) needs an identity of its own.
     fn check_identity(&self) -> Finding {
-        let identity = match self.secret_for_sealing() {
-            Ok(_) => vec![],
+        let (identity, remedy) = match self.secret_for_sealing() {
+            Ok(_) => (vec![], Remedy::NewIdentity),
             Err(Error::Open(crate::error::OpenError::NotInitialized)) => {
-                vec!["no identity yet (run init)".into()]
+                (vec!["no identity yet".into()], Remedy::Init)
             }
-            Err(e) => vec![e.to_string()],
+            Err(e) => (vec![e.to_string()], Remedy::NewIdentity),
         };
-        Finding::of(
-            "identity",
-            identity,
-            false,
-            "if this file is a copy or a restored backup, give it its own identity: tide --db FILE init --new-identity",
-        )
+        Finding::of(Check::Identity, identity, false, remedy)
     }
 }
 

@@ -2,7 +2,10 @@
 //! doctor that checks the invariants on a live file.
 
 mod doctor;
+mod finding;
 mod shown_values;
+
+pub use finding::{Check, Finding, Remedy};
 
 use crate::error::{Error, Result};
 use crate::format::change::{ChunkDecoder, Manifest, Step};
@@ -76,27 +79,6 @@ pub struct LogEntry {
     /// Applied, waiting (dependencies missing) or quarantined.
     pub state: ChangeState,
 }
-
-/// One check of [`Replica::doctor`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// What was checked.
-    pub check: &'static str,
-    /// True when it holds.
-    pub ok: bool,
-    /// Details for a person.
-    pub detail: String,
-    /// True when the doctor repaired it.
-    pub repaired: bool,
-    /// What a person does about it when it fails (`FILE` stands for the database).
-    pub next: &'static str,
-}
-
-/// What to do about a damaged database file.
-pub(crate) const DAMAGED_NEXT: &str = "keep a copy of the file as it is; restore the replica from a backup, or make a new replica (`tide init`) and import from its peers: they hold every change this replica sent them";
-
-/// What to do when the log or the tables differ from what tide wrote.
-pub(crate) const ALTERED_NEXT: &str = "keep a copy of the file and report it; a new replica (`tide init`) that imports from this one's peers holds every change they received";
 
 impl Replica {
     /// The peers: known replicas other than this one, with their cards.

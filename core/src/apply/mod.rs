@@ -88,7 +88,7 @@ pub(crate) fn apply_ready(
             }
             if let Some(p) = on_progress.as_deref_mut() {
                 p(Progress {
-                    stage: "applying",
+                    stage: crate::replica::Stage::Applying,
                     done: report.applied as u64,
                     total: total.max(0) as u64,
                 });
