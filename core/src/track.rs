@@ -2,7 +2,6 @@
 
 use crate::error::{Error, Result};
 use crate::replica::{Replica, bump_epoch};
-use crate::store::meta::origins_map;
 use crate::store::states::CaptureOp;
 use crate::store::tables::{self as tables, TableInfo};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -49,8 +48,9 @@ impl Replica {
         bump_epoch(&tx)?;
         capture_rows(&tx, &info)?;
         if existing.is_some() {
-            capture_deletes_while_untracked(&tx, &info)?;
+            crate::capture::follow::capture_missing_rows(&tx, &info)?;
         }
+        crate::capture::follow::seen(&tx)?;
         tx.commit()?;
         Ok(TrackReport {
             warnings,
@@ -79,8 +79,29 @@ impl Replica {
         tx.execute_batch(&format!("DROP TABLE IF EXISTS _tide_cap_{tid}"))?;
         tx.execute("UPDATE _tide_tables SET tracked=0 WHERE tid=?1", [tid])?;
         bump_epoch(&tx)?;
+        crate::capture::follow::seen(&tx)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Tracked tables whose capture stopped at a schema change tide could not follow,
+    /// each with why (DESIGN.md §2.12); untracking and tracking again resumes them.
+    pub fn stopped_tables(&self) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, stopped FROM _tide_tables WHERE tracked=1 AND stopped IS NOT NULL ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Each tracked table's schema epoch: how many changes of its schema tide followed
+    /// since it was first tracked, counting from 1.
+    pub fn table_epochs(&self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, epoch FROM _tide_tables WHERE tracked=1 ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Names of tracked tables.
@@ -96,7 +117,8 @@ impl Replica {
 fn register(conn: &Connection, t: &TableInfo) -> Result<()> {
     conn.execute(
         "INSERT INTO _tide_tables(tid, name, key_columns, columns, tracked) VALUES(?1, ?2, ?3, ?4, 1)
-         ON CONFLICT(tid) DO UPDATE SET key_columns=excluded.key_columns, columns=excluded.columns, tracked=1",
+         ON CONFLICT(tid) DO UPDATE SET key_columns=excluded.key_columns, columns=excluded.columns,
+           tracked=1, stopped=NULL, epoch=epoch+1",
         params![t.tid, t.name, tables::join_names(&t.key_columns), tables::join_names(&t.columns)],
     )?;
     Ok(())
@@ -113,53 +135,9 @@ fn capture_rows(conn: &Connection, t: &TableInfo) -> Result<()> {
     conn.execute_batch(&format!(
         "INSERT INTO {}(op, mask, {}) SELECT {}, NULL, {keys} FROM {}",
         t.cap_table(),
-        key_slots(t),
+        crate::capture::follow::key_slots(t),
         CaptureOp::Insert.stored(),
         tables::q(&t.name)
     ))?;
     Ok(())
-}
-
-/// For a table tracked before: rows deleted while untracked are captured as deletes.
-/// Their last values are unknown (NULL), so a concurrent update that wins over such a
-/// delete brings back only the columns it wrote.
-fn capture_deletes_while_untracked(conn: &Connection, t: &TableInfo) -> Result<()> {
-    let merger = crate::merge::Merger::new(conn, origins_map(conn)?);
-    let mut gone = Vec::new();
-    let mut stmt = conn.prepare("SELECT key FROM _tide_rows WHERE tid=?1")?;
-    let keys = stmt
-        .query_map([t.tid], |r| r.get::<_, Vec<u8>>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    drop(stmt);
-    for key_bytes in keys {
-        let live = merger
-            .load_meta(t, &key_bytes)?
-            .is_some_and(|m| m.materialized(&merger.origins));
-        let key = crate::format::value::decode_key(&key_bytes)?;
-        if live && merger.read_row(t, &key)?.is_none() {
-            gone.push(key);
-        }
-    }
-    let marks = (1..=t.key_columns.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "INSERT INTO {}(op, mask, {}) VALUES ({}, NULL, {marks})",
-        t.cap_table(),
-        key_slots(t),
-        CaptureOp::Delete.stored()
-    );
-    for key in gone {
-        conn.execute(&sql, rusqlite::params_from_iter(key.iter()))?;
-    }
-    Ok(())
-}
-
-/// The capture log's key columns: `k0, k1, …`.
-fn key_slots(t: &TableInfo) -> String {
-    (0..t.key_columns.len())
-        .map(|i| format!("k{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -114,11 +114,25 @@ pub fn open(out: &Out, db: &Option<PathBuf>) -> Result<Replica> {
 }
 
 pub fn open_path(out: &Out, path: &Path) -> Result<Replica> {
-    let r = opened(path, Replica::open_existing(path, KeyStore::from_env()))?;
+    let mut r = opened(path, Replica::open_existing(path, KeyStore::from_env()))?;
     if let Some((from, to)) = r.upgraded() {
         out.say(format!(
             "Upgraded tide's metadata in {} from layout {from} (an earlier version of tide) to layout {to}.",
             path.display()
+        ));
+    }
+    // An application migration since the last command: capture follows it now.
+    let followed = r.follow_schema()?;
+    if followed.applied > 0 {
+        out.say(format!(
+            "Applied {} change(s) that waited for this replica's schema.",
+            followed.applied
+        ));
+    }
+    let shown = shell_word(path);
+    for (table, why) in r.stopped_tables()? {
+        out.say(format!(
+            "warning: capture of {table} stopped: {why}; its writes are not sent.\n  Next: when every replica has migrated, tide --db {shown} untrack {table}, then tide --db {shown} track {table}"
         ));
     }
     Ok(r)

@@ -1,13 +1,13 @@
 //! The doctor: checks a replica's file, log and tables agree, and repairs what it can.
 //! Each check is a function returning its problems (empty when it holds).
 
-use super::shown_values::shown_values_differ;
 use super::*;
 use crate::error::{Error, Result};
 use crate::format::change::Manifest;
 use crate::format::ids::ReplicaId;
 use crate::identity::verify_signature;
 use crate::merge::Merger;
+use crate::merge::winners::shown_values_differ;
 use crate::replica::Replica;
 use crate::store::chunks::Chunks;
 use crate::store::chunks::LogChunks;

@@ -3,7 +3,6 @@
 
 mod doctor;
 mod finding;
-mod shown_values;
 
 pub use finding::{Check, Finding, Remedy};
 

@@ -62,10 +62,13 @@ pub(crate) fn map_table<'a>(
         .columns
         .iter()
         .map(|c| {
-            t.columns.iter().position(|x| x == c).ok_or_else(|| {
+            t.column_index(c).ok_or_else(|| {
                 (
-                    QuarantineReason::SchemaMismatch,
-                    format!("table {:?} has no column {c:?} here", ops.name),
+                    QuarantineReason::NewerSchema,
+                    format!(
+                        "table {:?} has no column {c:?} here yet; it applies once this replica's schema has it",
+                        ops.name
+                    ),
                 )
             })
         })

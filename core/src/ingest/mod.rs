@@ -22,6 +22,18 @@ use rusqlite::{Connection, params};
 use take::Ingest;
 
 impl Replica {
+    /// Follows the application's schema changes (DESIGN.md §2.12), when SQLite's schema
+    /// moved since tide last looked: capture is brought up to the live schema, the writes
+    /// made meanwhile are sealed, and changes that waited for this replica's schema
+    /// apply. Every import and seal does this first; a command that does neither calls it
+    /// to notice a migration at once.
+    pub fn follow_schema(&mut self) -> Result<ImportReport> {
+        if !crate::capture::follow::moved(&self.conn)? {
+            return Ok(ImportReport::default());
+        }
+        self.import_each(|_| Ok(()))
+    }
+
     /// Verifies, stores and applies `changes` in one transaction: all of it or nothing
     /// (invariant 6). See [`Replica::import_each`].
     pub fn import(&mut self, changes: &[SignedChange]) -> Result<ImportReport> {
@@ -131,6 +143,7 @@ impl Replica {
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
         )?;
+        let followed = crate::capture::follow::follow(&tx)?;
         let sealed = if crate::seal::has_pending(&tx)? {
             let secret = self.secret_for_sealing()?;
             crate::seal::seal_pending(&tx, &secret)?.map(|id| id.seq)
@@ -138,7 +151,8 @@ impl Replica {
             None
         };
         let (mut report, cache, ack) = take_all(&tx, source, retrying)?;
-        if retrying {
+        // Changes waiting for columns this replica's tables have now apply with the rest.
+        if retrying || followed.columns_changed {
             requeue_quarantined(&tx)?;
         }
         let mut progress = self.progress.take();
@@ -213,10 +227,11 @@ fn requeue_quarantined(tx: &Connection) -> Result<()> {
         params![ChangeState::Waiting, ChangeState::Quarantined],
     )?;
     tx.execute(
-        "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2)",
+        "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2, ?3)",
         params![
             QuarantineReason::WAITING_FOR_TABLES[0],
-            QuarantineReason::WAITING_FOR_TABLES[1]
+            QuarantineReason::WAITING_FOR_TABLES[1],
+            QuarantineReason::WAITING_FOR_TABLES[2]
         ],
     )?;
     Ok(())

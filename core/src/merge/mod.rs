@@ -24,6 +24,7 @@ mod tests;
 mod transition;
 mod values;
 mod visible;
+pub(crate) mod winners;
 
 pub(crate) use constraints::constraint_reason;
 

@@ -28,14 +28,21 @@ impl Replica {
     /// Seals pending captured writes into one signed change. Returns its id, or `None`
     /// when nothing was pending. Refuses on a copied database (invariant 11).
     pub fn seal(&mut self) -> Result<Option<ChangeId>> {
-        if !has_pending(&self.conn)? {
+        if !crate::capture::follow::moved(&self.conn)? && !has_pending(&self.conn)? {
             return Ok(None);
         }
-        let secret = self.secret_for_sealing()?;
         let tx = rusqlite::Transaction::new_unchecked(
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
         )?;
+        // The application may have changed a table's schema: capture follows it first,
+        // and the writes it finds are sealed with the rest.
+        crate::capture::follow::follow(&tx)?;
+        if !has_pending(&tx)? {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let secret = self.secret_for_sealing()?;
         let id = seal_pending(&tx, &secret)?;
         tx.commit()?;
         if let Some(id) = id {
@@ -66,6 +73,7 @@ pub(crate) fn has_pending(conn: &Connection) -> Result<bool> {
 /// decided against their metadata in batches, written into the change's chunks and into
 /// their metadata, so no part of a large change is held twice.
 pub(crate) fn seal_pending(conn: &Connection, secret: &SecretIdentity) -> Result<Option<ChangeId>> {
+    crate::capture::follow::follow(conn)?;
     let tables = tables::tracked_tables(conn)?;
     if !has_pending(conn)? {
         return Ok(None);

@@ -267,6 +267,7 @@ mod tests {
             (3, "c", "k", "z"),
         ] {
             let t = TableInfo {
+                former: Vec::new(),
                 tid,
                 name: name.into(),
                 key_columns: keys.split(',').map(String::from).collect(),

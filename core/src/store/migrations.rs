@@ -33,6 +33,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration_4,
     migration_5,
     migration_6,
+    migration_7,
 ];
 
 /// The metadata layout this build writes: the number of migrations.
@@ -202,6 +203,20 @@ fn migration_6(conn: &Connection) -> Result<()> {
          DROP TABLE temp._tide_conflicts_5;",
     )?;
     pack_kept_values(conn)
+}
+
+/// Schema changes followed (DESIGN.md §2.12): each tracked table counts the changes of
+/// its schema tide followed (`epoch`) and says why capture stopped when tide could not
+/// follow one (`stopped`); a renamed column's former names map to its current name, so
+/// changes that still use them apply.
+fn migration_7(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE _tide_tables ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1;
+         ALTER TABLE _tide_tables ADD COLUMN stopped TEXT;
+         CREATE TABLE _tide_renamed(tid INTEGER NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
+            PRIMARY KEY(tid, old)) WITHOUT ROWID;",
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,8 +20,11 @@ pub enum QuarantineReason {
     UnknownOrigin,
     /// Writes a table this replica does not track.
     UnknownTable,
-    /// Writes a column this replica's table does not have, or keys it differently.
+    /// Keys a table differently from this replica.
     SchemaMismatch,
+    /// Writes a column this replica's table does not have yet: the writer's schema is
+    /// ahead. It applies by itself once this replica's schema has the column.
+    NewerSchema,
     /// A quarantined change whose signature failed when retried (its origin's card
     /// was added since, and the change does not verify with it).
     BadSignature,
@@ -29,12 +32,13 @@ pub enum QuarantineReason {
 
 impl QuarantineReason {
     /// Every reason, for parsing and listing.
-    pub const ALL: [QuarantineReason; 6] = [
+    pub const ALL: [QuarantineReason; 7] = [
         QuarantineReason::Fork,
         QuarantineReason::BrokenChain,
         QuarantineReason::UnknownOrigin,
         QuarantineReason::UnknownTable,
         QuarantineReason::SchemaMismatch,
+        QuarantineReason::NewerSchema,
         QuarantineReason::BadSignature,
     ];
 
@@ -46,6 +50,7 @@ impl QuarantineReason {
             QuarantineReason::UnknownOrigin => "unknown_origin",
             QuarantineReason::UnknownTable => "unknown_table",
             QuarantineReason::SchemaMismatch => "schema_mismatch",
+            QuarantineReason::NewerSchema => "newer_schema",
             QuarantineReason::BadSignature => "bad_signature",
         }
     }
@@ -62,9 +67,10 @@ impl QuarantineReason {
 
     /// The reasons a change of this replica's tables (a table tracked, a column added)
     /// may clear: a retry takes such changes again from the log.
-    pub(crate) const WAITING_FOR_TABLES: [QuarantineReason; 2] = [
+    pub(crate) const WAITING_FOR_TABLES: [QuarantineReason; 3] = [
         QuarantineReason::UnknownTable,
         QuarantineReason::SchemaMismatch,
+        QuarantineReason::NewerSchema,
     ];
 
     /// Whether retrying can ever apply the change here.

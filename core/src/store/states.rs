@@ -123,6 +123,12 @@ impl CaptureOp {
     }
 }
 
+impl ToSql for CaptureOp {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.stored()))
+    }
+}
+
 impl FromSql for CaptureOp {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         match value.as_i64()? {

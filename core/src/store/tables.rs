@@ -19,9 +19,23 @@ pub(crate) struct TableInfo {
     /// or 0.0 and -0.0, can both be stored and `IS` alone cannot tell them apart.
     pub(crate) untyped: Vec<bool>,
     pub(crate) key_untyped: Vec<bool>,
+    /// Former names of renamed columns, with the position of the column they name now:
+    /// changes that still use them apply to it (DESIGN.md §2.12).
+    pub(crate) former: Vec<(String, usize)>,
 }
 
 impl TableInfo {
+    /// The position in `columns` of the column a change names `name`: its current name,
+    /// or a name it had before a rename.
+    pub(crate) fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|x| x == name).or_else(|| {
+            self.former
+                .iter()
+                .find(|(old, _)| old == name)
+                .map(|&(_, at)| at)
+        })
+    }
+
     pub(crate) fn cap_table(&self) -> String {
         format!("_tide_cap_{}", self.tid)
     }
@@ -174,6 +188,7 @@ pub(crate) fn table_info(
             key_untyped: keys.iter().map(|c| untyped(&c.decl)).collect(),
             columns: others.iter().map(|c| c.name.clone()).collect(),
             untyped: others.iter().map(|c| untyped(&c.decl)).collect(),
+            former: Vec::new(),
         },
         warnings,
     ))
@@ -280,7 +295,8 @@ pub(crate) fn split_names(s: &str) -> Vec<String> {
 /// Loads every tracked table.
 pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
     let mut stmt = conn.prepare(
-        "SELECT tid, name, key_columns, columns FROM _tide_tables WHERE tracked=1 ORDER BY tid",
+        "SELECT tid, name, key_columns, columns FROM _tide_tables
+         WHERE tracked=1 AND stopped IS NULL ORDER BY tid",
     )?;
     let rows = stmt
         .query_map([], |r| {
@@ -301,6 +317,7 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
             .map(|c| (c.name, c.decl))
             .collect();
         let ty = |c: &String| untyped(decls.get(c).map(String::as_str).unwrap_or(""));
+        let former = former_names(conn, tid, &columns)?;
         out.push(TableInfo {
             tid,
             key_untyped: key_columns.iter().map(ty).collect(),
@@ -308,9 +325,25 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
             name,
             key_columns,
             columns,
+            former,
         });
     }
     Ok(out)
+}
+
+/// The former names of table `tid`'s renamed columns, each with the position of the
+/// column it names now (a name whose column is gone maps to nothing).
+fn former_names(conn: &Connection, tid: i64, columns: &[String]) -> Result<Vec<(String, usize)>> {
+    let mut stmt = conn.prepare_cached("SELECT old, new FROM _tide_renamed WHERE tid=?1")?;
+    let pairs = stmt
+        .query_map([tid], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(old, new)| Some((old, columns.iter().position(|c| *c == new)?)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! The doctor's check that every table shows the values the merge says win.
+//! The values the merge says win, read back from the log: every live cell must show the
+//! value its winning head's change wrote. The doctor checks that; following a schema
+//! change uses it to find the writes made while capture was off.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,25 +20,40 @@ type Pending = HashSet<(i64, Vec<u8>)>;
 /// The cells of one change that still win, by row, with the value it wrote.
 type Wins = HashMap<(i64, Vec<u8>), HashMap<usize, Value>>;
 
-/// Every value a live row shows against the value its winning head wrote, read from that
-/// head's change in the log: the merge decides which head wins each cell, and the table
-/// must show exactly that value (invariant 1). Rows with unsealed writes are left out:
-/// there the table is ahead of the log until the next seal.
+/// A live cell that does not show the value its winning head wrote.
+pub(crate) struct Difference<'t> {
+    pub(crate) t: &'t TableInfo,
+    pub(crate) key: Vec<Value>,
+    /// Position in `t.columns`.
+    pub(crate) column: usize,
+    /// What the table shows (`None`: the row is not in the table).
+    pub(crate) shown: Option<Value>,
+    pub(crate) winner: Value,
+}
+
+/// Compares every value a live row shows with the value its winning head wrote, read
+/// from that head's change in the log, and calls `on` for each that differs. Rows with
+/// unsealed writes are left out unless `pending_too`: there the table is ahead of the
+/// log until the next seal. Returns, by table number, how many shown cells have a
+/// winner whose change was not found in the log.
 ///
 /// One pass over the applied log, one metadata lookup per op and one row read per row a
 /// change still wins; memory stays within one change's cells that are still winners.
-pub(crate) fn shown_values_differ(
+pub(crate) fn each_difference<'t>(
     conn: &Connection,
-    tables: &[TableInfo],
+    tables: &'t [TableInfo],
     merger: &Merger<'_>,
-) -> Result<Vec<String>> {
+    pending_too: bool,
+    on: &mut dyn FnMut(Difference<'t>) -> Result<()>,
+) -> Result<HashMap<i64, u64>> {
     let by_name: HashMap<&str, &TableInfo> = tables.iter().map(|t| (t.name.as_str(), t)).collect();
-    let pending = pending_rows(conn, tables)?;
+    let pending = if pending_too {
+        Pending::new()
+    } else {
+        pending_rows(conn, tables)?
+    };
     // How many shown cells each table has: every one must be found in the log.
-    let expected = shown_cells(conn, tables, merger, &pending)?;
-
-    let mut problems = Vec::new();
-    let mut found: HashMap<i64, u64> = HashMap::new();
+    let mut missing = shown_cells(conn, tables, merger, &pending)?;
     let mut stmt = conn.prepare(
         "SELECT origin, seq, body, packing FROM _tide_log WHERE applied = ?1 ORDER BY origin, seq",
     )?;
@@ -46,26 +63,52 @@ pub(crate) fn shown_values_differ(
         let Ok(manifest) = crate::store::chunks::unpack(r.get(2)?, r.get(3)?)
             .and_then(|body| Manifest::decode(&body).map_err(Error::from))
         else {
-            continue; // reported by the hash-chain check
+            continue; // reported by the doctor's hash-chain check
         };
         let change = (origin, seq as u64, &manifest);
         let wins = winning_cells(conn, &by_name, merger, &pending, change)?;
         for ((tid, key_bytes), cells) in wins {
-            *found.entry(tid).or_default() += cells.len() as u64;
+            if let Some(n) = missing.get_mut(&tid) {
+                *n = n.saturating_sub(cells.len() as u64);
+            }
             let t = tables.iter().find(|t| t.tid == tid).expect("tables by tid");
-            compare_row(t, merger, &key_bytes, cells, &mut problems)?;
+            compare_row(t, merger, &key_bytes, cells, on)?;
         }
     }
-    for t in tables {
-        let (want, got) = (
-            expected.get(&t.tid).copied().unwrap_or(0),
-            found.get(&t.tid).copied().unwrap_or(0),
-        );
-        if got < want {
+    missing.retain(|_, n| *n > 0);
+    Ok(missing)
+}
+
+/// The doctor's form: each difference (at most 20) and each table with shown values
+/// whose winning change is missing, in words.
+pub(crate) fn shown_values_differ(
+    conn: &Connection,
+    tables: &[TableInfo],
+    merger: &Merger<'_>,
+) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let missing = each_difference(conn, tables, merger, false, &mut |d| {
+        if problems.len() < 20 {
             problems.push(format!(
-                "{}: {} shown value(s) whose winning change is not in the log",
-                t.name,
-                want - got
+                "{} [{}].{}: shows {}, its winning value is {}",
+                d.t.name,
+                d.key
+                    .iter()
+                    .map(Value::display)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.t.columns[d.column],
+                d.shown.as_ref().map_or("no row".into(), Value::display),
+                d.winner.display()
+            ));
+        }
+        Ok(())
+    })?;
+    for t in tables {
+        if let Some(n) = missing.get(&t.tid) {
+            problems.push(format!(
+                "{}: {n} shown value(s) whose winning change is not in the log",
+                t.name
             ));
         }
     }
@@ -143,11 +186,7 @@ fn winning_cells(
                 Ok(Step::End) | Err(_) => continue 'chunks,
                 Ok(Step::Table(ops)) => {
                     table = by_name.get(ops.name.as_str()).map(|t| {
-                        let cols = ops
-                            .columns
-                            .iter()
-                            .map(|c| t.columns.iter().position(|x| x == c))
-                            .collect();
+                        let cols = ops.columns.iter().map(|c| t.column_index(c)).collect();
                         (*t, cols)
                     });
                 }
@@ -199,31 +238,26 @@ fn op_wins(
     Ok(())
 }
 
-/// Compares what row `key_bytes` of `t` shows with the winning values `cells`; at most
-/// 20 problems are listed.
-fn compare_row(
-    t: &TableInfo,
+/// Compares what row `key_bytes` of `t` shows with the winning values `cells`.
+fn compare_row<'t>(
+    t: &'t TableInfo,
     merger: &Merger<'_>,
     key_bytes: &[u8],
     cells: HashMap<usize, Value>,
-    problems: &mut Vec<String>,
+    on: &mut dyn FnMut(Difference<'t>) -> Result<()>,
 ) -> Result<()> {
     let key = decode_key(key_bytes)?;
     let row = merger.read_row(t, &key)?;
-    for (c, want) in cells {
-        let shown = row.as_ref().map(|row| &row[c]);
-        if shown != Some(&want) && problems.len() < 20 {
-            problems.push(format!(
-                "{} [{}].{}: shows {}, its winning value is {}",
-                t.name,
-                key.iter()
-                    .map(Value::display)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                t.columns[c],
-                shown.map_or("no row".into(), Value::display),
-                want.display()
-            ));
+    for (column, winner) in cells {
+        let shown = row.as_ref().map(|row| &row[column]);
+        if shown != Some(&winner) {
+            on(Difference {
+                t,
+                key: key.clone(),
+                column,
+                shown: shown.cloned(),
+                winner,
+            })?;
         }
     }
     Ok(())

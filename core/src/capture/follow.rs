@@ -1,0 +1,326 @@
+//! Following the application's schema changes (DESIGN.md §2.12). Each replica's
+//! application migrates its own tables; before tide seals or applies anything it checks
+//! whether SQLite's schema version moved since it last looked, and if so compares every
+//! tracked table with what it recorded:
+//!
+//! - the same columns, or more at the end (`ADD COLUMN`), or some renamed in place: the
+//!   record follows, the capture log gains value slots, the triggers are made anew, and
+//!   the values of added columns that differ from their default are captured;
+//! - the triggers gone (the table was rebuilt under its name, which drops them): the
+//!   writes made while capture was off are found by comparing the table with tide's own
+//!   record and captured as inserts, deletes and updates;
+//! - anything else (the table gone, another primary key, a column dropped or moved, an
+//!   index tide cannot sync): capture of that table stops, its triggers are dropped so the
+//!   application's statements keep working, and the reason is recorded for every command
+//!   to show.
+//!
+//! Captures written here are sealed by the seal that follows, as ordinary changes.
+
+use crate::error::{Error, Result};
+use crate::format::value::{Value, decode_key, encode_key};
+use crate::merge::Merger;
+use crate::merge::winners::each_difference;
+use crate::store::meta::{self, origins_map};
+use crate::store::states::CaptureOp;
+use crate::store::tables::{self, Column, TableInfo, q};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::triggers::{create_triggers, drop_triggers};
+
+/// What following the schema did.
+#[derive(Debug, Default)]
+pub(crate) struct Followed {
+    /// Some table gained or renamed columns: changes waiting for this replica's schema
+    /// may apply now.
+    pub(crate) columns_changed: bool,
+    /// Tables whose capture stopped here, with why.
+    pub(crate) stopped: Vec<(String, String)>,
+}
+
+/// Follows every schema change since the last look (cheap when there was none: one
+/// read of SQLite's schema version).
+pub(crate) fn follow(conn: &Connection) -> Result<Followed> {
+    let mut out = Followed::default();
+    if !moved(conn)? {
+        return Ok(out);
+    }
+    for t in tables::tracked_tables(conn)? {
+        follow_table(conn, &t, &mut out)?;
+    }
+    // Tide's own DDL above moved the version too.
+    meta::set_u64(conn, "schema_seen", schema_version(conn)?)?;
+    Ok(out)
+}
+
+/// Records the schema as seen: tide's own DDL (tracking a table) is not an application's
+/// schema change.
+pub(crate) fn seen(conn: &Connection) -> Result<()> {
+    meta::set_u64(conn, "schema_seen", schema_version(conn)?)
+}
+
+/// Whether the schema moved since tide last looked: then [`follow`] has work to do.
+pub(crate) fn moved(conn: &Connection) -> Result<bool> {
+    Ok(schema_version(conn)? != meta::get_u64(conn, "schema_seen")?)
+}
+
+fn schema_version(conn: &Connection) -> Result<u64> {
+    Ok(conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// How the live columns relate to the recorded ones.
+struct Shape {
+    live: Vec<Column>,
+    /// (recorded name, live name) of columns renamed in place.
+    renamed: Vec<(String, String)>,
+    /// How many columns were recorded; the live ones past that were added.
+    recorded: usize,
+}
+
+fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<()> {
+    let shape = match shape(conn, t)? {
+        Ok(shape) => shape,
+        Err(why) => return stop(conn, t, why, out),
+    };
+    let (mut info, _) = match tables::table_info(conn, t.tid, &t.name) {
+        Ok(info) => info,
+        Err(Error::Track(e)) => return stop(conn, t, e.to_string(), out),
+        Err(e) => return Err(e),
+    };
+    let had_triggers = has_triggers(conn, t.tid)?;
+    let changed = !shape.renamed.is_empty() || shape.live.len() - key_count(t) > shape.recorded;
+    if changed {
+        record(conn, t, &info, &shape.renamed)?;
+        out.columns_changed = true;
+    }
+    info.former = t.former.clone();
+    info.former.extend(
+        shape.renamed.iter().filter_map(|(old, new)| {
+            Some((old.clone(), info.columns.iter().position(|c| c == new)?))
+        }),
+    );
+    for i in t.columns.len()..info.columns.len() {
+        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN v{i}", info.cap_table()))?;
+    }
+    drop_triggers(conn, t.tid)?;
+    create_triggers(conn, &info)?;
+    if !had_triggers {
+        recover_gap(conn, &info)?;
+    }
+    capture_added_values(conn, &info, shape.recorded)
+}
+
+fn key_count(t: &TableInfo) -> usize {
+    t.key_columns.len()
+}
+
+/// The live shape of `t`, or why tide cannot follow it.
+fn shape(conn: &Connection, t: &TableInfo) -> Result<std::result::Result<Shape, String>> {
+    let exists: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1",
+            [&t.name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if exists.is_none() {
+        return Ok(Err(format!("table {:?} is gone or was renamed", t.name)));
+    }
+    let live = tables::read_columns(conn, &t.name)?;
+    let mut keys: Vec<&Column> = live.iter().filter(|c| c.pk > 0).collect();
+    keys.sort_by_key(|c| c.pk);
+    if keys.iter().map(|c| &c.name).ne(t.key_columns.iter()) {
+        return Ok(Err(format!("the primary key of {:?} changed", t.name)));
+    }
+    let others: Vec<&String> = live.iter().filter(|c| c.pk == 0).map(|c| &c.name).collect();
+    if others.len() < t.columns.len() {
+        return Ok(Err(format!("a column of {:?} was dropped", t.name)));
+    }
+    let mut renamed = Vec::new();
+    for (was, is) in t.columns.iter().zip(&others) {
+        if was == *is {
+            continue;
+        }
+        // A name that moved elsewhere means columns were reordered or replaced.
+        if others.contains(&was) || t.columns.contains(is) {
+            return Ok(Err(format!(
+                "the columns of {:?} were dropped or reordered",
+                t.name
+            )));
+        }
+        renamed.push((was.clone(), (*is).clone()));
+    }
+    let recorded = t.columns.len();
+    Ok(Ok(Shape {
+        live,
+        renamed,
+        recorded,
+    }))
+}
+
+/// Records the table's columns as they are now, its renames, and one more epoch.
+fn record(
+    conn: &Connection,
+    t: &TableInfo,
+    info: &TableInfo,
+    renamed: &[(String, String)],
+) -> Result<()> {
+    for (old, new) in renamed {
+        // Names that pointed at `old` point at `new` now.
+        conn.execute(
+            "UPDATE _tide_renamed SET new=?3 WHERE tid=?1 AND new=?2",
+            params![t.tid, old, new],
+        )?;
+        conn.execute(
+            "INSERT OR REPLACE INTO _tide_renamed(tid, old, new) VALUES(?1, ?2, ?3)",
+            params![t.tid, old, new],
+        )?;
+    }
+    conn.execute(
+        "UPDATE _tide_tables SET columns=?2, epoch=epoch+1 WHERE tid=?1",
+        params![t.tid, tables::join_names(&info.columns)],
+    )?;
+    Ok(())
+}
+
+/// Stops capture of `t`: its triggers go, so the application's statements keep working,
+/// and `why` is recorded for every command to show.
+fn stop(conn: &Connection, t: &TableInfo, why: String, out: &mut Followed) -> Result<()> {
+    drop_triggers(conn, t.tid)?;
+    conn.execute(
+        "UPDATE _tide_tables SET stopped=?2 WHERE tid=?1",
+        params![t.tid, why],
+    )?;
+    out.stopped.push((t.name.clone(), why));
+    Ok(())
+}
+
+fn has_triggers(conn: &Connection, tid: i64) -> Result<bool> {
+    let names = ["ins", "upd", "rekey", "del"].map(|k| format!("_tide_{k}_{tid}"));
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type='trigger' AND name IN (?1, ?2, ?3, ?4)",
+        params![names[0], names[1], names[2], names[3]],
+        |r| r.get(0),
+    )?;
+    Ok(n == 4)
+}
+
+/// The capture log's key columns: `k0, k1, …`.
+pub(crate) fn key_slots(t: &TableInfo) -> String {
+    (0..t.key_columns.len())
+        .map(|i| format!("k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Appends one capture of `op` on row `key` with `mask` to `t`'s capture log.
+fn capture(
+    conn: &Connection,
+    t: &TableInfo,
+    op: CaptureOp,
+    mask: Option<i64>,
+    key: &[Value],
+) -> Result<()> {
+    let marks = (3..3 + key.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO {}(op, mask, {}) VALUES (?1, ?2, {marks})",
+        t.cap_table(),
+        key_slots(t)
+    ))?;
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&op, &mask];
+    args.extend(key.iter().map(|v| v as &dyn rusqlite::ToSql));
+    stmt.execute(&*args)?;
+    Ok(())
+}
+
+/// Rows whose metadata says they are live but that the table does not hold are captured
+/// as deletes. Their last values are unknown (NULL), so a concurrent update that wins
+/// over such a delete brings back only the columns it wrote.
+pub(crate) fn capture_missing_rows(conn: &Connection, t: &TableInfo) -> Result<()> {
+    let merger = Merger::new(conn, origins_map(conn)?);
+    let mut stmt = conn.prepare("SELECT key FROM _tide_rows WHERE tid=?1")?;
+    let keys = stmt
+        .query_map([t.tid], |r| r.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    drop(stmt);
+    for key_bytes in keys {
+        let live = merger
+            .load_meta(t, &key_bytes)?
+            .is_some_and(|m| m.materialized(&merger.origins));
+        let key = decode_key(&key_bytes)?;
+        if live && merger.read_row(t, &key)?.is_none() {
+            capture(conn, t, CaptureOp::Delete, None, &key)?;
+        }
+    }
+    Ok(())
+}
+
+/// The writes made while `t` had no triggers, found by comparing the table with tide's
+/// record: rows with no live metadata are inserts, live metadata with no row are
+/// deletes, cells that differ from their winning head's value are updates.
+fn recover_gap(conn: &Connection, t: &TableInfo) -> Result<()> {
+    let merger = Merger::new(conn, origins_map(conn)?);
+    let keys = t.key_columns.iter().map(|k| q(k)).collect::<Vec<_>>();
+    let mut stmt = conn.prepare(&format!("SELECT {} FROM {}", keys.join(", "), q(&t.name)))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let key = (0..keys.len())
+            .map(|i| r.get::<_, Value>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let live = merger
+            .load_meta(t, &encode_key(&key))?
+            .is_some_and(|m| m.materialized(&merger.origins));
+        if !live {
+            capture(conn, t, CaptureOp::Insert, None, &key)?;
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    capture_missing_rows(conn, t)?;
+    let tables = std::slice::from_ref(t);
+    each_difference(conn, tables, &merger, true, &mut |d| {
+        if d.shown.is_some() {
+            capture(
+                conn,
+                t,
+                CaptureOp::Update,
+                Some(1 << d.column.min(62)),
+                &d.key,
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Values of the columns added since `recorded` that differ from the column's default:
+/// written before tide followed the change, they are captured as updates. A row holding
+/// the default needs nothing: a peer that adds the column gets the same default.
+fn capture_added_values(conn: &Connection, t: &TableInfo, recorded: usize) -> Result<()> {
+    for i in recorded..t.columns.len() {
+        let c = q(&t.columns[i]);
+        let default: Option<String> = conn.query_row(
+            "SELECT dflt_value FROM pragma_table_info(?1) WHERE name=?2",
+            params![t.name, t.columns[i]],
+            |r| r.get(0),
+        )?;
+        let default = default.unwrap_or_else(|| "NULL".into());
+        let keys = t.key_columns.iter().map(|k| q(k)).collect::<Vec<_>>();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {c} IS NOT ({default})",
+            keys.join(", "),
+            q(&t.name)
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key = (0..keys.len())
+                .map(|k| r.get::<_, Value>(k))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            capture(conn, t, CaptureOp::Update, Some(1 << i.min(62)), &key)?;
+        }
+    }
+    Ok(())
+}
