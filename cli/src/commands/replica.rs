@@ -139,6 +139,8 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
     let card = r.card()?;
     let ours = r.version_vector()?;
     let tracked = r.tracked_tables()?;
+    let epochs: std::collections::BTreeMap<String, u64> = r.table_epochs()?.into_iter().collect();
+    let stopped = r.stopped_tables()?;
     let conflicts = r.conflicts()?;
     let quarantined = r.quarantine()?.len();
     let waiting = r.waiting_count()?;
@@ -153,6 +155,8 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
             "name": card.name,
             "db": r.path().display().to_string(),
             "tracked": tracked,
+            "schema_epochs": epochs,
+            "stopped": stopped.iter().map(|(t, why)| json!({"table": t, "why": why})).collect::<Vec<_>>(),
             "sealed": sealed,
             "peers": peers.iter().map(|(p, n)| json!({"id": p.id.to_hex(), "name": p.name, "lacks": n})).collect::<Vec<_>>(),
             "conflicts": conflicts.len(),
@@ -171,9 +175,22 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
             if tracked.is_empty() {
                 "(none: tide track TABLE)".to_string()
             } else {
-                tracked.join(", ")
+                // A table's schema epoch shows once tide has followed a change of it.
+                tracked
+                    .iter()
+                    .map(|t| match epochs.get(t) {
+                        Some(&e) if e > 1 => format!("{t} (schema epoch {e})"),
+                        _ => t.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         ));
+        for (t, why) in &stopped {
+            s.push_str(&format!(
+                "stopped   {t}: {why}; its writes are not sent (tide untrack {t}, then tide track {t})\n"
+            ));
+        }
         if let Some(seq) = sealed {
             s.push_str(&format!("sealed    new local writes as change {seq}\n"));
         }
