@@ -12,7 +12,7 @@ use crate::store::chunks::{Chunks, LogChunks};
 use crate::store::rowmeta::RowMeta;
 use crate::store::states::ChangeState;
 use crate::store::tables::TableInfo;
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 
 /// Rows (table number, encoded key) with writes not sealed yet.
 type Pending = HashSet<(i64, Vec<u8>)>;
@@ -46,7 +46,6 @@ pub(crate) fn each_difference<'t>(
     pending_too: bool,
     on: &mut dyn FnMut(Difference<'t>) -> Result<()>,
 ) -> Result<HashMap<i64, u64>> {
-    let by_name: HashMap<&str, &TableInfo> = tables.iter().map(|t| (t.name.as_str(), t)).collect();
     let pending = if pending_too {
         Pending::new()
     } else {
@@ -54,6 +53,24 @@ pub(crate) fn each_difference<'t>(
     };
     // How many shown cells each table has: every one must be found in the log.
     let mut missing = shown_cells(conn, tables, merger, &pending)?;
+    affinity_tables(conn, tables, true)?;
+    let compared = compare_log(conn, tables, merger, &pending, &mut missing, on);
+    affinity_tables(conn, tables, false)?;
+    compared?;
+    missing.retain(|_, n| *n > 0);
+    Ok(missing)
+}
+
+/// The pass over the applied log of [`each_difference`].
+fn compare_log<'t>(
+    conn: &Connection,
+    tables: &'t [TableInfo],
+    merger: &Merger<'_>,
+    pending: &Pending,
+    missing: &mut HashMap<i64, u64>,
+    on: &mut dyn FnMut(Difference<'t>) -> Result<()>,
+) -> Result<()> {
+    let by_name: HashMap<&str, &TableInfo> = tables.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut stmt = conn.prepare(
         "SELECT origin, seq, body, packing FROM _tide_log WHERE applied = ?1 ORDER BY origin, seq",
     )?;
@@ -66,7 +83,7 @@ pub(crate) fn each_difference<'t>(
             continue; // reported by the doctor's hash-chain check
         };
         let change = (origin, seq as u64, &manifest);
-        let wins = winning_cells(conn, &by_name, merger, &pending, change)?;
+        let wins = winning_cells(conn, &by_name, merger, pending, change)?;
         for ((tid, key_bytes), cells) in wins {
             if let Some(n) = missing.get_mut(&tid) {
                 *n = n.saturating_sub(cells.len() as u64);
@@ -75,8 +92,7 @@ pub(crate) fn each_difference<'t>(
             compare_row(t, merger, &key_bytes, cells, on)?;
         }
     }
-    missing.retain(|_, n| *n > 0);
-    Ok(missing)
+    Ok(())
 }
 
 /// The doctor's form: each difference (at most 20) and each table with shown values
@@ -238,6 +254,60 @@ fn op_wins(
     Ok(())
 }
 
+/// Whether `shown` is what storing `winner` in column `column` of `t` gives: a table
+/// rebuilt with another type for a column converts the values it copies (2 becomes 2.0
+/// in a REAL column), and so does a write under the new type. Only a value that
+/// differs after that conversion is a difference.
+fn stored_alike(
+    merger: &Merger<'_>,
+    t: &TableInfo,
+    column: usize,
+    winner: &Value,
+    shown: Option<&Value>,
+) -> Result<bool> {
+    let Some(shown) = shown else {
+        return Ok(false);
+    };
+    let scratch = affinity_table(t, column);
+    let conn = merger.conn;
+    conn.prepare_cached(&format!("INSERT INTO temp.{scratch}(v) VALUES (?1)"))?
+        .execute([winner])?;
+    let stored: Value = conn
+        .prepare_cached(&format!("SELECT v FROM temp.{scratch}"))?
+        .query_row([], |r| r.get(0))?;
+    conn.prepare_cached(&format!("DELETE FROM temp.{scratch}"))?
+        .execute([])?;
+    Ok(&stored == shown)
+}
+
+/// The scratch table that stores values with the type of column `column` of `t`.
+fn affinity_table(t: &TableInfo, column: usize) -> String {
+    format!("_tide_affinity_{}_{column}", t.tid)
+}
+
+/// Creates the scratch tables [`stored_alike`] uses, one per column, each with the
+/// column's declared type (so SQLite converts a value stored in it as the column does).
+/// They are made before the log is read: no table is created or dropped while a read is
+/// under way.
+fn affinity_tables(conn: &Connection, tables: &[TableInfo], create: bool) -> Result<()> {
+    for t in tables {
+        for (i, c) in t.columns.iter().enumerate() {
+            let scratch = affinity_table(t, i);
+            if create {
+                let decl: String = conn
+                    .prepare_cached("SELECT type FROM pragma_table_xinfo(?1) WHERE name = ?2")?
+                    .query_row(params![t.name, c], |r| r.get(0))?;
+                conn.execute_batch(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {scratch}(v {decl})"
+                ))?;
+            } else {
+                conn.execute_batch(&format!("DROP TABLE IF EXISTS temp.{scratch}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Compares what row `key_bytes` of `t` shows with the winning values `cells`.
 fn compare_row<'t>(
     t: &'t TableInfo,
@@ -250,7 +320,7 @@ fn compare_row<'t>(
     let row = merger.read_row(t, &key)?;
     for (column, winner) in cells {
         let shown = row.as_ref().map(|row| &row[column]);
-        if shown != Some(&winner) {
+        if shown != Some(&winner) && !stored_alike(merger, t, column, &winner, shown)? {
             on(Difference {
                 t,
                 key: key.clone(),

@@ -8,7 +8,8 @@
 //! - `import`: imports apply whole or not at all; quarantine;
 //! - `identity`: copied databases, restored backups and forks;
 //! - `delivery`: relays, causal order, duplicates;
-//! - `doctor`: the doctor's findings about a replica's own records.
+//! - `doctor`: the doctor's findings about a replica's own records;
+//! - `schema`: the application's schema changes, followed.
 //!
 //! Across the whole system:
 //! - `convergence`: the property test over random histories;
@@ -27,6 +28,7 @@ mod delivery;
 mod doctor;
 mod identity;
 mod import;
+mod schema;
 
 mod bundles;
 mod convergence;
