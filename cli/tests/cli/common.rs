@@ -1,8 +1,9 @@
 //! What the command-line tests share: running the real `tide` in a folder with its own
 //! key store, and reading the SQLite files it leaves.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// What one run of `tide` printed and how it exited.
 pub struct Run {
@@ -35,6 +36,19 @@ pub fn ok_in(dir: &Path, args: &[&str]) -> Run {
     let r = tide_in(dir, args, &[]);
     assert_eq!(r.code, 0, "tide {args:?} failed:\n{}{}", r.stdout, r.stderr);
     r
+}
+
+/// Fails the test with the next step when the `sqlite-utils` command is missing.
+pub fn require_sqlite_utils() {
+    let present = Command::new("sqlite-utils")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        present,
+        "these tests drive the real `sqlite-utils` command, which is not installed: \
+         run `python3 -m pip install sqlite-utils` (.ci/run does)"
+    );
 }
 
 /// A temporary folder with its own key store, where replicas live.
@@ -81,6 +95,77 @@ impl Site {
             .query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
             .map(|v| format!("{v:?}"))
             .unwrap()
+    }
+
+    /// Every row `sql` returns from `db`, as text: the column names on the first line,
+    /// then one line per row of storage classes and values, so that two tables compare
+    /// equal only when their columns, rows, values and types all are.
+    pub fn table(&self, db: &str, sql: &str) -> String {
+        let conn = rusqlite::Connection::open(self.path(db)).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let mut out = stmt.column_names().collect::<Vec<_>>().join(" | ");
+        out.push('\n');
+        let n = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            let cells: Vec<String> = (0..n)
+                .map(|i| format!("{:?}", row.get::<_, rusqlite::types::Value>(i).unwrap()))
+                .collect();
+            out.push_str(&cells.join(" | "));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Runs `sqlite-utils args` in this folder (so `a.db` names a replica here), with
+    /// `stdin` fed to it, as an application migrating or writing its own database would;
+    /// insists that it succeeds.
+    pub fn sqlite_utils(&self, args: &[&str], stdin: Option<&str>) {
+        let mut child = Command::new("sqlite-utils")
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sqlite-utils is installed (.ci/run installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the application's `sqlite-utils {}` failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs the SQL script `sql` on `db` through Python's `sqlite3` module, as a Python
+    /// application would; insists that it succeeds.
+    pub fn python_sql(&self, db: &str, sql: &str) {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1])\n\
+                 c.executescript(sys.argv[2])\n\
+                 c.commit()\n\
+                 c.close()",
+            ])
+            .arg(self.path(db))
+            .arg(sql)
+            .output()
+            .expect("python3 is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "the application's Python statements on {db} failed:\n{sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// One integer of `db`.

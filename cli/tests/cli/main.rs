@@ -8,7 +8,9 @@
 //! - `import_checks`: what `bundle import` and its dry run refuse in validly signed
 //!   bundles;
 //! - `disk_full`: imports and seals onto a nearly full disk (needs root to mount a
-//!   tmpfs).
+//!   tmpfs);
+//! - `schema`: tracked tables migrated by their applications (`sqlite-utils`, Python's
+//!   `sqlite3`) on three replicas at different times, followed by tide.
 //!
 //! `common` holds what they share: running `tide` and reading the files it leaves.
 
@@ -18,3 +20,4 @@ mod disk_full;
 mod e2e;
 mod errors;
 mod import_checks;
+mod schema;
