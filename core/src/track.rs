@@ -34,15 +34,35 @@ impl Replica {
                 newly_tracked: false,
             });
         }
-        let tid = match existing {
-            Some((tid, _)) => tid,
-            None => tx.query_row(
+        let fresh_tid = |tx: &rusqlite::Transaction<'_>| -> Result<i64> {
+            Ok(tx.query_row(
                 "SELECT coalesce(max(tid), 0) + 1 FROM _tide_tables",
                 [],
                 |r| r.get(0),
-            )?,
+            )?)
         };
-        let (info, warnings) = tables::table_info(&tx, tid, table)?;
+        let tid = match existing {
+            Some((tid, _)) => tid,
+            None => fresh_tid(&tx)?,
+        };
+        let (mut info, warnings) = tables::table_info(&tx, tid, table)?;
+        // Tracked before with other columns or another key: the row metadata kept from
+        // then names cells by their old positions, so the table starts afresh under a new
+        // number (its rows are captured as inserts below, as on first tracking).
+        let existing = match existing {
+            Some((old, _)) if !same_shape(&tx, old, &info)? => {
+                let tid = fresh_tid(&tx)?;
+                // The old record stays (its conflicts and history with it), under a name
+                // no table has.
+                tx.execute(
+                    "UPDATE _tide_tables SET name = name || ' (retired ' || tid || ')' WHERE tid=?1",
+                    [old],
+                )?;
+                info.tid = tid;
+                None
+            }
+            other => other,
+        };
         register(&tx, &info)?;
         crate::capture::triggers::install_capture(&tx, &info)?;
         bump_epoch(&tx)?;
@@ -140,4 +160,15 @@ fn capture_rows(conn: &Connection, t: &TableInfo) -> Result<()> {
         tables::q(&t.name)
     ))?;
     Ok(())
+}
+
+/// Whether table number `tid` was recorded with the key and columns `info` has now.
+fn same_shape(conn: &Connection, tid: i64, info: &TableInfo) -> Result<bool> {
+    let (keys, columns): (String, String) = conn.query_row(
+        "SELECT key_columns, columns FROM _tide_tables WHERE tid=?1",
+        [tid],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(tables::split_names(&keys) == info.key_columns
+        && tables::split_names(&columns) == info.columns)
 }
