@@ -47,6 +47,10 @@ pub(crate) fn follow(conn: &Connection) -> Result<Followed> {
     for t in tables::tracked_tables(conn)? {
         follow_table(conn, &t, &mut out)?;
     }
+    if out.columns_changed {
+        // Changes that waited for columns this replica has now: the next apply takes them.
+        crate::store::quarantine::requeue(conn)?;
+    }
     // Tide's own DDL above moved the version too.
     meta::set_u64(conn, "schema_seen", schema_version(conn)?)?;
     Ok(out)
@@ -91,6 +95,11 @@ fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<
     if changed {
         record(conn, t, &info, &shape.renamed)?;
         out.columns_changed = true;
+    }
+    for (_, new) in &shape.renamed {
+        if let Some(at) = info.columns.iter().position(|c| c == new) {
+            rename_conflicts(conn, &info, at)?;
+        }
     }
     info.former = t.former.clone();
     info.former.extend(
@@ -182,6 +191,41 @@ fn record(
     Ok(())
 }
 
+/// Conflict ids are derived from the column's name (DESIGN.md §2.9): the open conflicts
+/// of a renamed column take the ids every replica derives under the new name.
+fn rename_conflicts(conn: &Connection, t: &TableInfo, at: usize) -> Result<()> {
+    let merger = Merger::new(conn, origins_map(conn)?);
+    let cell = at + 1;
+    let mut stmt = conn.prepare("SELECT key, kind FROM _tide_conflicts WHERE tid=?1 AND col=?2")?;
+    let open = stmt
+        .query_map(params![t.tid, cell as i64], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, crate::store::conflict_kind::ConflictKind>(1)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    drop(stmt);
+    for (key_bytes, kind) in open {
+        let Some(m) = merger.load_meta(t, &key_bytes)? else {
+            continue;
+        };
+        let candidates: Vec<_> = m.cells[cell].iter().map(|h| merger.change_id(h)).collect();
+        let id = crate::merge::conflict_records::conflict_id(
+            &t.name,
+            &key_bytes,
+            &t.columns[at],
+            kind,
+            &candidates,
+        );
+        conn.execute(
+            "UPDATE _tide_conflicts SET id=?4 WHERE tid=?1 AND key=?2 AND col=?3",
+            params![t.tid, key_bytes, cell as i64, &id[..]],
+        )?;
+    }
+    Ok(())
+}
+
 /// Stops capture of `t`: its triggers go, so the application's statements keep working,
 /// and `why` is recorded for every command to show.
 fn stop(conn: &Connection, t: &TableInfo, why: String, out: &mut Followed) -> Result<()> {
@@ -239,6 +283,14 @@ fn capture(
 /// as deletes. Their last values are unknown (NULL), so a concurrent update that wins
 /// over such a delete brings back only the columns it wrote.
 pub(crate) fn capture_missing_rows(conn: &Connection, t: &TableInfo) -> Result<()> {
+    capture_missing_rows_but(conn, t, &Keys::default())
+}
+
+/// Encoded keys of rows.
+type Keys = std::collections::HashSet<Vec<u8>>;
+
+/// [`capture_missing_rows`], leaving out the rows in `pending`.
+fn capture_missing_rows_but(conn: &Connection, t: &TableInfo, pending: &Keys) -> Result<()> {
     let merger = Merger::new(conn, origins_map(conn)?);
     let mut stmt = conn.prepare("SELECT key FROM _tide_rows WHERE tid=?1")?;
     let keys = stmt
@@ -246,6 +298,9 @@ pub(crate) fn capture_missing_rows(conn: &Connection, t: &TableInfo) -> Result<(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     drop(stmt);
     for key_bytes in keys {
+        if pending.contains(&key_bytes) {
+            continue;
+        }
         let live = merger
             .load_meta(t, &key_bytes)?
             .is_some_and(|m| m.materialized(&merger.origins));
@@ -260,8 +315,13 @@ pub(crate) fn capture_missing_rows(conn: &Connection, t: &TableInfo) -> Result<(
 /// The writes made while `t` had no triggers, found by comparing the table with tide's
 /// record: rows with no live metadata are inserts, live metadata with no row are
 /// deletes, cells that differ from their winning head's value are updates.
+///
+/// Rows with captures still waiting to be sealed are left to those captures: they were
+/// made while the triggers still worked and know the row better (a delete's last values).
 fn recover_gap(conn: &Connection, t: &TableInfo) -> Result<()> {
     let merger = Merger::new(conn, origins_map(conn)?);
+    let pending = pending_keys(conn, t)?;
+    let settled: Keys = pending.keys().cloned().collect();
     let keys = t.key_columns.iter().map(|k| q(k)).collect::<Vec<_>>();
     let mut stmt = conn.prepare(&format!("SELECT {} FROM {}", keys.join(", "), q(&t.name)))?;
     let mut rows = stmt.query([])?;
@@ -269,8 +329,16 @@ fn recover_gap(conn: &Connection, t: &TableInfo) -> Result<()> {
         let key = (0..keys.len())
             .map(|i| r.get::<_, Value>(i))
             .collect::<rusqlite::Result<Vec<_>>>()?;
+        let key_bytes = encode_key(&key);
+        if let Some(&exists) = pending.get(&key_bytes) {
+            // A row deleted, then written again while capture was off.
+            if !exists {
+                capture(conn, t, CaptureOp::Insert, None, &key)?;
+            }
+            continue;
+        }
         let live = merger
-            .load_meta(t, &encode_key(&key))?
+            .load_meta(t, &key_bytes)?
             .is_some_and(|m| m.materialized(&merger.origins));
         if !live {
             capture(conn, t, CaptureOp::Insert, None, &key)?;
@@ -278,7 +346,14 @@ fn recover_gap(conn: &Connection, t: &TableInfo) -> Result<()> {
     }
     drop(rows);
     drop(stmt);
-    capture_missing_rows(conn, t)?;
+    capture_missing_rows_but(conn, t, &settled)?;
+    // A row written before the gap and deleted during it.
+    for (key_bytes, exists) in &pending {
+        let key = decode_key(key_bytes)?;
+        if *exists && merger.read_row(t, &key)?.is_none() {
+            capture(conn, t, CaptureOp::Delete, None, &key)?;
+        }
+    }
     let tables = std::slice::from_ref(t);
     each_difference(conn, tables, &merger, true, &mut |d| {
         if d.shown.is_some() {
@@ -293,6 +368,29 @@ fn recover_gap(conn: &Connection, t: &TableInfo) -> Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+/// The rows of `t` with captures waiting to be sealed, each with whether its last
+/// capture says the row exists (an insert or update) or not (a delete).
+fn pending_keys(
+    conn: &Connection,
+    t: &TableInfo,
+) -> Result<std::collections::HashMap<Vec<u8>, bool>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT op, {} FROM {} ORDER BY rowid",
+        key_slots(t),
+        t.cap_table()
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut out = std::collections::HashMap::new();
+    while let Some(r) = rows.next()? {
+        let op: CaptureOp = r.get(0)?;
+        let key = (1..=t.key_columns.len())
+            .map(|i| r.get::<_, Value>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        out.insert(encode_key(&key), op != CaptureOp::Delete);
+    }
+    Ok(out)
 }
 
 /// Values of the columns added since `recorded` that differ from the column's default:

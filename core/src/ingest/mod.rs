@@ -143,7 +143,7 @@ impl Replica {
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
         )?;
-        let followed = crate::capture::follow::follow(&tx)?;
+        crate::capture::follow::follow(&tx)?;
         let sealed = if crate::seal::has_pending(&tx)? {
             let secret = self.secret_for_sealing()?;
             crate::seal::seal_pending(&tx, &secret)?.map(|id| id.seq)
@@ -151,9 +151,8 @@ impl Replica {
             None
         };
         let (mut report, cache, ack) = take_all(&tx, source, retrying)?;
-        // Changes waiting for columns this replica's tables have now apply with the rest.
-        if retrying || followed.columns_changed {
-            requeue_quarantined(&tx)?;
+        if retrying {
+            crate::store::quarantine::requeue(&tx)?;
         }
         let mut progress = self.progress.take();
         let applied = apply_ready(&tx, cache, &mut report, hooks, progress.as_deref_mut());
@@ -217,24 +216,6 @@ fn take_all(
         advance_stored(tx, idx)?;
     }
     Ok((report, cache, ack))
-}
-
-/// Retrying the quarantine: stored changes that could not be applied get another go, and
-/// entries that waited for a table or a schema are taken again from the log.
-fn requeue_quarantined(tx: &Connection) -> Result<()> {
-    tx.execute(
-        "UPDATE _tide_log SET applied=?1 WHERE applied=?2",
-        params![ChangeState::Waiting, ChangeState::Quarantined],
-    )?;
-    tx.execute(
-        "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2, ?3)",
-        params![
-            QuarantineReason::WAITING_FOR_TABLES[0],
-            QuarantineReason::WAITING_FOR_TABLES[1],
-            QuarantineReason::WAITING_FOR_TABLES[2]
-        ],
-    )?;
-    Ok(())
 }
 
 /// A quarantined change now in the log, applied or waiting, has been dealt with.

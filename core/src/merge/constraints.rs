@@ -31,7 +31,7 @@ impl<'c> Merger<'c> {
         let t = row.t;
         if vals.old_mat && vals.old_visible.is_none() {
             vals.old_visible = self.read_row(t, row.key)?;
-            row_values = vals.shown_row(m1);
+            row_values = vals.shown_row(m1, &row.t.defaults);
         }
         let won = reason == HeldReason::Unique && self.try_evict_blockers(row, m1, &row_values)?;
         if won

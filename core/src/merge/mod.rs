@@ -16,7 +16,7 @@
 //! to the transition. The property test compares replicas that took the shortcut with
 //! replicas that merged the same rows.
 
-mod conflict_records;
+pub(crate) mod conflict_records;
 mod constraints;
 mod rows;
 #[cfg(test)]

@@ -87,12 +87,14 @@ impl<'a> HeadValues<'a> {
             })
     }
 
-    /// The row `m1` shows: each column's winning value, NULL where none is known.
-    pub(crate) fn shown_row(&self, m1: &RowMeta) -> Vec<Value> {
+    /// The row `m1` shows: each column's winning value; where no version wrote a column
+    /// (added after the row was written elsewhere), its constant default, as SQLite gives
+    /// the rows a column is added to.
+    pub(crate) fn shown_row(&self, m1: &RowMeta, defaults: &[Value]) -> Vec<Value> {
         (0..self.ncols)
             .map(|i| {
                 let Some(w) = m1.winner(i + 1, self.origins) else {
-                    return Value::Null;
+                    return defaults.get(i).cloned().unwrap_or(Value::Null);
                 };
                 self.value(i + 1, &w).cloned().unwrap_or(Value::Null)
             })

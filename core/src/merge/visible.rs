@@ -29,7 +29,7 @@ impl<'c> Merger<'c> {
         }
         // A shown row is updated in the columns whose winner changed; the values of the
         // others may not be loaded (they are in the table already).
-        let row_values = vals.shown_row(m1);
+        let row_values = vals.shown_row(m1, &t.defaults);
         let changed = vals.changed_columns(m1);
         match self.write_shown(row, vals.old_mat, &changed, &row_values) {
             Ok(()) => Ok(true),

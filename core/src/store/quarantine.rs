@@ -6,6 +6,7 @@ use rusqlite::{Connection, params};
 use crate::error::Result;
 use crate::format::change::SignedHead;
 use crate::format::ids::ChangeId;
+use crate::store::states::ChangeState;
 
 /// Why a change sits in quarantine instead of being applied. Stored by its
 /// [`code`](QuarantineReason::code).
@@ -91,6 +92,25 @@ pub(crate) fn quarantine(
     conn.execute(
         "INSERT OR IGNORE INTO _tide_quarantine(origin, seq, hash, body, sig, reason, detail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![&id.origin.0[..], id.seq as i64, &signed.hash()[..], signed.bytes(), &signed.signature()[..], reason, detail],
+    )?;
+    Ok(())
+}
+
+/// Stored changes that could not be applied get another go at the next apply, and the
+/// entries that waited for a table or a schema are taken again from the log (a retry,
+/// or a schema change followed). What fails again is quarantined again.
+pub(crate) fn requeue(conn: &Connection) -> Result<()> {
+    conn.execute(
+        "UPDATE _tide_log SET applied=?1 WHERE applied=?2",
+        params![ChangeState::Waiting, ChangeState::Quarantined],
+    )?;
+    conn.execute(
+        "DELETE FROM _tide_quarantine WHERE reason IN (?1, ?2, ?3)",
+        params![
+            QuarantineReason::WAITING_FOR_TABLES[0],
+            QuarantineReason::WAITING_FOR_TABLES[1],
+            QuarantineReason::WAITING_FOR_TABLES[2]
+        ],
     )?;
     Ok(())
 }

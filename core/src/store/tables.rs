@@ -1,7 +1,8 @@
 //! What tide knows of a tracked table: its key, columns, unique indexes, and the switch that turns capture off.
 
 use crate::error::{Error, Result, TrackError, UntrackableReason};
-use rusqlite::{Connection, OptionalExtension};
+use crate::format::value::Value;
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// Quotes an SQL identifier.
 pub(crate) fn q(name: &str) -> String {
@@ -22,6 +23,10 @@ pub(crate) struct TableInfo {
     /// Former names of renamed columns, with the position of the column they name now:
     /// changes that still use them apply to it (DESIGN.md §2.12).
     pub(crate) former: Vec<(String, usize)>,
+    /// Per column of `columns`: the value a row gets where no version wrote the column
+    /// (a column added after some replicas wrote the row): its default when that is a
+    /// constant, else NULL. Shorter than `columns` means NULL for the rest.
+    pub(crate) defaults: Vec<Value>,
 }
 
 impl TableInfo {
@@ -189,6 +194,7 @@ pub(crate) fn table_info(
             columns: others.iter().map(|c| c.name.clone()).collect(),
             untyped: others.iter().map(|c| untyped(&c.decl)).collect(),
             former: Vec::new(),
+            defaults: Vec::new(),
         },
         warnings,
     ))
@@ -318,6 +324,10 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
             .collect();
         let ty = |c: &String| untyped(decls.get(c).map(String::as_str).unwrap_or(""));
         let former = former_names(conn, tid, &columns)?;
+        let defaults = columns
+            .iter()
+            .map(|c| constant_default(conn, &name, c))
+            .collect::<Result<Vec<_>>>()?;
         out.push(TableInfo {
             tid,
             key_untyped: key_columns.iter().map(ty).collect(),
@@ -326,9 +336,38 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
             key_columns,
             columns,
             former,
+            defaults,
         });
     }
     Ok(out)
+}
+
+/// The default of column `column` of `table` when it is a constant (a number, a string, a
+/// blob literal, NULL, TRUE or FALSE), else NULL: a default that SQLite computes on each
+/// insert (a time, an expression) would give each replica another value.
+fn constant_default(conn: &Connection, table: &str, column: &str) -> Result<Value> {
+    let default: Option<String> = conn
+        .prepare_cached("SELECT dflt_value FROM pragma_table_info(?1) WHERE name=?2")?
+        .query_row(params![table, column], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let Some(mut text) = default.map(|d| d.trim().to_string()) else {
+        return Ok(Value::Null);
+    };
+    while text.starts_with('(') && text.ends_with(')') {
+        text = text[1..text.len() - 1].trim().to_string();
+    }
+    let bare = text.trim_start_matches(['+', '-']);
+    let literal = (text.starts_with('\'') && text.ends_with('\'') && text.len() >= 2)
+        || ((text.starts_with("X'") || text.starts_with("x'")) && text.ends_with('\''))
+        || bare.parse::<f64>().is_ok()
+        || ["NULL", "TRUE", "FALSE"]
+            .iter()
+            .any(|k| text.eq_ignore_ascii_case(k));
+    if !literal {
+        return Ok(Value::Null);
+    }
+    Ok(conn.query_row(&format!("SELECT {text}"), [], |r| r.get(0))?)
 }
 
 /// The former names of table `tid`'s renamed columns, each with the position of the
