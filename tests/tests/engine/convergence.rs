@@ -12,6 +12,14 @@
 //! metadata says won), and re-importing everything must change nothing; again after
 //! resolutions, some concurrent, and after resolving every conflict.
 //!
+//! The apps also migrate their schema (DESIGN.md §2.12), as a deployment does: a fixed
+//! list of migrations ([`MIGRATIONS`]: columns added, a column renamed, two tables
+//! rebuilt) that each replica runs in order at its own pace, so replicas exchange
+//! changes while their schemas differ. An app writes only the columns its replica has at
+//! that moment. Before the final sync every replica runs the migrations it has not run
+//! yet; then no change may be left waiting in quarantine and every table, new columns
+//! included, must agree.
+//!
 //! Runs 200 cases by default; set `TIDE_PROPTEST_CASES` for more and
 //! `TIDE_PROPTEST_SEED` to explore another fixed seed. Doc keys include values SQLite
 //! considers equal but tide does not (7 / 7.0, 0 / -0.0); `TIDE_PROPTEST_ALIAS_KEYS=0`
@@ -101,6 +109,8 @@ fn any_v() -> impl Strategy<Value = V> {
 
 const ITEM_COLS: [&str; 5] = ["label", "qty", "price", "data", "any_col"];
 const DOC_COLS: [&str; 5] = ["i", "r", "t", "b", "u"];
+/// The columns [`MIGRATIONS`] add to items, in order.
+const ITEM_ADDED: [&str; 2] = ["note", "score"];
 const DOC_NAMES: [&str; 3] = ["a", "b", "ü名"];
 
 /// The `part` of a doc key: BLOBs, mostly, plus values of other classes (the column has
@@ -131,12 +141,16 @@ fn doc_parts() -> u8 {
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// `INSERT OR IGNORE` (or `OR REPLACE`) into items.
+    /// `INSERT OR IGNORE` (or `OR REPLACE`) into items: one value for each of
+    /// [`ITEM_COLS`] and [`ITEM_ADDED`]; those of columns the replica does not have yet
+    /// are left out.
     ItemPut {
         id: i64,
         vals: Vec<V>,
         replace: bool,
     },
+    /// Column `col` of [`ITEM_COLS`] and [`ITEM_ADDED`]; one the replica does not have
+    /// yet stands for column `col % (columns it has)`.
     ItemSet {
         id: i64,
         col: usize,
@@ -153,7 +167,8 @@ enum Op {
     /// Many rows in one statement (ids `base ..= base + n - 1`), so a change carries
     /// more ops than sealing and applying handle per batch. Values depend on the id
     /// except every 64th row's `any_col`, so concurrent bulk writes overlap row by row
-    /// (every op takes the merge) with few conflicts to resolve.
+    /// (every op takes the merge) with few conflicts to resolve. Added columns, once
+    /// the replica has them, are written too.
     ItemBulk {
         base: i64,
         n: i64,
@@ -256,10 +271,11 @@ fn op() -> impl Strategy<Value = Op> {
     let name = 0u8..3;
     let part = 0u8..doc_parts();
     let vals = || proptest::collection::vec(any_v(), 5);
+    let item_cols = ITEM_COLS.len() + ITEM_ADDED.len();
     prop_oneof![
-        4 => (id.clone(), vals(), proptest::bool::weighted(0.25))
+        4 => (id.clone(), proptest::collection::vec(any_v(), item_cols), proptest::bool::weighted(0.25))
             .prop_map(|(id, vals, replace)| Op::ItemPut { id, vals, replace }),
-        3 => (id.clone(), 0usize..5, any_v()).prop_map(|(id, col, val)| Op::ItemSet { id, col, val }),
+        3 => (id.clone(), 0usize..item_cols, any_v()).prop_map(|(id, col, val)| Op::ItemSet { id, col, val }),
         1 => id.clone().prop_map(|id| Op::ItemDel { id }),
         1 => (id.clone(), id).prop_map(|(from, to)| Op::ItemRekey { from, to }),
         1 => (prop_oneof![Just(100i64), Just(250)], 20i64..=400, any::<i64>(), any::<bool>())
@@ -307,6 +323,10 @@ enum Step {
     },
     /// Resolve open conflict number `pick`; keep the winner (None) or candidate `keep`.
     Resolve { at: u8, pick: u8, keep: Option<u8> },
+    /// The app runs its next pending migration (nothing when it ran them all). With
+    /// `follow`, a tide command runs right after and notices it; otherwise the next
+    /// seal or import does, and the app may write in between.
+    Migrate { at: u8, follow: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -324,6 +344,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(from, to, delivery)| Step::Exchange { from, to, delivery }),
         2 => (any::<u8>(), any::<u8>(), proptest::option::of(any::<u8>()))
             .prop_map(|(at, pick, keep)| Step::Resolve { at, pick, keep }),
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(at, f)| Step::Migrate { at, follow: f % 3 == 0 }),
     ]
 }
 
@@ -340,10 +361,61 @@ const SCHEMA: &str = "
 /// The tables every replica tracks, and the order their rows are compared in.
 const TABLES: [(&str, &str); 3] = [("items", "id"), ("docs", "name, part"), ("tags", "id")];
 
+/// The application's migrations, in the order every replica runs them, each when its app
+/// gets to it. The rebuilds keep each table's key, columns, types and constraints as
+/// they are by then (docs' `t` is `title` after the rename); nothing references docs,
+/// and tags, which references items, is rebuilt with foreign keys off, as SQLite's
+/// procedure for altering a table prescribes.
+const MIGRATIONS: [&str; 5] = [
+    "ALTER TABLE items ADD COLUMN note TEXT",
+    "ALTER TABLE items ADD COLUMN score INTEGER DEFAULT 0",
+    "ALTER TABLE docs RENAME COLUMN t TO title",
+    "BEGIN;
+     CREATE TABLE docs_new(name TEXT NOT NULL, part BLOB NOT NULL, i INTEGER, r REAL, title TEXT,
+                           b BLOB, u, PRIMARY KEY(name, part)) WITHOUT ROWID;
+     INSERT INTO docs_new SELECT * FROM docs;
+     DROP TABLE docs;
+     ALTER TABLE docs_new RENAME TO docs;
+     COMMIT;",
+    "PRAGMA foreign_keys = OFF;
+     BEGIN;
+     CREATE TABLE tags_new(id INTEGER PRIMARY KEY, code TEXT UNIQUE, a INTEGER, b INTEGER, note,
+                           owner INTEGER REFERENCES items(id), UNIQUE(a, b));
+     INSERT INTO tags_new SELECT * FROM tags;
+     DROP TABLE tags;
+     ALTER TABLE tags_new RENAME TO tags;
+     COMMIT;
+     PRAGMA foreign_keys = ON;",
+];
+
+/// Which of the migrations an app has run: how its tables look to it.
+#[derive(Clone, Copy)]
+struct Schema(usize);
+
+impl Schema {
+    fn item_cols(self) -> Vec<&'static str> {
+        let added = self.0.min(ITEM_ADDED.len());
+        ITEM_COLS
+            .iter()
+            .chain(&ITEM_ADDED[..added])
+            .copied()
+            .collect()
+    }
+
+    fn doc_col(self, col: usize) -> &'static str {
+        match DOC_COLS[col] {
+            "t" if self.0 >= 3 => "title",
+            name => name,
+        }
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
     replicas: Vec<Replica>,
     apps: Vec<Connection>,
+    /// How many of [`MIGRATIONS`] each app has run.
+    migrated: Vec<usize>,
 }
 
 /// Turns any error into a test failure with some context.
@@ -415,12 +487,14 @@ fn world(n: usize) -> Result<World, TestCaseError> {
     }
     Ok(World {
         _dir: dir,
+        migrated: vec![0; n],
         replicas,
         apps,
     })
 }
 
-fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
+/// Runs `op` as an app whose tables look as `schema` says.
+fn run_op(c: &Connection, op: &Op, schema: Schema) -> rusqlite::Result<usize> {
     let vals = |vs: &[V]| vs.iter().map(V::value).collect::<Vec<_>>();
     match op {
         Op::ItemPut {
@@ -429,16 +503,30 @@ fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
             replace,
         } => {
             let verb = if *replace { "REPLACE" } else { "IGNORE" };
-            let v = vals(vs);
+            let cols = schema.item_cols();
+            let marks = (2..cols.len() + 2)
+                .map(|i| format!(", ?{i}"))
+                .collect::<String>();
+            let mut args = vec![Value::Integer(*id)];
+            args.extend(vals(&vs[..cols.len()]));
             c.execute(
-                &format!("INSERT OR {verb} INTO items(id, label, qty, price, data, any_col) VALUES(?1, ?2, ?3, ?4, ?5, ?6)"),
-                rusqlite::params![id, v[0], v[1], v[2], v[3], v[4]],
+                &format!(
+                    "INSERT OR {verb} INTO items(id, {}) VALUES(?1{marks})",
+                    cols.join(", ")
+                ),
+                rusqlite::params_from_iter(args),
             )
         }
-        Op::ItemSet { id, col, val } => c.execute(
-            &format!("UPDATE items SET {} = ?2 WHERE id = ?1", ITEM_COLS[*col]),
-            rusqlite::params![id, val.value()],
-        ),
+        Op::ItemSet { id, col, val } => {
+            let cols = schema.item_cols();
+            c.execute(
+                &format!(
+                    "UPDATE items SET {} = ?2 WHERE id = ?1",
+                    cols[*col % cols.len()]
+                ),
+                rusqlite::params![id, val.value()],
+            )
+        }
         Op::ItemDel { id } => c.execute("DELETE FROM items WHERE id = ?1", [id]),
         Op::ItemRekey { from, to } => c.execute(
             "UPDATE OR IGNORE items SET id = ?2 WHERE id = ?1",
@@ -451,12 +539,19 @@ fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
             replace,
         } => {
             let verb = if *replace { "REPLACE" } else { "IGNORE" };
+            // Added columns: a note on some rows, a score that is often the default.
+            let added = [", 'n' || ((?1 + x) % 4)", ", (?1 + x) % 3"];
+            let (cols, exprs): (String, String) = schema.item_cols()[ITEM_COLS.len()..]
+                .iter()
+                .zip(added)
+                .map(|(c, e)| (format!(", {c}"), e.to_string()))
+                .unzip();
             c.execute(
                 &format!(
                     "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < ?2 - 1)
-                     INSERT OR {verb} INTO items(id, label, qty, price, data, any_col)
+                     INSERT OR {verb} INTO items(id, label, qty, price, data, any_col{cols})
                      SELECT ?1 + x, 'bulk ' || (?1 + x), (?1 + x) % 5, (?1 + x) * 0.5, NULL,
-                            CASE WHEN x % 64 = 0 THEN ?3 % 3 ELSE ?1 + x END FROM s"
+                            CASE WHEN x % 64 = 0 THEN ?3 % 3 ELSE ?1 + x END{exprs} FROM s"
                 ),
                 rusqlite::params![base, n, seed],
             )
@@ -476,8 +571,9 @@ fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
         } => {
             let verb = if *replace { "REPLACE" } else { "IGNORE" };
             let v = vals(vs);
+            let t = schema.doc_col(2);
             c.execute(
-                &format!("INSERT OR {verb} INTO docs(name, part, i, r, t, b, u) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!("INSERT OR {verb} INTO docs(name, part, i, r, {t}, b, u) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
                 rusqlite::params![DOC_NAMES[*name as usize], doc_part(*part), v[0], v[1], v[2], v[3], v[4]],
             )
         }
@@ -489,7 +585,7 @@ fn run_op(c: &Connection, op: &Op) -> rusqlite::Result<usize> {
         } => c.execute(
             &format!(
                 "UPDATE docs SET {} = ?3 WHERE name = ?1 AND part = ?2",
-                DOC_COLS[*col]
+                schema.doc_col(*col)
             ),
             rusqlite::params![DOC_NAMES[*name as usize], doc_part(*part), val.value()],
         ),
@@ -552,13 +648,15 @@ impl World {
         let n = self.n();
         match s {
             Step::Write { at, ops } => {
-                let app = &self.apps[*at as usize % n];
+                let at = *at as usize % n;
+                let app = &self.apps[at];
+                let schema = Schema(self.migrated[at]);
                 if ops.len() > 1 {
                     app.execute_batch("BEGIN")
                         .ctx(|| format!("step {no}: BEGIN"))?;
                 }
                 for op in ops {
-                    match run_op(app, op) {
+                    match run_op(app, op, schema) {
                         Err(e) if refused_by_constraint(&e) => {}
                         done => {
                             done.ctx(|| format!("step {no}: app write {op:?}"))?;
@@ -617,6 +715,37 @@ impl World {
                         show_conflict(c)
                     )
                 })?;
+            }
+            Step::Migrate { at, follow } => {
+                let at = *at as usize % n;
+                self.migrate(at)
+                    .ctx(|| format!("step {no}: r{at} migrates"))?;
+                if *follow {
+                    self.replicas[at]
+                        .follow_schema()
+                        .ctx(|| format!("step {no}: r{at}.follow_schema"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica `at`'s app runs its next pending migration, if any.
+    fn migrate(&mut self, at: usize) -> rusqlite::Result<()> {
+        let Some(sql) = MIGRATIONS.get(self.migrated[at]) else {
+            return Ok(());
+        };
+        self.apps[at].execute_batch(sql)?;
+        self.migrated[at] += 1;
+        Ok(())
+    }
+
+    /// Every app runs the migrations it has not run yet, as a deployment eventually does.
+    fn migrate_all(&mut self) -> Result<(), TestCaseError> {
+        for at in 0..self.n() {
+            while self.migrated[at] < MIGRATIONS.len() {
+                self.migrate(at)
+                    .ctx(|| format!("r{at} runs migration {}", self.migrated[at] + 1))?;
             }
         }
         Ok(())
@@ -814,6 +943,34 @@ fn check_converged(w: &mut World) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// After every app ran every migration and everyone synced: tide follows each table as
+/// the app left it (its new columns included), and no table's capture stopped.
+fn check_migrated(w: &World) -> Result<(), TestCaseError> {
+    let expected = [
+        "items(id, label, qty, price, data, any_col, note, score)",
+        "docs(name, part, i, r, title, b, u)",
+        "tags(id, code, a, b, note, owner)",
+    ];
+    for (i, r) in w.replicas.iter().enumerate() {
+        let stopped = r.stopped_tables().ctx(|| "stopped_tables".into())?;
+        prop_assert!(stopped.is_empty(), "r{} stopped capture: {:?}", i, stopped);
+        let mut shapes = Vec::new();
+        for (table, _) in TABLES {
+            let cols: Vec<String> = r
+                .connection()
+                .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+                .and_then(|mut s| {
+                    s.query_map([table], |row| row.get(0))?
+                        .collect::<rusqlite::Result<_>>()
+                })
+                .ctx(|| "table_info".into())?;
+            shapes.push(format!("{table}({})", cols.join(", ")));
+        }
+        prop_assert_eq!(&shapes, &expected, "r{}'s tables", i);
+    }
+    Ok(())
+}
+
 fn check_idempotent(w: &mut World) -> Result<(), TestCaseError> {
     let n = w.n();
     let before: Vec<[u8; 32]> = w
@@ -886,7 +1043,9 @@ fn run_history(n: usize, steps: &[Step], finale: &Finale) -> Result<(), TestCase
     for (no, s) in steps.iter().enumerate() {
         w.step(no, s)?;
     }
+    w.migrate_all()?;
     w.sync_all()?;
+    check_migrated(&w)?;
     check_converged(&mut w)?;
     check_idempotent(&mut w)?;
     // A last full exchange after the re-imports must still agree.
@@ -1181,5 +1340,136 @@ fn numerically_equal_keys_converge() -> Result<(), Box<dyn std::error::Error>> {
         );
         assert_eq!(w.replicas[0].state_hash()?, w.replicas[1].state_hash()?);
     }
+    Ok(())
+}
+
+/// A replica that added a column with a default shows the default in rows inserted by a
+/// replica that did not have the column yet, as SQLite would (DESIGN.md §2.12), and as
+/// the inserting replica itself shows once it runs the same migration.
+#[test]
+#[ignore = "product bug: the insert from the older schema leaves the added column NULL \
+            on the receiver, while ADD COLUMN gives the inserting replica's row the default"]
+fn insert_from_older_schema_takes_added_column_default() -> Result<(), Box<dyn std::error::Error>> {
+    let mut w = world(2).map_err(|e| format!("{e}"))?;
+    w.apps[1].execute("INSERT INTO items(id) VALUES(1)", [])?;
+    w.replicas[1].seal()?;
+    // Both run `ADD COLUMN note TEXT` and `ADD COLUMN score INTEGER DEFAULT 0`.
+    for at in 0..2 {
+        w.migrate(at)?;
+        w.migrate(at)?;
+    }
+    w.sync_all().map_err(|e| format!("{e}"))?;
+    for (i, r) in w.replicas.iter().enumerate() {
+        let score: Value =
+            r.connection()
+                .query_row("SELECT score FROM items WHERE id = 1", [], |row| row.get(0))?;
+        assert_eq!(score, Value::Integer(0), "items.score of row 1 on r{i}");
+    }
+    assert_eq!(w.replicas[0].state_hash()?, w.replicas[1].state_hash()?);
+    Ok(())
+}
+
+/// A conflict keeps the id every replica gives it when its column is renamed: a replica
+/// that saw the conflict open before `RENAME COLUMN t TO title` and one that sees it
+/// open after must show the same conflict, with the same id.
+#[test]
+#[ignore = "product bug: the conflict id hashes the column's name when the conflict opens, \
+            so r1 (conflict opened under `t`, then renamed) and r0 (opened under `title`) \
+            show the same conflict under different ids, and their state hashes differ"]
+fn conflict_id_survives_column_rename() -> Result<(), Box<dyn std::error::Error>> {
+    let mut w = world(2).map_err(|e| format!("{e}"))?;
+    w.apps[0].execute("INSERT INTO docs(name, part) VALUES('a', x'01')", [])?;
+    w.apps[1].execute(
+        "INSERT INTO docs(name, part, t) VALUES('a', x'01', 'x')",
+        [],
+    )?;
+    let theirs = w.replicas[1].version_vector()?;
+    let batch = w.replicas[0].changes_for(&theirs)?;
+    w.replicas[1].import(&batch)?;
+    assert_eq!(
+        w.replicas[1].conflicts()?.len(),
+        1,
+        "setup: r1 sees the conflict"
+    );
+    // Both run the migrations up to `ALTER TABLE docs RENAME COLUMN t TO title`.
+    for at in 0..2 {
+        for _ in 0..3 {
+            w.migrate(at)?;
+        }
+    }
+    w.sync_all().map_err(|e| format!("{e}"))?;
+    let shown: Vec<Vec<String>> = w
+        .replicas
+        .iter()
+        .map(|r| Ok(r.conflicts()?.iter().map(show_conflict).collect()))
+        .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+    assert_eq!(shown[0], shown[1], "conflicts on r0 and r1");
+    assert_eq!(w.replicas[0].state_hash()?, w.replicas[1].state_hash()?);
+    Ok(())
+}
+
+/// A change that waits in quarantine for this replica's schema applies by itself once the
+/// local migration adds its column (DESIGN.md §2.12), whichever command notices the
+/// migration first: here a seal (`changes_for` seals before listing), then an import.
+#[test]
+#[ignore = "product bug: the seal follows the schema and records it as seen, but the \
+            newer_schema change is not retried then, nor by any later import (the schema \
+            did not move since), so it stays in quarantine for good"]
+fn newer_schema_change_applies_after_migration_noticed_by_seal()
+-> Result<(), Box<dyn std::error::Error>> {
+    let mut w = world(2).map_err(|e| format!("{e}"))?;
+    // r1 runs `ALTER TABLE items ADD COLUMN note TEXT` and writes the new column.
+    w.migrate(1)?;
+    w.apps[1].execute("INSERT INTO items(id, note) VALUES(1, 'n')", [])?;
+    let theirs = w.replicas[0].version_vector()?;
+    let batch = w.replicas[1].changes_for(&theirs)?;
+    w.replicas[0].import(&batch)?;
+    assert_eq!(
+        w.replicas[0].quarantine()?.len(),
+        1,
+        "setup: waits for the column"
+    );
+    // r0's app migrates; the next command that notices is a seal.
+    w.migrate(0)?;
+    w.replicas[0].seal()?;
+    w.sync_all().map_err(|e| format!("{e}"))?;
+    let left = w.replicas[0].quarantine()?;
+    assert!(left.is_empty(), "still quarantined on r0: {left:?}");
+    assert_eq!(
+        w.replicas[0].applied_vector()?,
+        w.replicas[0].version_vector()?
+    );
+    assert_eq!(w.replicas[0].state_hash()?, w.replicas[1].state_hash()?);
+    Ok(())
+}
+
+/// Rebuilding a table (create, copy, drop, rename) on replicas that have not exchanged
+/// yet changes nothing they agree on afterwards: here r0 inserted and then deleted a
+/// tag that r1 inserted concurrently, and both rebuild tags before they sync.
+#[test]
+#[ignore = "product bug: after both rebuild tags and sync, r1 shows an `insert` conflict on \
+            tags[1].note (r0's first insert against r1's) that r0 does not, besides the \
+            `delete` conflict both show; without the rebuild they agree"]
+fn rebuilt_table_keeps_conflicts_alike() -> Result<(), Box<dyn std::error::Error>> {
+    let mut w = world(2).map_err(|e| format!("{e}"))?;
+    w.apps[0].execute("INSERT INTO tags(id, note) VALUES(1, ?1)", [i64::MIN])?;
+    w.apps[1].execute("INSERT INTO tags(id, note) VALUES(1, NULL)", [])?;
+    w.replicas[0].seal()?;
+    w.apps[0].execute("DELETE FROM tags WHERE id = 1", [])?;
+    // Every migration, the last one rebuilding tags; each replica notices at once.
+    for at in 0..2 {
+        while w.migrated[at] < MIGRATIONS.len() {
+            w.migrate(at)?;
+        }
+        w.replicas[at].follow_schema()?;
+    }
+    w.sync_all().map_err(|e| format!("{e}"))?;
+    let shown: Vec<Vec<String>> = w
+        .replicas
+        .iter()
+        .map(|r| Ok(r.conflicts()?.iter().map(show_conflict).collect()))
+        .collect::<Result<_, Box<dyn std::error::Error>>>()?;
+    assert_eq!(shown[0], shown[1], "conflicts on r0 and r1");
+    assert_eq!(w.replicas[0].state_hash()?, w.replicas[1].state_hash()?);
     Ok(())
 }
