@@ -1347,8 +1347,6 @@ fn numerically_equal_keys_converge() -> Result<(), Box<dyn std::error::Error>> {
 /// replica that did not have the column yet, as SQLite would (DESIGN.md §2.12), and as
 /// the inserting replica itself shows once it runs the same migration.
 #[test]
-#[ignore = "product bug: the insert from the older schema leaves the added column NULL \
-            on the receiver, while ADD COLUMN gives the inserting replica's row the default"]
 fn insert_from_older_schema_takes_added_column_default() -> Result<(), Box<dyn std::error::Error>> {
     let mut w = world(2).map_err(|e| format!("{e}"))?;
     w.apps[1].execute("INSERT INTO items(id) VALUES(1)", [])?;
@@ -1373,9 +1371,6 @@ fn insert_from_older_schema_takes_added_column_default() -> Result<(), Box<dyn s
 /// that saw the conflict open before `RENAME COLUMN t TO title` and one that sees it
 /// open after must show the same conflict, with the same id.
 #[test]
-#[ignore = "product bug: the conflict id hashes the column's name when the conflict opens, \
-            so r1 (conflict opened under `t`, then renamed) and r0 (opened under `title`) \
-            show the same conflict under different ids, and their state hashes differ"]
 fn conflict_id_survives_column_rename() -> Result<(), Box<dyn std::error::Error>> {
     let mut w = world(2).map_err(|e| format!("{e}"))?;
     w.apps[0].execute("INSERT INTO docs(name, part) VALUES('a', x'01')", [])?;
@@ -1412,9 +1407,6 @@ fn conflict_id_survives_column_rename() -> Result<(), Box<dyn std::error::Error>
 /// local migration adds its column (DESIGN.md §2.12), whichever command notices the
 /// migration first: here a seal (`changes_for` seals before listing), then an import.
 #[test]
-#[ignore = "product bug: the seal follows the schema and records it as seen, but the \
-            newer_schema change is not retried then, nor by any later import (the schema \
-            did not move since), so it stays in quarantine for good"]
 fn newer_schema_change_applies_after_migration_noticed_by_seal()
 -> Result<(), Box<dyn std::error::Error>> {
     let mut w = world(2).map_err(|e| format!("{e}"))?;
@@ -1447,9 +1439,6 @@ fn newer_schema_change_applies_after_migration_noticed_by_seal()
 /// yet changes nothing they agree on afterwards: here r0 inserted and then deleted a
 /// tag that r1 inserted concurrently, and both rebuild tags before they sync.
 #[test]
-#[ignore = "product bug: after both rebuild tags and sync, r1 shows an `insert` conflict on \
-            tags[1].note (r0's first insert against r1's) that r0 does not, besides the \
-            `delete` conflict both show; without the rebuild they agree"]
 fn rebuilt_table_keeps_conflicts_alike() -> Result<(), Box<dyn std::error::Error>> {
     let mut w = world(2).map_err(|e| format!("{e}"))?;
     w.apps[0].execute("INSERT INTO tags(id, note) VALUES(1, ?1)", [i64::MIN])?;
