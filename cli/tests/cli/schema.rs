@@ -589,6 +589,22 @@ fn a_renamed_column_keeps_its_identity_and_changes_under_the_old_name_apply_to_i
     }
 }
 
+/// Every row written, by id and name, in the scenarios that migrate one replica after
+/// another (a0…c0 before, the others during and after).
+const EVERY_WRITE: &[(&str, &str)] = &[
+    ("a0", "ann"),
+    ("b0", "bob"),
+    ("c0", "cat"),
+    ("a1", "al"),
+    ("a2", "ava"),
+    ("b1", "bea"),
+    ("b2", "ben"),
+    ("b3", "bo"),
+    ("c1", "cy"),
+    ("c2", "cleo"),
+    ("c3", "col"),
+];
+
 #[test]
 fn dropping_a_column_is_followed_or_refused_clearly_never_an_internal_error() {
     let f = Fleet::with_rows_written_before();
@@ -612,19 +628,7 @@ fn dropping_a_column_is_followed_or_refused_clearly_never_an_internal_error() {
     f.py("c", "INSERT INTO t VALUES ('c3', 'col', 53)");
 
     f.full_rounds(false);
-    f.each_write_present_or_advice(&[
-        ("a0", "ann"),
-        ("b0", "bob"),
-        ("c0", "cat"),
-        ("a1", "al"),
-        ("a2", "ava"),
-        ("b1", "bea"),
-        ("b2", "ben"),
-        ("b3", "bo"),
-        ("c1", "cy"),
-        ("c2", "cleo"),
-        ("c3", "col"),
-    ]);
+    f.each_write_present_or_advice(EVERY_WRITE);
 }
 
 /// SQLite refuses `ALTER TABLE … DROP COLUMN` while a trigger names the column, and
@@ -672,19 +676,7 @@ fn a_unique_index_is_followed_or_refused_clearly_never_an_internal_error() {
     f.py("c", "INSERT INTO t VALUES ('c3', 'col', 53, NULL)");
 
     f.full_rounds(false);
-    f.each_write_present_or_advice(&[
-        ("a0", "ann"),
-        ("b0", "bob"),
-        ("c0", "cat"),
-        ("a1", "al"),
-        ("a2", "ava"),
-        ("b1", "bea"),
-        ("b2", "ben"),
-        ("b3", "bo"),
-        ("c1", "cy"),
-        ("c2", "cleo"),
-        ("c3", "col"),
-    ]);
+    f.each_write_present_or_advice(EVERY_WRITE);
     if !f.gave_advice() {
         f.expect_everywhere("SELECT age FROM t WHERE id = 'c0'", "Integer(35)");
     }
