@@ -54,6 +54,11 @@ impl Replica {
             );
             return Ok(vec![finding]);
         }
+        if repair {
+            // A repair makes triggers anew: the writes made while they were gone are
+            // recovered first, as following a schema change does (DESIGN.md §2.12).
+            self.follow_schema()?;
+        }
         let mut out = vec![Finding::of(
             Check::FileIntact,
             vec![],

@@ -92,10 +92,10 @@ fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<
     };
     let had_triggers = has_triggers(conn, t.tid)?;
     let changed = !shape.renamed.is_empty() || shape.live.len() - key_count(t) > shape.recorded;
-    if changed {
+    if changed || !had_triggers {
         record(conn, t, &info, &shape.renamed)?;
-        out.columns_changed = true;
     }
+    out.columns_changed |= changed;
     for (_, new) in &shape.renamed {
         if let Some(at) = info.columns.iter().position(|c| c == new) {
             rename_conflicts(conn, &info, at)?;
