@@ -115,7 +115,7 @@ fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<
     if !had_triggers {
         recover_gap(conn, &info)?;
     }
-    capture_added_values(conn, &info, shape.recorded)
+    capture_added_values(conn, &info, shape.recorded, &shape.live)
 }
 
 fn key_count(t: &TableInfo) -> usize {
@@ -396,15 +396,19 @@ fn pending_keys(
 /// Values of the columns added since `recorded` that differ from the column's default:
 /// written before tide followed the change, they are captured as updates. A row holding
 /// the default needs nothing: a peer that adds the column gets the same default.
-fn capture_added_values(conn: &Connection, t: &TableInfo, recorded: usize) -> Result<()> {
+fn capture_added_values(
+    conn: &Connection,
+    t: &TableInfo,
+    recorded: usize,
+    live: &[Column],
+) -> Result<()> {
     for i in recorded..t.columns.len() {
         let c = q(&t.columns[i]);
-        let default: Option<String> = conn.query_row(
-            "SELECT dflt_value FROM pragma_table_info(?1) WHERE name=?2",
-            params![t.name, t.columns[i]],
-            |r| r.get(0),
-        )?;
-        let default = default.unwrap_or_else(|| "NULL".into());
+        let default = live
+            .iter()
+            .find(|l| l.name == t.columns[i])
+            .and_then(|l| l.default.as_deref())
+            .unwrap_or("NULL");
         let keys = t.key_columns.iter().map(|k| q(k)).collect::<Vec<_>>();
         let sql = format!(
             "SELECT {} FROM {} WHERE {c} IS NOT ({default})",

@@ -54,9 +54,14 @@ impl Replica {
 
 /// True when any tracked table has captured writes waiting.
 pub(crate) fn has_pending(conn: &Connection) -> Result<bool> {
-    for t in tables::tracked_tables(conn)? {
+    // Only the capture logs are read: no table's shape is needed to see that one holds rows.
+    let tids: Vec<i64> = conn
+        .prepare_cached("SELECT tid FROM _tide_tables WHERE tracked=1 AND stopped IS NULL")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for tid in tids {
         let any: bool = conn.query_row(
-            &format!("SELECT EXISTS(SELECT 1 FROM {})", t.cap_table()),
+            &format!("SELECT EXISTS(SELECT 1 FROM _tide_cap_{tid})"),
             [],
             |r| r.get(0),
         )?;

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result, TrackError, UntrackableReason};
 use crate::format::value::Value;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
 
 /// Quotes an SQL identifier.
 pub(crate) fn q(name: &str) -> String {
@@ -59,6 +59,8 @@ pub(crate) struct Column {
     pub(crate) name: String,
     pub(crate) decl: String,
     pub(crate) pk: i64,
+    /// Its declared default, as SQL text.
+    pub(crate) default: Option<String>,
 }
 
 pub(crate) fn untyped(decl: &str) -> bool {
@@ -73,7 +75,8 @@ pub(crate) fn untyped(decl: &str) -> bool {
 }
 
 pub(crate) fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>> {
-    let mut stmt = conn.prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1)")?;
+    let mut stmt =
+        conn.prepare("SELECT name, type, pk, hidden, dflt_value FROM pragma_table_xinfo(?1)")?;
     let cols = stmt
         .query_map([table], |r| {
             Ok((
@@ -81,6 +84,7 @@ pub(crate) fn read_columns(conn: &Connection, table: &str) -> Result<Vec<Column>
                     name: r.get(0)?,
                     decl: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                     pk: r.get(2)?,
+                    default: r.get(4)?,
                 },
                 r.get::<_, i64>(3)?,
             ))
@@ -318,15 +322,15 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
     for (tid, name, keys, cols) in rows {
         let key_columns = split_names(&keys);
         let columns = split_names(&cols);
-        let decls: std::collections::HashMap<String, String> = read_columns(conn, &name)?
+        let live: std::collections::HashMap<String, Column> = read_columns(conn, &name)?
             .into_iter()
-            .map(|c| (c.name, c.decl))
+            .map(|c| (c.name.clone(), c))
             .collect();
-        let ty = |c: &String| untyped(decls.get(c).map(String::as_str).unwrap_or(""));
+        let ty = |c: &String| untyped(live.get(c).map_or("", |c| c.decl.as_str()));
         let former = former_names(conn, tid, &columns)?;
         let defaults = columns
             .iter()
-            .map(|c| constant_default(conn, &name, c))
+            .map(|c| constant_default(conn, live.get(c).and_then(|c| c.default.as_deref())))
             .collect::<Result<Vec<_>>>()?;
         out.push(TableInfo {
             tid,
@@ -342,15 +346,10 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
     Ok(out)
 }
 
-/// The default of column `column` of `table` when it is a constant (a number, a string, a
-/// blob literal, NULL, TRUE or FALSE), else NULL: a default that SQLite computes on each
-/// insert (a time, an expression) would give each replica another value.
-fn constant_default(conn: &Connection, table: &str, column: &str) -> Result<Value> {
-    let default: Option<String> = conn
-        .prepare_cached("SELECT dflt_value FROM pragma_table_info(?1) WHERE name=?2")?
-        .query_row(params![table, column], |r| r.get(0))
-        .optional()?
-        .flatten();
+/// The value of a column's declared `default` when it is a constant (a number, a string,
+/// a blob literal, NULL, TRUE or FALSE), else NULL: a default that SQLite computes on
+/// each insert (a time, an expression) would give each replica another value.
+fn constant_default(conn: &Connection, default: Option<&str>) -> Result<Value> {
     let Some(mut text) = default.map(|d| d.trim().to_string()) else {
         return Ok(Value::Null);
     };
