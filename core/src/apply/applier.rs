@@ -14,10 +14,24 @@ use foldhash::HashMap;
 /// How a change's table maps onto a local tracked table.
 pub(crate) struct TableMap<'a> {
     pub(crate) t: &'a TableInfo,
+    /// Per column of the change: the local column, or [`DROPPED`].
     pub(crate) columns: Vec<usize>,
+    /// Some column of the change was dropped here: its cells go ([`TableMap::strip`]).
+    pub(crate) drops: bool,
 }
 
+/// A column of the change that this replica's application dropped.
+const DROPPED: usize = usize::MAX;
+
 impl TableMap<'_> {
+    /// Leaves out the cells of columns dropped here: a peer that has not dropped them yet
+    /// still writes them, and its other cells apply (DESIGN.md §2.12).
+    pub(crate) fn strip(&self, op: &mut RowOp) {
+        if self.drops {
+            op.cells.retain(|c| self.columns[c.column] != DROPPED);
+        }
+    }
+
     /// An insert that writes every column of the local table and names no predecessor:
     /// on a row this replica never had, there is nothing to merge.
     pub(crate) fn whole(&self, op: &RowOp) -> bool {
@@ -62,6 +76,9 @@ pub(crate) fn map_table<'a>(
         .columns
         .iter()
         .map(|c| {
+            if t.dropped.iter().any(|d| d == c) && t.column_index(c).is_none() {
+                return Ok(DROPPED);
+            }
             t.column_index(c).ok_or_else(|| {
                 (
                     QuarantineReason::NewerSchema,
@@ -73,7 +90,8 @@ pub(crate) fn map_table<'a>(
             })
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(TableMap { t, columns })
+    let drops = columns.contains(&DROPPED);
+    Ok(TableMap { t, columns, drops })
 }
 
 /// Applies the ops of one change.

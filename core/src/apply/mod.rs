@@ -330,6 +330,7 @@ pub(crate) fn apply_change(
             let op = match step {
                 Step::End => break,
                 Step::Table(ops) => {
+                    crate::store::peer_columns::note(conn, origin, seq, &ops.name, &ops.columns)?;
                     match map_table(tables, &ops) {
                         Ok(m) => map = Some(m),
                         Err(e) => return Ok(Err(e)),
@@ -341,6 +342,8 @@ pub(crate) fn apply_change(
             let m = map
                 .as_ref()
                 .expect("the decoder yields a table before its rows");
+            let mut op = op;
+            m.strip(&mut op);
             hooks.before_op(*ops_done)?;
             *ops_done += 1;
             let key_bytes = encode_key(&op.key);

@@ -74,10 +74,48 @@ fn schema_version(conn: &Connection) -> Result<u64> {
 /// How the live columns relate to the recorded ones.
 struct Shape {
     live: Vec<Column>,
+    /// Per live column (key columns left out): the recorded column it continues (by name,
+    /// or renamed in place), or `None` when it was added.
+    from: Vec<Option<usize>>,
     /// (recorded name, live name) of columns renamed in place.
     renamed: Vec<(String, String)>,
-    /// How many columns were recorded; the live ones past that were added.
+    /// Recorded columns that are gone.
+    dropped: Vec<String>,
+    /// How many columns were recorded.
     recorded: usize,
+}
+
+impl Shape {
+    /// The columns' positions changed: cells must be renumbered.
+    fn moved(&self) -> bool {
+        !self.dropped.is_empty()
+            || self
+                .from
+                .iter()
+                .enumerate()
+                .any(|(j, from)| from.is_some_and(|i| i != j))
+    }
+
+    /// Anything to record: a column added, renamed, dropped or moved.
+    fn changed(&self) -> bool {
+        self.moved() || !self.renamed.is_empty() || self.from.iter().any(Option::is_none)
+    }
+
+    /// Per recorded column: its position now, or `None` when it was dropped.
+    fn new_of_old(&self) -> Vec<Option<usize>> {
+        let mut out = vec![None; self.recorded];
+        for (j, from) in self.from.iter().enumerate() {
+            if let Some(i) = from {
+                out[*i] = Some(j);
+            }
+        }
+        out
+    }
+
+    /// Positions of the added columns.
+    fn added(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.from.len()).filter(|&j| self.from[j].is_none())
+    }
 }
 
 fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<()> {
@@ -85,44 +123,44 @@ fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<
         Ok(shape) => shape,
         Err(why) => return stop(conn, t, why, out),
     };
-    let (mut info, _) = match tables::table_info(conn, t.tid, &t.name) {
+    let (live, _) = match tables::table_info(conn, t.tid, &t.name) {
         Ok(info) => info,
         Err(Error::Track(e)) => return stop(conn, t, e.to_string(), out),
         Err(e) => return Err(e),
     };
     let had_triggers = has_triggers(conn, t.tid)?;
-    let changed = !shape.renamed.is_empty() || shape.live.len() - key_count(t) > shape.recorded;
+    let changed = shape.changed();
     if changed || !had_triggers {
-        record(conn, t, &info, &shape.renamed)?;
+        record(conn, t, &live, &shape)?;
     }
     out.columns_changed |= changed;
+    let info = tables::tracked_table(conn, t.tid)?.expect("a table being followed stays tracked");
     for (_, new) in &shape.renamed {
         if let Some(at) = info.columns.iter().position(|c| c == new) {
             rename_conflicts(conn, &info, at)?;
         }
     }
-    info.former = t.former.clone();
-    info.former.extend(
-        shape.renamed.iter().filter_map(|(old, new)| {
-            Some((old.clone(), info.columns.iter().position(|c| c == new)?))
-        }),
-    );
-    for i in t.columns.len()..info.columns.len() {
-        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN v{i}", info.cap_table()))?;
+    if shape.moved() {
+        let new_of_old = shape.new_of_old();
+        crate::store::renumber::renumber(conn, t.tid, &new_of_old, info.columns.len())?;
+        renumber_captures(conn, &info, &new_of_old)?;
+    } else {
+        add_value_slots(conn, &info)?;
     }
     drop_triggers(conn, t.tid)?;
     create_triggers(conn, &info)?;
     if !had_triggers {
         recover_gap(conn, &info)?;
     }
-    capture_added_values(conn, &info, shape.recorded, &shape.live)
-}
-
-fn key_count(t: &TableInfo) -> usize {
-    t.key_columns.len()
+    capture_added_values(conn, &info, shape.added(), &shape.live)
 }
 
 /// The live shape of `t`, or why tide cannot follow it.
+///
+/// Columns are matched by name. A recorded column whose name is gone was renamed when a
+/// new name stands in its place (every column before it in place too), else dropped;
+/// the new names left were added. A column dropped and another added in its place at
+/// once cannot be told from a rename, and is taken for one.
 fn shape(conn: &Connection, t: &TableInfo) -> Result<std::result::Result<Shape, String>> {
     let exists: Option<i64> = conn
         .query_row(
@@ -141,39 +179,37 @@ fn shape(conn: &Connection, t: &TableInfo) -> Result<std::result::Result<Shape, 
         return Ok(Err(format!("the primary key of {:?} changed", t.name)));
     }
     let others: Vec<&String> = live.iter().filter(|c| c.pk == 0).map(|c| &c.name).collect();
-    if others.len() < t.columns.len() {
-        return Ok(Err(format!("a column of {:?} was dropped", t.name)));
-    }
+    let mut from: Vec<Option<usize>> = others
+        .iter()
+        .map(|name| t.columns.iter().position(|c| c == *name))
+        .collect();
     let mut renamed = Vec::new();
-    for (was, is) in t.columns.iter().zip(&others) {
-        if was == *is {
+    let mut dropped = Vec::new();
+    for (i, was) in t.columns.iter().enumerate() {
+        if from.contains(&Some(i)) {
             continue;
         }
-        // A name that moved elsewhere means columns were reordered or replaced.
-        if others.contains(&was) || t.columns.contains(is) {
-            return Ok(Err(format!(
-                "the columns of {:?} were dropped or reordered",
-                t.name
-            )));
+        let in_place = i < others.len() && from[i].is_none() && (0..i).all(|p| from[p] == Some(p));
+        if in_place {
+            from[i] = Some(i);
+            renamed.push((was.clone(), others[i].clone()));
+        } else {
+            dropped.push(was.clone());
         }
-        renamed.push((was.clone(), (*is).clone()));
     }
-    let recorded = t.columns.len();
     Ok(Ok(Shape {
         live,
+        from,
         renamed,
-        recorded,
+        dropped,
+        recorded: t.columns.len(),
     }))
 }
 
-/// Records the table's columns as they are now, its renames, and one more epoch.
-fn record(
-    conn: &Connection,
-    t: &TableInfo,
-    info: &TableInfo,
-    renamed: &[(String, String)],
-) -> Result<()> {
-    for (old, new) in renamed {
+/// Records the table's columns as they are now, its renames and dropped columns, and
+/// one more epoch.
+fn record(conn: &Connection, t: &TableInfo, live: &TableInfo, shape: &Shape) -> Result<()> {
+    for (old, new) in &shape.renamed {
         // Names that pointed at `old` point at `new` now.
         conn.execute(
             "UPDATE _tide_renamed SET new=?3 WHERE tid=?1 AND new=?2",
@@ -184,10 +220,66 @@ fn record(
             params![t.tid, old, new],
         )?;
     }
+    for gone in &shape.dropped {
+        // The column's former names are dropped with it.
+        conn.execute(
+            "INSERT OR IGNORE INTO _tide_dropped(tid, name)
+             SELECT ?1, old FROM _tide_renamed WHERE tid=?1 AND new=?2 UNION SELECT ?1, ?2",
+            params![t.tid, gone],
+        )?;
+        conn.execute(
+            "DELETE FROM _tide_renamed WHERE tid=?1 AND new=?2",
+            params![t.tid, gone],
+        )?;
+    }
+    for j in shape.added() {
+        // A name in use again names the new column.
+        let name = &live.columns[j];
+        conn.execute(
+            "DELETE FROM _tide_dropped WHERE tid=?1 AND name=?2",
+            params![t.tid, name],
+        )?;
+        conn.execute(
+            "DELETE FROM _tide_renamed WHERE tid=?1 AND old=?2",
+            params![t.tid, name],
+        )?;
+    }
     conn.execute(
         "UPDATE _tide_tables SET columns=?2, epoch=epoch+1 WHERE tid=?1",
-        params![t.tid, tables::join_names(&info.columns)],
+        params![t.tid, tables::join_names(&live.columns)],
     )?;
+    Ok(())
+}
+
+/// Gives the capture log a value slot per column of `t`.
+fn add_value_slots(conn: &Connection, t: &TableInfo) -> Result<()> {
+    let slots: usize = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name GLOB 'v[0-9]*'",
+        [t.cap_table()],
+        |r| r.get::<_, i64>(0),
+    )? as usize;
+    for i in slots..t.columns.len() {
+        conn.execute_batch(&format!("ALTER TABLE {} ADD COLUMN v{i}", t.cap_table()))?;
+    }
+    Ok(())
+}
+
+/// Moves the values of captures waiting to be sealed to their columns' new slots, and
+/// marks their updates as writing every column (the sealer compares each with its
+/// head, so saying too much is safe; the bit of a column may have moved).
+fn renumber_captures(conn: &Connection, t: &TableInfo, new_of_old: &[Option<usize>]) -> Result<()> {
+    add_value_slots(conn, t)?;
+    let mut sets =
+        vec!["mask = CASE WHEN mask IS NULL THEN NULL ELSE 9223372036854775807 END".to_string()];
+    let slots = new_of_old.len().max(t.columns.len());
+    for j in 0..slots {
+        let source = new_of_old
+            .iter()
+            .position(|to| *to == Some(j))
+            .map_or("NULL".to_string(), |i| format!("v{i}"));
+        sets.push(format!("v{j} = {source}"));
+    }
+    conn.execute_batch(&format!("UPDATE {} SET {}", t.cap_table(), sets.join(", ")))?;
     Ok(())
 }
 
@@ -393,16 +485,16 @@ fn pending_keys(
     Ok(out)
 }
 
-/// Values of the columns added since `recorded` that differ from the column's default:
-/// written before tide followed the change, they are captured as updates. A row holding
-/// the default needs nothing: a peer that adds the column gets the same default.
+/// Values of the added columns that differ from the column's default: written before
+/// tide followed the change, they are captured as updates. A row holding the default
+/// needs nothing: a peer that adds the column gets the same default.
 fn capture_added_values(
     conn: &Connection,
     t: &TableInfo,
-    recorded: usize,
+    added: impl Iterator<Item = usize>,
     live: &[Column],
 ) -> Result<()> {
-    for i in recorded..t.columns.len() {
+    for i in added {
         let c = q(&t.columns[i]);
         let default = live
             .iter()

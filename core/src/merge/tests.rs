@@ -25,6 +25,7 @@ pub(crate) fn update_statements_for_many_column_sets_stay_bounded() {
     let t = TableInfo {
         former: Vec::new(),
         defaults: Vec::new(),
+        dropped: Vec::new(),
         tid: 1,
         name: "t".into(),
         key_columns: vec!["id".into()],

@@ -269,6 +269,7 @@ mod tests {
             let t = TableInfo {
                 former: Vec::new(),
                 defaults: Vec::new(),
+                dropped: Vec::new(),
                 tid,
                 name: name.into(),
                 key_columns: keys.split(',').map(String::from).collect(),

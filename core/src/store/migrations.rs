@@ -34,6 +34,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration_5,
     migration_6,
     migration_7,
+    migration_8,
 ];
 
 /// The metadata layout this build writes: the number of migrations.
@@ -215,6 +216,21 @@ fn migration_7(conn: &Connection) -> Result<()> {
          ALTER TABLE _tide_tables ADD COLUMN stopped TEXT;
          CREATE TABLE _tide_renamed(tid INTEGER NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
             PRIMARY KEY(tid, old)) WITHOUT ROWID;",
+    )?;
+    Ok(())
+}
+
+/// 8: dropped columns (DESIGN.md §2.12): the names of a table's columns the application
+/// dropped, so changes from peers that still have them apply their other columns; and
+/// the columns each origin's last change on a table named, so `status` can say where a
+/// peer's schema differs from this replica's.
+fn migration_8(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE _tide_dropped(tid INTEGER NOT NULL, name TEXT NOT NULL,
+            PRIMARY KEY(tid, name)) WITHOUT ROWID;
+         CREATE TABLE _tide_peer_columns(origin INTEGER NOT NULL, tname TEXT NOT NULL,
+            seq INTEGER NOT NULL, columns TEXT NOT NULL,
+            PRIMARY KEY(origin, tname)) WITHOUT ROWID;",
     )?;
     Ok(())
 }

@@ -27,6 +27,9 @@ pub(crate) struct TableInfo {
     /// (a column added after some replicas wrote the row): its default when that is a
     /// constant, else NULL. Shorter than `columns` means NULL for the rest.
     pub(crate) defaults: Vec<Value>,
+    /// Names of columns the application dropped (and their former names): a change that
+    /// still writes them applies its other columns (DESIGN.md §2.12).
+    pub(crate) dropped: Vec<String>,
 }
 
 impl TableInfo {
@@ -199,6 +202,7 @@ pub(crate) fn table_info(
             untyped: others.iter().map(|c| untyped(&c.decl)).collect(),
             former: Vec::new(),
             defaults: Vec::new(),
+            dropped: Vec::new(),
         },
         warnings,
     ))
@@ -304,12 +308,21 @@ pub(crate) fn split_names(s: &str) -> Vec<String> {
 
 /// Loads every tracked table.
 pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
+    load_tables(conn, None)
+}
+
+/// Loads tracked table `tid` as it is recorded now.
+pub(crate) fn tracked_table(conn: &Connection, tid: i64) -> Result<Option<TableInfo>> {
+    Ok(load_tables(conn, Some(tid))?.pop())
+}
+
+fn load_tables(conn: &Connection, only: Option<i64>) -> Result<Vec<TableInfo>> {
     let mut stmt = conn.prepare(
         "SELECT tid, name, key_columns, columns FROM _tide_tables
-         WHERE tracked=1 AND stopped IS NULL ORDER BY tid",
+         WHERE tracked=1 AND stopped IS NULL AND (?1 IS NULL OR tid=?1) ORDER BY tid",
     )?;
     let rows = stmt
-        .query_map([], |r| {
+        .query_map([only], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -341,6 +354,7 @@ pub(crate) fn tracked_tables(conn: &Connection) -> Result<Vec<TableInfo>> {
             columns,
             former,
             defaults,
+            dropped: dropped_names(conn, tid)?,
         });
     }
     Ok(out)
@@ -382,6 +396,14 @@ fn former_names(conn: &Connection, tid: i64, columns: &[String]) -> Result<Vec<(
         .into_iter()
         .filter_map(|(old, new)| Some((old, columns.iter().position(|c| *c == new)?)))
         .collect())
+}
+
+/// The names of table `tid`'s dropped columns.
+fn dropped_names(conn: &Connection, tid: i64) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached("SELECT name FROM _tide_dropped WHERE tid=?1")?
+        .query_map([tid], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //!
 //! The apps also migrate their schema (DESIGN.md §2.12), as a deployment does: a fixed
 //! list of migrations ([`MIGRATIONS`]: columns added, a column renamed, two tables
-//! rebuilt) that each replica runs in order at its own pace, so replicas exchange
+//! rebuilt, a column dropped) that each replica runs in order at its own pace, so replicas exchange
 //! changes while their schemas differ. An app writes only the columns its replica has at
 //! that moment. Before the final sync every replica runs the migrations it has not run
 //! yet; then no change may be left waiting in quarantine and every table, new columns
@@ -366,7 +366,7 @@ const TABLES: [(&str, &str); 3] = [("items", "id"), ("docs", "name, part"), ("ta
 /// they are by then (docs' `t` is `title` after the rename); nothing references docs,
 /// and tags, which references items, is rebuilt with foreign keys off, as SQLite's
 /// procedure for altering a table prescribes.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "ALTER TABLE items ADD COLUMN note TEXT",
     "ALTER TABLE items ADD COLUMN score INTEGER DEFAULT 0",
     "ALTER TABLE docs RENAME COLUMN t TO title",
@@ -386,6 +386,15 @@ const MIGRATIONS: [&str; 5] = [
      ALTER TABLE tags_new RENAME TO tags;
      COMMIT;
      PRAGMA foreign_keys = ON;",
+    // A dropped column (SQLite refuses `ALTER TABLE … DROP COLUMN` while tide's triggers
+    // name it, so apps rebuild, as `sqlite-utils transform --drop` does); `u` moves up.
+    "BEGIN;
+     CREATE TABLE docs_new(name TEXT NOT NULL, part BLOB NOT NULL, i INTEGER, r REAL, title TEXT,
+                           u, PRIMARY KEY(name, part)) WITHOUT ROWID;
+     INSERT INTO docs_new SELECT name, part, i, r, title, u FROM docs;
+     DROP TABLE docs;
+     ALTER TABLE docs_new RENAME TO docs;
+     COMMIT;",
 ];
 
 /// Which of the migrations an app has run: how its tables look to it.
@@ -402,11 +411,22 @@ impl Schema {
             .collect()
     }
 
+    /// Column `col` of [`DOC_COLS`] as the app names it; once `b` is dropped, it
+    /// stands for `u`.
     fn doc_col(self, col: usize) -> &'static str {
         match DOC_COLS[col] {
             "t" if self.0 >= 3 => "title",
+            "b" if self.0 >= 6 => "u",
             name => name,
         }
+    }
+
+    /// The columns of [`DOC_COLS`] the app's docs table has, each with its index.
+    fn doc_cols(self) -> Vec<(usize, &'static str)> {
+        (0..DOC_COLS.len())
+            .filter(|&c| !(DOC_COLS[c] == "b" && self.0 >= 6))
+            .map(|c| (c, self.doc_col(c)))
+            .collect()
     }
 }
 
@@ -571,10 +591,22 @@ fn run_op(c: &Connection, op: &Op, schema: Schema) -> rusqlite::Result<usize> {
         } => {
             let verb = if *replace { "REPLACE" } else { "IGNORE" };
             let v = vals(vs);
-            let t = schema.doc_col(2);
+            let cols = schema.doc_cols();
+            let names: Vec<&str> = cols.iter().map(|(_, n)| *n).collect();
+            let marks = (3..cols.len() + 3)
+                .map(|i| format!(", ?{i}"))
+                .collect::<String>();
+            let mut args = vec![
+                Value::Text(DOC_NAMES[*name as usize].into()),
+                doc_part(*part),
+            ];
+            args.extend(cols.iter().map(|(i, _)| v[*i].clone()));
             c.execute(
-                &format!("INSERT OR {verb} INTO docs(name, part, i, r, {t}, b, u) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                rusqlite::params![DOC_NAMES[*name as usize], doc_part(*part), v[0], v[1], v[2], v[3], v[4]],
+                &format!(
+                    "INSERT OR {verb} INTO docs(name, part, {}) VALUES(?1, ?2{marks})",
+                    names.join(", ")
+                ),
+                rusqlite::params_from_iter(args),
             )
         }
         Op::DocSet {
@@ -948,7 +980,7 @@ fn check_converged(w: &mut World) -> Result<(), TestCaseError> {
 fn check_migrated(w: &World) -> Result<(), TestCaseError> {
     let expected = [
         "items(id, label, qty, price, data, any_col, note, score)",
-        "docs(name, part, i, r, title, b, u)",
+        "docs(name, part, i, r, title, u)",
         "tags(id, code, a, b, note, owner)",
     ];
     for (i, r) in w.replicas.iter().enumerate() {
