@@ -144,6 +144,9 @@ pub fn remedy_next(remedy: tide_core::Remedy) -> &'static str {
             "if this file is a copy or a restored backup, give it its own identity: tide --db FILE init --new-identity"
         }
         Remedy::Init => INIT_NEXT,
+        Remedy::Retrack => {
+            "once every replica's application has migrated: tide --db FILE untrack TABLE, then tide --db FILE track TABLE"
+        }
         // A remedy a later core adds.
         _ => ALTERED_NEXT,
     }

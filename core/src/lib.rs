@@ -114,4 +114,4 @@ pub use identity::{Card, KeyStore, SecretIdentity};
 pub use ingest::{ImportReport, QuarantineEntry, QuarantineReason};
 pub use replica::{Progress, Replica, Stage};
 pub use store::chunks::Chunks;
-pub use track::TrackReport;
+pub use track::{SchemaDifference, TrackReport};

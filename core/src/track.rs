@@ -1,6 +1,7 @@
 //! Tracking a table: capture triggers installed, existing rows captured, untracking.
 
 use crate::error::{Error, Result};
+use crate::format::ids::ReplicaId;
 use crate::replica::{Replica, bump_epoch};
 use crate::store::states::CaptureOp;
 use crate::store::tables::{self as tables, TableInfo};
@@ -124,12 +125,150 @@ impl Replica {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Where the columns each origin's last change on a tracked table named differ from
+    /// the table's columns here: what this replica knows of its peers' schemas
+    /// (DESIGN.md §2.12). Tables whose columns match are left out.
+    pub fn schema_differences(&self) -> Result<Vec<SchemaDifference>> {
+        let tables: std::collections::HashMap<String, TableInfo> =
+            tables::tracked_tables(&self.conn)?
+                .into_iter()
+                .map(|t| (t.name.clone(), t))
+                .collect();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, id, name FROM _tide_origins")?;
+        let origins: std::collections::HashMap<i64, (ReplicaId, String)> = stmt
+            .query_map([], |r| {
+                let id: Vec<u8> = r.get(1)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (ReplicaId(id.try_into().unwrap_or([0; 16])), r.get(2)?),
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
+        for (origin, table, seq, columns) in crate::store::peer_columns::all(&self.conn)? {
+            let (Some(t), Some((id, name))) = (tables.get(&table), origins.get(&origin)) else {
+                continue;
+            };
+            let d = SchemaDifference::between(t, &columns, *id, name.clone(), seq);
+            if !d.is_empty() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     /// Names of tracked tables.
     pub fn tracked_tables(&self) -> Result<Vec<String>> {
         Ok(tables::tracked_tables(&self.conn)?
             .into_iter()
             .map(|t| t.name)
             .collect())
+    }
+}
+
+/// How a peer's schema of a table differs from this replica's, as its last change on
+/// the table shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaDifference {
+    /// The table.
+    pub table: String,
+    /// The peer (any origin whose changes reached this replica).
+    pub origin: ReplicaId,
+    /// Its name, as known here.
+    pub origin_name: String,
+    /// Its change that last wrote the table: what follows is as of that change.
+    pub seq: u64,
+    /// Columns this replica has that the peer's change did not name: the peer has not
+    /// added them yet, or has dropped them.
+    pub lacks: Vec<String>,
+    /// Columns the peer named that this replica does not have yet: its changes wait
+    /// with reason `newer_schema` until this replica's application adds them.
+    pub ahead: Vec<String>,
+    /// Names the peer still uses for columns renamed here: (its name, the name here).
+    pub renamed: Vec<(String, String)>,
+    /// Columns the peer still has that were dropped here.
+    pub dropped: Vec<String>,
+}
+
+impl SchemaDifference {
+    fn between(
+        t: &TableInfo,
+        named: &[String],
+        origin: ReplicaId,
+        origin_name: String,
+        seq: u64,
+    ) -> Self {
+        let mut d = SchemaDifference {
+            table: t.name.clone(),
+            origin,
+            origin_name,
+            seq,
+            lacks: Vec::new(),
+            ahead: Vec::new(),
+            renamed: Vec::new(),
+            dropped: Vec::new(),
+        };
+        let mut covered = vec![false; t.columns.len()];
+        for c in named {
+            match t.column_index(c) {
+                Some(i) => {
+                    covered[i] = true;
+                    if t.columns[i] != *c {
+                        d.renamed.push((c.clone(), t.columns[i].clone()));
+                    }
+                }
+                None if t.dropped.contains(c) => d.dropped.push(c.clone()),
+                None => d.ahead.push(c.clone()),
+            }
+        }
+        d.lacks = t
+            .columns
+            .iter()
+            .zip(covered)
+            .filter(|(_, seen)| !seen)
+            .map(|(c, _)| c.clone())
+            .collect();
+        d
+    }
+
+    /// The peer's columns match this replica's.
+    pub fn is_empty(&self) -> bool {
+        self.lacks.is_empty()
+            && self.ahead.is_empty()
+            && self.renamed.is_empty()
+            && self.dropped.is_empty()
+    }
+}
+
+/// `table: peer b (as of its change 12) lacks email; still names age (years here)`.
+impl std::fmt::Display for SchemaDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.lacks.is_empty() {
+            parts.push(format!("lacks {}", self.lacks.join(", ")));
+        }
+        if !self.ahead.is_empty() {
+            parts.push(format!("has {} (not here yet)", self.ahead.join(", ")));
+        }
+        for (theirs, here) in &self.renamed {
+            parts.push(format!("still names {theirs} ({here} here)"));
+        }
+        if !self.dropped.is_empty() {
+            parts.push(format!(
+                "still has {} (dropped here)",
+                self.dropped.join(", ")
+            ));
+        }
+        write!(
+            f,
+            "{}: {} (as of its change {}) {}",
+            self.table,
+            self.origin_name,
+            self.seq,
+            parts.join("; ")
+        )
     }
 }
 

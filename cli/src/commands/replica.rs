@@ -141,6 +141,7 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
     let tracked = r.tracked_tables()?;
     let epochs: std::collections::BTreeMap<String, u64> = r.table_epochs()?.into_iter().collect();
     let stopped = r.stopped_tables()?;
+    let differences = r.schema_differences()?;
     let conflicts = r.conflicts()?;
     let quarantined = r.quarantine()?.len();
     let waiting = r.waiting_count()?;
@@ -157,6 +158,16 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
             "tracked": tracked,
             "schema_epochs": epochs,
             "stopped": stopped.iter().map(|(t, why)| json!({"table": t, "why": why})).collect::<Vec<_>>(),
+            "schema_differences": differences.iter().map(|d| json!({
+                "table": d.table,
+                "peer": d.origin.to_hex(),
+                "name": d.origin_name,
+                "seq": d.seq,
+                "lacks": d.lacks,
+                "ahead": d.ahead,
+                "renamed": d.renamed.iter().map(|(theirs, here)| json!({"theirs": theirs, "here": here})).collect::<Vec<_>>(),
+                "dropped": d.dropped,
+            })).collect::<Vec<_>>(),
             "sealed": sealed,
             "peers": peers.iter().map(|(p, n)| json!({"id": p.id.to_hex(), "name": p.name, "lacks": n})).collect::<Vec<_>>(),
             "conflicts": conflicts.len(),
@@ -190,6 +201,9 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
             s.push_str(&format!(
                 "stopped   {t}: {why}; its writes are not sent (tide untrack {t}, then tide track {t})\n"
             ));
+        }
+        for d in &differences {
+            s.push_str(&format!("schema    {d}\n"));
         }
         if let Some(seq) = sealed {
             s.push_str(&format!("sealed    new local writes as change {seq}\n"));

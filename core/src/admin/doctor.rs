@@ -90,7 +90,41 @@ impl Replica {
         }
         out.push(self.check_triggers(&tables, repair)?);
         out.push(self.check_identity());
+        out.push(self.check_schemas()?);
         Ok(out)
+    }
+
+    /// Schemas followed (invariant 13): no tracked table's capture stopped. When none
+    /// did, the detail gives each table's schema epoch and where a peer's last change
+    /// shows another schema.
+    fn check_schemas(&self) -> Result<Finding> {
+        let stopped: Vec<String> = self
+            .stopped_tables()?
+            .into_iter()
+            .map(|(t, why)| format!("capture of {t} stopped: {why}"))
+            .collect();
+        if !stopped.is_empty() {
+            return Ok(Finding::of(Check::Schemas, stopped, false, Remedy::Retrack));
+        }
+        let mut said: Vec<String> = self
+            .table_epochs()?
+            .into_iter()
+            .map(|(t, e)| format!("{t} epoch {e}"))
+            .collect();
+        if said.is_empty() {
+            said.push("ok".into());
+        }
+        let mut detail = said.join(", ");
+        for d in self.schema_differences()? {
+            detail.push_str(&format!("; {d}"));
+        }
+        Ok(Finding {
+            check: Check::Schemas,
+            ok: true,
+            detail,
+            repaired: false,
+            remedy: Remedy::Retrack,
+        })
     }
 
     /// Capture triggers (invariant 9), re-created with `repair`: the one safe repair.

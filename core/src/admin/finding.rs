@@ -39,11 +39,15 @@ pub enum Check {
     Triggers,
     /// `identity`: this file may seal under its identity (invariant 11).
     Identity,
+    /// `schemas followed`: tide follows every tracked table's schema (none stopped
+    /// capture, DESIGN.md §2.12). Its detail also gives each table's schema epoch and
+    /// where peers' last changes show another schema.
+    Schemas,
 }
 
 impl Check {
     /// Every check, in the order the doctor runs them.
-    pub const ALL: [Check; 7] = [
+    pub const ALL: [Check; 8] = [
         Check::FileIntact,
         Check::LogChain,
         Check::Signatures,
@@ -51,6 +55,7 @@ impl Check {
         Check::ShownValuesWin,
         Check::Triggers,
         Check::Identity,
+        Check::Schemas,
     ];
 
     /// Its name, as printed and written in `--json` output.
@@ -63,6 +68,7 @@ impl Check {
             Check::ShownValuesWin => "shown values are the winners",
             Check::Triggers => "capture triggers",
             Check::Identity => "identity",
+            Check::Schemas => "schemas followed",
         }
     }
 }
@@ -99,6 +105,9 @@ pub enum Remedy {
     NewIdentity,
     /// The database has no tide identity yet: it is to be initialized.
     Init,
+    /// A table's capture stopped at a schema change tide cannot follow: once every
+    /// replica has migrated, untrack it and track it again.
+    Retrack,
 }
 
 #[cfg(test)]

@@ -197,8 +197,18 @@ impl<'c> Run<'c> {
             &mut self.ops_done,
             self.hooks,
         )?;
-        if let Err((code, detail)) = outcome {
+        if let Err(Refused {
+            reason: code,
+            detail,
+            named,
+        }) = outcome
+        {
             savepoint.rollback()?;
+            // What the origin's schema is like is worth knowing even when the change
+            // waits (its columns are what a `newer_schema` change is about).
+            if let Some((table, columns)) = named {
+                crate::store::peer_columns::note(conn, origin, seq, &table, &columns)?;
+            }
             self.ops_done = ops_before;
             // What the change opened or closed is undone with it.
             merger.conflicts_written = opened_before;
@@ -285,6 +295,14 @@ impl PendingPages {
     }
 }
 
+/// Why a change cannot apply here: its table does not map onto this replica.
+pub(crate) struct Refused {
+    reason: QuarantineReason,
+    detail: String,
+    /// The table the change names and its columns there.
+    named: Option<(String, Vec<String>)>,
+}
+
 /// Applies one stored change, op by op, straight from its chunks, one chunk in memory
 /// at a time. `Ok(Err(..))` says a table of it does not map onto this replica (the
 /// caller rolls back and quarantines).
@@ -296,7 +314,7 @@ pub(crate) fn apply_change(
     (origin, seq, manifest): (i64, u64, &VerifiedHead),
     ops_done: &mut usize,
     hooks: TestHooks,
-) -> Result<std::result::Result<(), (QuarantineReason, String)>> {
+) -> Result<std::result::Result<(), Refused>> {
     let mut applier = Applier {
         merger,
         ids: HashMap::default(),
@@ -333,7 +351,13 @@ pub(crate) fn apply_change(
                     crate::store::peer_columns::note(conn, origin, seq, &ops.name, &ops.columns)?;
                     match map_table(tables, &ops) {
                         Ok(m) => map = Some(m),
-                        Err(e) => return Ok(Err(e)),
+                        Err((reason, detail)) => {
+                            return Ok(Err(Refused {
+                                reason,
+                                detail,
+                                named: Some((ops.name, ops.columns)),
+                            }));
+                        }
                     }
                     continue;
                 }
