@@ -92,6 +92,25 @@ pub enum Command {
     /// Stop capturing writes to a table (its history stays).
     #[command(after_help = "Example:\n  tide --db app.db untrack scratch")]
     Untrack { table: String },
+    /// Run a schema migration with capture paused (for what SQLite refuses while tide tracks a table).
+    #[command(
+        long_about = "Run a schema migration with capture paused.\n\n\
+tide follows most migrations by itself, whatever tool runs them (added, renamed and \
+dropped columns, rebuilt tables). SQLite refuses a few statements while tide's capture \
+triggers name a column, such as ALTER TABLE ... DROP COLUMN: run those through this \
+command. It removes the triggers, runs the SQL in one transaction (leave out BEGIN and \
+COMMIT), then puts the triggers back for the new schema and sends the rows the \
+migration wrote as ordinary changes. If the SQL fails, nothing changed.",
+        after_help = "Examples:\n  tide --db app.db migrate 'ALTER TABLE notes DROP COLUMN draft'\n  tide --db app.db migrate --file migrations/0007.sql"
+    )]
+    Migrate {
+        /// The SQL to run (one or more statements).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        sql: Option<String>,
+        /// Read the SQL from this file instead.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
     /// Identity, tracked tables, peers and what they lack, open conflicts, quarantine.
     #[command(
         after_help = "Example:\n  tide --db app.db status\n  tide --db app.db status --json   # fields: id, name, db, tracked, schema_epochs{table: n}, stopped[{table,why}], schema_differences[{table,peer,name,seq,lacks,ahead,renamed[{theirs,here}],dropped}], sealed, peers[{id,name,lacks}], conflicts, quarantined, waiting"

@@ -206,6 +206,11 @@ fn core(c: &tide_core::Error, message: String) -> Failure {
             Some("if this file is a copy or a restored backup, give it its own identity: `tide --db FILE init --new-identity`; if you moved the original, point TIDE_HOME at its key store".into()),
             USAGE,
         ),
+        Migration(_) => (
+            true,
+            Some("fix the SQL and run it again; tide runs it in one transaction of its own, so leave out BEGIN and COMMIT".into()),
+            REJECTED,
+        ),
         Track(TrackError::NoSuchTable(_)) => (true, Some("create the table first, or check the name (`sqlite3 FILE .tables`)".into()), USAGE),
         Track(TrackError::NoPrimaryKey(t)) => (true, Some(format!("give {t} a PRIMARY KEY (a random id such as a UUID works best), then track it")), USAGE),
         Track(TrackError::Autoincrement(_)) => (true, Some("use a random or composite key instead".into()), USAGE),

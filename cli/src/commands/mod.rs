@@ -55,6 +55,19 @@ pub fn run(args: Cli) -> Result<u8> {
         }
         Command::Track { tables } => replica::track(&out, &mut open(&out, &db)?, &tables),
         Command::Untrack { table } => replica::untrack(&out, &mut open(&out, &db)?, &table),
+        Command::Migrate { sql, file } => {
+            let sql = match (sql, file) {
+                (Some(sql), _) => sql,
+                (None, Some(file)) => std::fs::read_to_string(&file).map_err(|e| {
+                    crate::failure::usage(
+                        format!("cannot read {}: {e}", file.display()),
+                        Some("check the path of --file"),
+                    )
+                })?,
+                (None, None) => unreachable!("clap requires SQL or --file"),
+            };
+            replica::migrate(&out, &mut open(&out, &db)?, &sql)
+        }
         Command::Status { check } => replica::status(&out, &mut open(&out, &db)?, check),
         Command::Id { card } => replica::id(&out, &open_read(&db)?, card),
         Command::Peers(cmd) => {

@@ -114,6 +114,24 @@ pub fn untrack(out: &Out, r: &mut Replica, table: &str) -> Result<u8> {
     Ok(0)
 }
 
+pub fn migrate(out: &Out, r: &mut Replica, sql: &str) -> Result<u8> {
+    let before: std::collections::BTreeMap<String, u64> = r.table_epochs()?.into_iter().collect();
+    r.migrate(sql)?;
+    let mut said = vec!["migrated; capture follows the new schema".to_string()];
+    for (t, e) in r.table_epochs()? {
+        if before.get(&t) != Some(&e) {
+            said.push(format!("  {t}: schema epoch {e}"));
+        }
+    }
+    for (t, why) in r.stopped_tables()? {
+        said.push(format!(
+            "  {t}: capture stopped: {why}\n  Next: once every replica has migrated, tide untrack {t}, then tide track {t}"
+        ));
+    }
+    out.say(said.join("\n"));
+    Ok(0)
+}
+
 fn lacks(ours: &VersionVector, theirs: &VersionVector) -> u64 {
     ours.iter()
         .map(|(o, s)| s.saturating_sub(theirs.get(o).copied().unwrap_or(0)))

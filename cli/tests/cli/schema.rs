@@ -615,9 +615,15 @@ fn a_dropped_column_is_followed_and_every_other_write_reaches_every_replica() {
 
     f.utils("a", &["transform", "DB", "t", "--drop", "note"]);
     // Between the migration and tide's next command: the rebuilt table has no triggers.
-    f.py("a", "INSERT INTO t VALUES ('a1', 'al', 31); UPDATE t SET age = 33 WHERE id = 'b0'");
+    f.py(
+        "a",
+        "INSERT INTO t VALUES ('a1', 'al', 31); UPDATE t SET age = 33 WHERE id = 'b0'",
+    );
     f.py("b", "INSERT INTO t VALUES ('b1', 'bea', 41, 'note b1')");
-    f.py("c", "UPDATE t SET note = 'changed', age = 55 WHERE id = 'a0'");
+    f.py(
+        "c",
+        "UPDATE t SET note = 'changed', age = 55 WHERE id = 'a0'",
+    );
     f.exchange("a", true);
     f.insert_json("a", r#"{"id": "a2", "name": "ava", "age": 32}"#);
     let status = f.ok("a", &["status"]).stdout;
@@ -679,6 +685,51 @@ fn sql_drop_column_of_a_tracked_column_works_once_the_table_is_untracked() {
     f.exchange("a", false);
     f.full_rounds(false);
     f.each_write_present_or_advice(&[("a1", "al"), ("b1", "bea")]);
+}
+
+/// `ALTER TABLE … DROP COLUMN` run through `tide migrate`: capture pauses, the
+/// statement runs, and tide follows. A migration that fails changes nothing, capture
+/// included; one that opens its own transaction is refused with what to do.
+#[test]
+fn sql_drop_column_runs_through_tide_migrate_and_a_failing_migration_changes_nothing() {
+    let f = Fleet::with_rows_written_before();
+    let before = f.rows("a");
+    for bad in [
+        "ALTER TABLE t DROP COLUMN nosuch",
+        "BEGIN; ALTER TABLE t DROP COLUMN age; COMMIT;",
+    ] {
+        let r = f.tide("a", &["migrate", bad]);
+        assert_eq!(r.code, 3, "{bad}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("nothing changed"), "{}", r.stderr);
+        assert!(r.stderr.contains("BEGIN and COMMIT"), "{}", r.stderr);
+    }
+    assert_eq!(f.rows("a"), before);
+    // Capture still works after the failed migrations.
+    f.py("a", "UPDATE t SET age = 36 WHERE id = 'a0'");
+
+    // A backfill in the same migration travels as ordinary changes.
+    f.ok(
+        "a",
+        &[
+            "migrate",
+            "ALTER TABLE t DROP COLUMN note; ALTER TABLE t ADD COLUMN score INTEGER; UPDATE t SET score = age * 2;",
+        ],
+    );
+    f.py("a", "INSERT INTO t VALUES ('a1', 'al', 31, 62)");
+    f.py("b", "INSERT INTO t VALUES ('b1', 'bea', 41, 'note b1')");
+    f.exchange("a", true);
+    // b and c run the schema change alone, one as text and one from a file.
+    let sql = "ALTER TABLE t DROP COLUMN note; ALTER TABLE t ADD COLUMN score INTEGER;";
+    f.ok("b", &["migrate", sql]);
+    std::fs::write(f.site.path("0002.sql"), sql).unwrap();
+    f.ok("c", &["migrate", "--file", "0002.sql"]);
+    f.full_rounds(true);
+    f.expect_everywhere("SELECT age FROM t WHERE id = 'a0'", "Integer(36)");
+    f.expect_everywhere(
+        "SELECT group_concat(id || ':' || coalesce(score, '-')) FROM (SELECT * FROM t ORDER BY id)",
+        "Text(\"a0:72,a1:62,b0:80,b1:-,c0:100\")",
+    );
+    f.assert_converged();
 }
 
 #[test]

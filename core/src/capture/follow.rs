@@ -15,6 +15,10 @@
 //!   to show.
 //!
 //! Captures written here are sealed by the seal that follows, as ordinary changes.
+//!
+//! `Replica::migrate` runs a migration with every table's triggers removed (for what
+//! SQLite refuses while they name a column), one statement at a time ([`Steps`]), and
+//! follows in the same transaction.
 
 use crate::error::{Error, Result};
 use crate::format::value::{Value, decode_key, encode_key};
@@ -40,12 +44,23 @@ pub(crate) struct Followed {
 /// Follows every schema change since the last look (cheap when there was none: one
 /// read of SQLite's schema version).
 pub(crate) fn follow(conn: &Connection) -> Result<Followed> {
-    let mut out = Followed::default();
     if !moved(conn)? {
-        return Ok(out);
+        return Ok(Followed::default());
     }
+    follow_with(conn, &Hints::default(), false)
+}
+
+/// Per tracked table (by number): which recorded column each live one continues, as a
+/// migration run statement by statement saw it ([`Steps`]).
+pub(crate) type Hints = std::collections::HashMap<i64, Vec<Option<usize>>>;
+
+/// Follows the live schema of every tracked table. `hints` say how columns moved where
+/// they are known exactly; `paused` says tide removed every table's triggers itself (a
+/// table without them was not rebuilt).
+pub(crate) fn follow_with(conn: &Connection, hints: &Hints, paused: bool) -> Result<Followed> {
+    let mut out = Followed::default();
     for t in tables::tracked_tables(conn)? {
-        follow_table(conn, &t, &mut out)?;
+        follow_table(conn, &t, hints.get(&t.tid), paused, &mut out)?;
     }
     if out.columns_changed {
         // Changes that waited for columns this replica has now: the next apply takes them.
@@ -54,6 +69,62 @@ pub(crate) fn follow(conn: &Connection) -> Result<Followed> {
     // Tide's own DDL above moved the version too.
     meta::set_u64(conn, "schema_seen", schema_version(conn)?)?;
     Ok(out)
+}
+
+/// A migration run statement by statement ([`Replica::migrate`](crate::Replica::migrate)):
+/// after each statement, each tracked table's columns are compared with those before
+/// it. One `ALTER TABLE` adds, renames or drops one column, so each step is told apart
+/// exactly, where comparing only the first and last shapes could take a column dropped
+/// and another added for a rename.
+pub(crate) struct Steps {
+    /// Per tracked table: its number, name, columns now, and the recorded column each
+    /// of them continues.
+    tables: Vec<(i64, String, Vec<String>, Vec<Option<usize>>)>,
+}
+
+impl Steps {
+    pub(crate) fn start(conn: &Connection) -> Result<Steps> {
+        Ok(Steps {
+            tables: tables::tracked_tables(conn)?
+                .into_iter()
+                .map(|t| {
+                    let from = (0..t.columns.len()).map(Some).collect();
+                    (t.tid, t.name, t.columns, from)
+                })
+                .collect(),
+        })
+    }
+
+    /// Notes how the statement just run moved each table's columns. A table that is
+    /// gone for now (in the middle of a rebuild) is compared when it is back.
+    pub(crate) fn after_statement(&mut self, conn: &Connection) -> Result<()> {
+        for (_, name, columns, from) in &mut self.tables {
+            let live = tables::read_columns(conn, name)?;
+            if live.is_empty() {
+                continue;
+            }
+            let now: Vec<String> = live
+                .into_iter()
+                .filter(|c| c.pk == 0)
+                .map(|c| c.name)
+                .collect();
+            if now != *columns {
+                *from = continues(columns, &now)
+                    .into_iter()
+                    .map(|p| p.and_then(|p| from[p]))
+                    .collect();
+                *columns = now;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn hints(self) -> Hints {
+        self.tables
+            .into_iter()
+            .map(|(tid, _, _, from)| (tid, from))
+            .collect()
+    }
 }
 
 /// Records the schema as seen: tide's own DDL (tracking a table) is not an application's
@@ -118,8 +189,14 @@ impl Shape {
     }
 }
 
-fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<()> {
-    let shape = match shape(conn, t)? {
+fn follow_table(
+    conn: &Connection,
+    t: &TableInfo,
+    hint: Option<&Vec<Option<usize>>>,
+    paused: bool,
+    out: &mut Followed,
+) -> Result<()> {
+    let shape = match shape(conn, t, hint)? {
         Ok(shape) => shape,
         Err(why) => return stop(conn, t, why, out),
     };
@@ -130,7 +207,8 @@ fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<
     };
     let had_triggers = has_triggers(conn, t.tid)?;
     let changed = shape.changed();
-    if changed || !had_triggers {
+    // A rebuilt table counts as a schema change followed, even with the same columns.
+    if changed || (!had_triggers && !paused) {
         record(conn, t, &live, &shape)?;
     }
     out.columns_changed |= changed;
@@ -155,13 +233,13 @@ fn follow_table(conn: &Connection, t: &TableInfo, out: &mut Followed) -> Result<
     capture_added_values(conn, &info, shape.added(), &shape.live)
 }
 
-/// The live shape of `t`, or why tide cannot follow it.
-///
-/// Columns are matched by name. A recorded column whose name is gone was renamed when a
-/// new name stands in its place (every column before it in place too), else dropped;
-/// the new names left were added. A column dropped and another added in its place at
-/// once cannot be told from a rename, and is taken for one.
-fn shape(conn: &Connection, t: &TableInfo) -> Result<std::result::Result<Shape, String>> {
+/// The live shape of `t`, or why tide cannot follow it. `hint`, when given and of the
+/// live width, says which recorded column each live one continues.
+fn shape(
+    conn: &Connection,
+    t: &TableInfo,
+    hint: Option<&Vec<Option<usize>>>,
+) -> Result<std::result::Result<Shape, String>> {
     let exists: Option<i64> = conn
         .query_row(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1",
@@ -178,25 +256,27 @@ fn shape(conn: &Connection, t: &TableInfo) -> Result<std::result::Result<Shape, 
     if keys.iter().map(|c| &c.name).ne(t.key_columns.iter()) {
         return Ok(Err(format!("the primary key of {:?} changed", t.name)));
     }
-    let others: Vec<&String> = live.iter().filter(|c| c.pk == 0).map(|c| &c.name).collect();
-    let mut from: Vec<Option<usize>> = others
+    let others: Vec<String> = live
         .iter()
-        .map(|name| t.columns.iter().position(|c| c == *name))
+        .filter(|c| c.pk == 0)
+        .map(|c| c.name.clone())
         .collect();
-    let mut renamed = Vec::new();
-    let mut dropped = Vec::new();
-    for (i, was) in t.columns.iter().enumerate() {
-        if from.contains(&Some(i)) {
-            continue;
-        }
-        let in_place = i < others.len() && from[i].is_none() && (0..i).all(|p| from[p] == Some(p));
-        if in_place {
-            from[i] = Some(i);
-            renamed.push((was.clone(), others[i].clone()));
-        } else {
-            dropped.push(was.clone());
-        }
-    }
+    let from = match hint {
+        Some(from) if from.len() == others.len() => from.clone(),
+        _ => continues(&t.columns, &others),
+    };
+    let renamed = from
+        .iter()
+        .zip(&others)
+        .filter_map(|(i, now)| {
+            let was = &t.columns[(*i)?];
+            (was != now).then(|| (was.clone(), now.clone()))
+        })
+        .collect();
+    let dropped = (0..t.columns.len())
+        .filter(|i| !from.contains(&Some(*i)))
+        .map(|i| t.columns[i].clone())
+        .collect();
     Ok(Ok(Shape {
         live,
         from,
@@ -204,6 +284,28 @@ fn shape(conn: &Connection, t: &TableInfo) -> Result<std::result::Result<Shape, 
         dropped,
         recorded: t.columns.len(),
     }))
+}
+
+/// Which of the columns `before` each of `now` continues, or `None` for one added.
+///
+/// Columns are matched by name. A column of `before` whose name is gone was renamed
+/// when a new name stands in its place (every column before it in place too), else
+/// dropped. A column dropped and another added in its place at once cannot be told
+/// from a rename, and is taken for one; one `ALTER TABLE` at a time is never ambiguous.
+fn continues(before: &[String], now: &[String]) -> Vec<Option<usize>> {
+    let mut from: Vec<Option<usize>> = now
+        .iter()
+        .map(|name| before.iter().position(|c| c == name))
+        .collect();
+    for i in 0..before.len() {
+        if from.contains(&Some(i)) {
+            continue;
+        }
+        if i < now.len() && from[i].is_none() && (0..i).all(|p| from[p] == Some(p)) {
+            from[i] = Some(i);
+        }
+    }
+    from
 }
 
 /// Records the table's columns as they are now, its renames and dropped columns, and
@@ -517,4 +619,35 @@ fn capture_added_values(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::continues;
+
+    fn names(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn columns_continue_by_name_then_in_place() {
+        let cases = [
+            ("a b c", "a b c", vec![Some(0), Some(1), Some(2)]),
+            ("a b c", "a b c d", vec![Some(0), Some(1), Some(2), None]),
+            ("a b c", "a c", vec![Some(0), Some(2)]),
+            ("a b c", "a x c", vec![Some(0), Some(1), Some(2)]),
+            ("a b c", "c a b", vec![Some(2), Some(0), Some(1)]),
+            ("a b c", "a c x", vec![Some(0), Some(2), None]),
+            // Ambiguous at once: taken for a rename of `b`.
+            ("a b", "a x", vec![Some(0), Some(1)]),
+            ("a b c", "x c", vec![Some(0), Some(2)]),
+        ];
+        for (before, now, want) in cases {
+            assert_eq!(
+                continues(&names(before), &names(now)),
+                want,
+                "{before} -> {now}"
+            );
+        }
+    }
 }

@@ -34,6 +34,30 @@ impl Replica {
         self.import_each(|_| Ok(()))
     }
 
+    /// Runs the application's schema migration `sql` with capture paused: SQLite refuses
+    /// some statements while tide's triggers name a column (`ALTER TABLE … DROP COLUMN`),
+    /// so the triggers of every tracked table are dropped, `sql` runs one statement at a
+    /// time (so each column added, renamed or dropped is told apart exactly), and tide
+    /// follows the new schema as it follows any (DESIGN.md §2.12): triggers made anew,
+    /// the rows the migration wrote recovered, then sealed as ordinary changes, and
+    /// changes that waited for the new columns applied. The triggers' removal, `sql` and
+    /// the following are one transaction: if `sql` fails, nothing changed. `sql` must
+    /// not open a transaction of its own.
+    pub fn migrate(&mut self, sql: &str) -> Result<ImportReport> {
+        // What moved before is followed first, so this migration alone is stepped.
+        self.follow_schema()?;
+        let tx = self.conn.transaction()?;
+        for t in crate::store::tables::tracked_tables(&tx)? {
+            crate::capture::triggers::drop_triggers(&tx, t.tid)?;
+        }
+        let mut steps = crate::capture::follow::Steps::start(&tx)?;
+        run_statements(&tx, sql, &mut steps)?;
+        crate::capture::follow::follow_with(&tx, &steps.hints(), true)?;
+        tx.commit()?;
+        // Seals what was recovered and applies what waited for these columns.
+        self.import_each(|_| Ok(()))
+    }
+
     /// Verifies, stores and applies `changes` in one transaction: all of it or nothing
     /// (invariant 6). See [`Replica::import_each`].
     pub fn import(&mut self, changes: &[SignedChange]) -> Result<ImportReport> {
@@ -246,3 +270,28 @@ pub(crate) enum Source<'s> {
 
 pub(crate) type OfferFn<'s> =
     Box<dyn FnOnce(&mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> Result<()>) -> Result<()> + 's>;
+
+/// Runs each statement of `sql` in turn, noting after each how it moved the tracked
+/// tables' columns. An error of the SQL itself is the migration's; the caller's
+/// transaction undoes everything.
+fn run_statements(
+    tx: &Connection,
+    sql: &str,
+    steps: &mut crate::capture::follow::Steps,
+) -> Result<()> {
+    use rusqlite::fallible_iterator::FallibleIterator;
+    let theirs = |e: rusqlite::Error| match e {
+        rusqlite::Error::SqliteFailure(ref f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+            Error::Sqlite(e)
+        }
+        other => Error::Migration(other.to_string()),
+    };
+    let mut batch = rusqlite::Batch::new(tx, sql);
+    while let Some(mut stmt) = batch.next().map_err(theirs)? {
+        let mut rows = stmt.raw_query();
+        while rows.next().map_err(theirs)?.is_some() {}
+        drop(rows);
+        steps.after_statement(tx)?;
+    }
+    Ok(())
+}
