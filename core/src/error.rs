@@ -72,7 +72,7 @@ pub enum Error {
     Stopped,
     /// The application's migration given to [`Replica::migrate`](crate::Replica::migrate)
     /// failed; it was rolled back and capture goes on as before.
-    #[error("the migration failed and was rolled back, nothing changed: {0}")]
+    #[error("the migration failed and was rolled back: {0}")]
     Migration(String),
     /// The disk holding the database is full. The transaction was rolled back whole.
     #[error("the disk is full: nothing was {}", .0.undone())]

@@ -700,7 +700,7 @@ fn sql_drop_column_runs_through_tide_migrate_and_a_failing_migration_changes_not
     ] {
         let r = f.tide("a", &["migrate", bad]);
         assert_eq!(r.code, 3, "{bad}: {}{}", r.stdout, r.stderr);
-        assert!(r.stderr.contains("nothing changed"), "{}", r.stderr);
+        assert!(r.stderr.contains("Nothing was changed"), "{}", r.stderr);
         assert!(r.stderr.contains("BEGIN and COMMIT"), "{}", r.stderr);
     }
     assert_eq!(f.rows("a"), before);

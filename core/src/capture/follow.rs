@@ -77,9 +77,17 @@ pub(crate) fn follow_with(conn: &Connection, hints: &Hints, paused: bool) -> Res
 /// exactly, where comparing only the first and last shapes could take a column dropped
 /// and another added for a rename.
 pub(crate) struct Steps {
-    /// Per tracked table: its number, name, columns now, and the recorded column each
-    /// of them continues.
-    tables: Vec<(i64, String, Vec<String>, Vec<Option<usize>>)>,
+    tables: Vec<Stepped>,
+}
+
+/// One tracked table as a migration moves it.
+struct Stepped {
+    tid: i64,
+    name: String,
+    /// Its columns (key columns left out) after the last statement.
+    columns: Vec<String>,
+    /// Per column of `columns`: the recorded column it continues.
+    from: Vec<Option<usize>>,
 }
 
 impl Steps {
@@ -87,9 +95,11 @@ impl Steps {
         Ok(Steps {
             tables: tables::tracked_tables(conn)?
                 .into_iter()
-                .map(|t| {
-                    let from = (0..t.columns.len()).map(Some).collect();
-                    (t.tid, t.name, t.columns, from)
+                .map(|t| Stepped {
+                    tid: t.tid,
+                    from: (0..t.columns.len()).map(Some).collect(),
+                    name: t.name,
+                    columns: t.columns,
                 })
                 .collect(),
         })
@@ -98,7 +108,13 @@ impl Steps {
     /// Notes how the statement just run moved each table's columns. A table that is
     /// gone for now (in the middle of a rebuild) is compared when it is back.
     pub(crate) fn after_statement(&mut self, conn: &Connection) -> Result<()> {
-        for (_, name, columns, from) in &mut self.tables {
+        for Stepped {
+            name,
+            columns,
+            from,
+            ..
+        } in &mut self.tables
+        {
             let live = tables::read_columns(conn, name)?;
             if live.is_empty() {
                 continue;
@@ -120,10 +136,7 @@ impl Steps {
     }
 
     pub(crate) fn hints(self) -> Hints {
-        self.tables
-            .into_iter()
-            .map(|(tid, _, _, from)| (tid, from))
-            .collect()
+        self.tables.into_iter().map(|s| (s.tid, s.from)).collect()
     }
 }
 
