@@ -1,5 +1,5 @@
-"""The workspace's crates depend on each other one way only: cli -> bundle -> core, with
-the benchmark and the cross-crate tests on top of the libraries and nothing depending
+"""The workspace's crates depend on each other one way only: cli -> transports -> bundle
+-> core, with the benchmark and the cross-crate tests on top of the libraries and nothing depending
 on them. Reads `cargo metadata` on stdin; exits 1 naming every dependency (normal, dev
 or build) that points sideways or back up.
 
@@ -12,9 +12,10 @@ import sys
 RANK = {
     "tide-core": 0,
     "tide-bundle": 1,
-    "tide-cli": 2,
-    "tide-bench": 3,
-    "tide-tests": 3,
+    "tide-transports": 2,
+    "tide-cli": 3,
+    "tide-bench": 4,
+    "tide-tests": 4,
 }
 
 meta = json.load(sys.stdin)

@@ -39,7 +39,10 @@ pub use parts::{PART_MAGIC, assemble, split};
 pub use read::{
     DEFAULT_IMAGE_CAP, ReadOptions, VerifiedBundle, read_bundle, read_header, verify_bundle,
 };
-pub use replica::{Export, Imported, check_import, export, import, prerequisites_missing};
+pub use replica::{
+    Export, ExportedPage, Imported, check_import, export, export_page, import,
+    prerequisites_missing, write_ack,
+};
 pub use write::{Sender, WriteOptions, write_bundle};
 
 /// The context string of the bundle signature (SPEC §4).

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 
-use tide_core::{Chunks, ImportReport, Replica, SignedHead, VersionVector};
+use tide_core::{Chunks, ImportReport, Page, Replica, SignedHead, VersionVector};
 
 use crate::error::{BundleError, Result};
 use crate::header::Header;
@@ -26,6 +26,60 @@ pub fn export(
     options: &WriteOptions,
     out: &mut dyn Write,
 ) -> Result<Export> {
+    let (export, ()) = export_with(replica, options, out, |replica, each| {
+        replica.each_change_for(since, each)
+    })?;
+    Ok(export)
+}
+
+/// What [`export_page`] wrote.
+#[derive(Debug, Clone)]
+pub struct ExportedPage {
+    /// The bundle.
+    pub export: Export,
+    /// What the page carried, and whether more remains.
+    pub page: Page,
+}
+
+/// Writes one page of what a replica holding `since` lacks: up to about `budget` bytes
+/// of changes in causal order ([`Replica::each_change_page`]), so the bundle is a
+/// complete unit its receiver applies on arrival. The next page starts from `since`
+/// moved up by the bundle's `provides`. Pending writes are sealed first.
+pub fn export_page(
+    replica: &mut Replica,
+    since: &VersionVector,
+    budget: u64,
+    options: &WriteOptions,
+    out: &mut dyn Write,
+) -> Result<ExportedPage> {
+    let (export, page) = export_with(replica, options, out, |replica, each| {
+        replica.each_change_page(since, budget, each)
+    })?;
+    Ok(ExportedPage { export, page })
+}
+
+/// Writes an acknowledgement: a bundle with no changes, whose signed header carries
+/// the replica's version vector (SPEC.md §10). Pending writes are sealed first, so the
+/// vector covers them.
+pub fn write_ack(
+    replica: &mut Replica,
+    options: &WriteOptions,
+    out: &mut dyn Write,
+) -> Result<Export> {
+    let (export, ()) = export_with(replica, options, out, |replica, _| replica.seal().map(drop))?;
+    Ok(export)
+}
+
+/// A listing of changes as the core offers them: each handed to `each`.
+type Each<'e> = &'e mut dyn FnMut(&SignedHead, &mut dyn Chunks) -> tide_core::Result<()>;
+
+/// Writes the changes `list` offers as one bundle signed by `replica`.
+fn export_with<R>(
+    replica: &mut Replica,
+    options: &WriteOptions,
+    out: &mut dyn Write,
+    list: impl FnOnce(&mut Replica, Each<'_>) -> tide_core::Result<R>,
+) -> Result<(Export, R)> {
     replica.seal()?;
     let identity = replica.signing_identity()?;
     let sender = Sender {
@@ -33,25 +87,30 @@ pub fn export(
         ack: replica.version_vector()?,
         schema: replica.schema_epoch()?,
     };
+    let mut listed = None;
     let (header, bytes) = write_bundle(
         &sender,
         |each| {
             let mut failure = None;
-            let listed = replica.each_change_for(since, |head, chunks| {
+            let result = list(replica, &mut |head, chunks| {
                 each(head, chunks).map_err(|e| {
                     failure = Some(e);
                     tide_core::Error::Stopped
                 })
             });
-            match (listed, failure) {
+            match (result, failure) {
                 (_, Some(e)) => Err(e),
-                (r, None) => Ok(r?),
+                (r, None) => {
+                    listed = Some(r?);
+                    Ok(())
+                }
             }
         },
         options,
         out,
     )?;
-    Ok(Export { header, bytes })
+    let listed = listed.expect("write_bundle lists the changes before it returns");
+    Ok((Export { header, bytes }, listed))
 }
 
 /// What an import did.

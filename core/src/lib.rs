@@ -108,6 +108,7 @@ pub use error::{
     LogBodyError, NotADatabaseReason, OpenError, ResolveError, Result, SealError, TrackError,
     UntrackableReason,
 };
+pub use export::{Page, SeqRuns};
 pub use format::ids::{ChangeId, ReplicaId, VersionVector};
 pub use format::value::{Value, decode_key, encode_key};
 pub use identity::{Card, KeyStore, SecretIdentity};

@@ -166,5 +166,11 @@ pub(crate) fn store_received(conn: &Connection, idx: i64, head: &VerifiedHead) -
         ChangeState::Waiting,
         PACKING_RAW
     ])?;
+    // A change sealed here from now on depends on this one (it is in the version
+    // vector) and so gets a later clock, even before this one applies: clock order
+    // stays causal order (pages rely on it, `Replica::each_change_page`).
+    if head.head.hlc > crate::store::meta::get_u64(conn, "hlc")? {
+        crate::store::meta::set_u64(conn, "hlc", head.head.hlc)?;
+    }
     Ok(())
 }
