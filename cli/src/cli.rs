@@ -162,6 +162,49 @@ migration wrote as ordinary changes. If the SQL fails, nothing changed.",
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Sync through a folder (a USB stick, a shared drive) or over a pipe.
+    #[command(
+        long_about = "Sync through a folder, or over a pipe to another tide.\n\n\
+A folder is a mailbox (TARGET is its path): each replica that visits it imports what it \
+lacks, writes what its peers lack (each change once, whoever needs it), acknowledges, \
+and deletes what every peer has acknowledged. Carry one stick around a site and every \
+device syncs over time, each relaying for the others; a shared or network folder works \
+the same way, with no lock. Files are written whole or not at all, so a stick pulled \
+out mid-write loses nothing.\n\n\
+For one-way links (a data diode), --send-only writes without ever reading what comes \
+back and repeats each change in two drops, with a full refresh every tenth; \
+--receive-only imports without writing to the folder and reports exactly which changes \
+are missing.\n\n\
+`-` as TARGET speaks the exchange on stdin/stdout, for the far end of a pipe; --command \
+runs the near end: tide --db app.db sync --command 'ssh hq tide --db hq.db sync -'.",
+        after_help = "Examples:\n  tide --db app.db sync /media/stick\n  tide --db app.db sync /media/stick --watch\n  tide --db low.db sync /outbox --send-only\n  tide --db high.db sync /inbox --receive-only\n  tide --db app.db sync --command 'ssh hq tide --db hq.db sync -'\n\n--json fields: pages_received, changes_received, changes_applied, duplicates, quarantined, conflicts_opened, pages_sent, changes_sent, bytes_sent, pruned, garbage, left[{file,why}], missing[{origin,runs[[first,last]]}]"
+    )]
+    Sync {
+        /// A folder (the mailbox is kept in FOLDER/tide-mailbox), or `-` for stdin/stdout.
+        #[arg(required_unless_present = "command", conflicts_with = "command")]
+        target: Option<String>,
+        /// Sync with the tide this shell command runs (`... sync -` at the far end).
+        #[arg(long, value_name = "CMD")]
+        command: Option<String>,
+        /// Only write to the folder (the sending side of a one-way link).
+        #[arg(long, conflicts_with = "receive_only")]
+        send_only: bool,
+        /// Only read from the folder, never write to it (the receiving side of a one-way link).
+        #[arg(long)]
+        receive_only: bool,
+        /// Write pages encrypted to each peer instead of shared ones (one copy per peer).
+        #[arg(long, conflicts_with = "receive_only")]
+        encrypt: bool,
+        /// Keep syncing whenever the folder or the database changes, until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch, how often to look, in milliseconds.
+        #[arg(long, default_value_t = 2000, value_name = "MS")]
+        interval: u64,
+        /// About how much a page holds (as 512K, 8M, 1G): an interrupted transfer costs at most one page.
+        #[arg(long, default_value = "8M", value_name = "SIZE")]
+        page_size: String,
+    },
     /// Stream changes as they are sealed or applied, as JSON lines, until interrupted.
     #[command(
         after_help = "Example:\n  tide --db app.db watch | jq .\n\nEach line: {\"origin\",\"origin_name\",\"seq\",\"hlc\",\"tables\",\"ops\",\"state\"}"

@@ -81,6 +81,9 @@ pub fn describe(e: &anyhow::Error) -> Failure {
             code: PREREQUISITES,
         };
     }
+    if let Some(t) = e.downcast_ref::<tide_transports::TransportError>() {
+        return transport(t, message);
+    }
     if let Some(b) = e.downcast_ref::<BundleError>() {
         return bundle(b, message);
     }
@@ -92,6 +95,34 @@ pub fn describe(e: &anyhow::Error) -> Failure {
         unchanged: false,
         next: None,
         code: INTERNAL,
+    }
+}
+
+fn transport(t: &tide_transports::TransportError, message: String) -> Failure {
+    use tide_transports::TransportError::*;
+    let (next, code): (Option<String>, u8) = match t {
+        Bundle(b) => return bundle(b, message),
+        Core(c) => return core(c, message),
+        NoFolder(_) => (Some("check the path; a stick must be plugged in and mounted".into()), USAGE),
+        MailboxVersion { .. } => (Some("use a tide that reads this mailbox, or another folder".into()), REJECTED),
+        ReadOnly(_) => (Some("make the folder writable, or only import from it: tide sync FOLDER --receive-only".into()), USAGE),
+        Full { .. } => (
+            Some("free space on the folder's disk, or use a larger stick, then run the same command again; what was imported is kept".into()),
+            INTERNAL,
+        ),
+        Protocol(_) | Closed => (
+            Some("look at the other side's messages (above, for --command), then run the same command again: every page imported so far is kept".into()),
+            INTERNAL,
+        ),
+        Io { .. } => (None, INTERNAL),
+        // An error a later transports crate adds.
+        _ => (None, INTERNAL),
+    };
+    Failure {
+        message,
+        unchanged: false,
+        next,
+        code,
     }
 }
 

@@ -4,6 +4,7 @@ mod bundle;
 mod conflicts;
 mod demo;
 mod replica;
+mod sync;
 
 use std::path::{Path, PathBuf};
 
@@ -101,6 +102,32 @@ pub fn run(args: Cli) -> Result<u8> {
             replica::doctor(&out, &mut r, repair)
         }
         Command::Bundle(cmd) => bundle::run(&out, db.as_deref(), cmd),
+        Command::Sync {
+            target,
+            command,
+            send_only,
+            receive_only,
+            encrypt,
+            watch,
+            interval,
+            page_size,
+        } => {
+            let page_bytes = crate::render::parse_size(&page_size).ok_or_else(|| {
+                usage(
+                    format!("--page-size {page_size:?} is not a size"),
+                    Some("give a size such as 512K, 8M or 1G"),
+                )
+            })?;
+            let how = sync::How {
+                send_only,
+                receive_only,
+                encrypt,
+                watch,
+                interval,
+                page_bytes,
+            };
+            sync::run(&out, &mut open(&out, &db)?, target, command, how)
+        }
         Command::Conflicts(cmd) => {
             let mut r = match cmd {
                 ConflictsCommand::List { .. } | ConflictsCommand::Show { .. } => open_read(&db)?,
