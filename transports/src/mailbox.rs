@@ -317,7 +317,21 @@ impl Mailbox {
             match imported {
                 Ok(i) => report.received(&i.report),
                 Err(BundleError::Core(e)) => return Err(e.into()),
-                Err(e) => report.left.push((shown(&path), e.to_string())),
+                // Not for this replica to read: someone else's business.
+                Err(
+                    e @ (BundleError::UnknownSender(_)
+                    | BundleError::NotForThisReplica { .. }
+                    | BundleError::NoMatchingKey
+                    | BundleError::NeedKey
+                    | BundleError::UnsupportedVersion(_)
+                    | BundleError::UnknownCritical(_)
+                    | BundleError::UnknownFlags(_)),
+                ) => report.left.push((shown(&path), e.to_string())),
+                // A known sender's page that does not verify is not what it wrote: it
+                // goes, so that it no longer stands for the changes it names (the
+                // author writes them again).
+                Err(BundleError::Io(e)) => return Err(TransportError::io(&path, e, 0)),
+                Err(e) => self.garbage(&path, &format!("damaged: {e}"), tidy, report),
             }
         }
         Ok(())
