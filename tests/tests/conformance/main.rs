@@ -69,6 +69,7 @@ pub const PAGE: u64 = 1024;
 /// The table every replica of the suite tracks.
 const SCHEMA: &str = "CREATE TABLE t(id TEXT PRIMARY KEY, v INTEGER, note TEXT);";
 
+/// `n` replicas of the suite's table that know each other.
 pub fn cluster(n: usize) -> Cluster {
     Cluster::new(n, SCHEMA, &["t"])
 }
