@@ -30,6 +30,7 @@ pub fn run(
     how: How,
 ) -> Result<u8> {
     if let Some(command) = command {
+        crate::progress::attach(r, !out.json && !out.quiet);
         return over_command(out, r, &command, &how);
     }
     let target = target.expect("clap requires a target or --command");
@@ -45,6 +46,8 @@ pub fn run(
         out.say(summary(r, &report, None)?);
         return Ok(0);
     }
+    // Progress on a terminal while pages are packed and applied (never with --json).
+    crate::progress::attach(r, !out.json && !out.quiet);
     folder(out, r, Path::new(&target), &how)
 }
 
@@ -140,7 +143,10 @@ fn moved(r: &SyncReport) -> bool {
         || !r.left.is_empty()
 }
 
-fn show(out: &Out, r: &Replica, report: &SyncReport, folder: Option<(&Path, Mode)>) -> Result<()> {
+fn show(out: &Out, r: &mut Replica, report: &SyncReport, folder: Option<(&Path, Mode)>) -> Result<()> {
+    // The bar is cleared before the summary (and drawn again by the next sync).
+    r.set_progress(None);
+    crate::progress::attach(r, !out.json && !out.quiet);
     if out.json {
         out.json(&json!({
             "pages_received": report.pages_received,
