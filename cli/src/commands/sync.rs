@@ -143,7 +143,12 @@ fn moved(r: &SyncReport) -> bool {
         || !r.left.is_empty()
 }
 
-fn show(out: &Out, r: &mut Replica, report: &SyncReport, folder: Option<(&Path, Mode)>) -> Result<()> {
+fn show(
+    out: &Out,
+    r: &mut Replica,
+    report: &SyncReport,
+    folder: Option<(&Path, Mode)>,
+) -> Result<()> {
     // The bar is cleared before the summary (and drawn again by the next sync).
     r.set_progress(None);
     crate::progress::attach(r, !out.json && !out.quiet);

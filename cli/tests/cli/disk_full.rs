@@ -259,3 +259,64 @@ fn a_seal_that_fills_the_disk_says_the_disk_is_full() {
     assert_eq!(sealed, 1, "the captures are sealed once there is room");
     drop(small);
 }
+
+/// A stick too small for what a replica has to write: `tide sync` says the folder is
+/// full and what to do, leaves no half-written file where a reader would take it (only
+/// `tmp/`, which it cleans), and changes nothing in the database; once the stick has
+/// room, the same command writes everything and the other replica gets it.
+#[test]
+fn a_sync_onto_a_full_stick_says_so_and_leaves_nothing_half_written() {
+    let site = tempfile::tempdir().unwrap();
+    let dir = site.path();
+    let stick = Tmpfs::mount(&dir.join("stick"), "8m");
+    for name in ["a", "b"] {
+        let db = format!("{name}.db");
+        ok(dir, &["--db", &db, "init", "--name", name]);
+        Connection::open(dir.join(&db))
+            .unwrap()
+            .execute_batch("CREATE TABLE notes(id TEXT PRIMARY KEY, body BLOB)")
+            .unwrap();
+        ok(dir, &["--db", &db, "track", "notes"]);
+        let card = ok(dir, &["--db", &db, "id", "--card"]).stdout;
+        std::fs::write(dir.join(format!("{name}.card")), card).unwrap();
+    }
+    ok(dir, &["--db", "a.db", "peers", "add", "b.card"]);
+    ok(dir, &["--db", "b.db", "peers", "add", "a.card"]);
+    // About 12 MiB that does not compress: more than the stick holds.
+    Connection::open(dir.join("a.db"))
+        .unwrap()
+        .execute_batch(
+            "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < 2999)
+             INSERT INTO notes SELECT 'n' || x, randomblob(4096) FROM s",
+        )
+        .unwrap();
+    ok(dir, &["--db", "a.db", "status"]);
+    let before = dump(&dir.join("a.db"));
+    let r = tide(dir, &["--db", "a.db", "sync", "stick", "--page-size", "2M"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("is full") && r.stderr.contains("free space"),
+        "says the stick is full and what to do: {}",
+        r.stderr
+    );
+    assert_eq!(dump(&dir.join("a.db")), before, "a.db changed");
+    let tmp: Vec<_> = std::fs::read_dir(dir.join("stick/tide-mailbox/tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "a partial file was left: {tmp:?}");
+    // Every page that made it is whole: b takes them, and nothing it takes is broken.
+    let r = tide(dir, &["--db", "b.db", "sync", "stick", "--receive-only"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("incomplete"), "{}", r.stderr);
+    drop(stick);
+
+    // A larger stick: everything goes through.
+    std::fs::create_dir_all(dir.join("big")).unwrap();
+    ok(dir, &["--db", "a.db", "sync", "big"]);
+    ok(dir, &["--db", "b.db", "sync", "big"]);
+    let n: i64 = Connection::open(dir.join("b.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 3000);
+}

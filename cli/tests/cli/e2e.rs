@@ -428,6 +428,8 @@ fn every_help_explains_itself_with_an_example() {
         &["init"],
         &["track"],
         &["untrack"],
+        &["migrate"],
+        &["sync"],
         &["status"],
         &["id"],
         &["log"],
@@ -501,6 +503,47 @@ fn watch_streams_changes_as_json_lines() {
     assert_eq!(v["tables"][0], "sites");
     assert_eq!(v["ops"], 1);
     assert_eq!(v["origin_name"], "a");
+}
+
+#[test]
+fn sync_watch_carries_new_writes_onto_the_stick_until_stopped() {
+    let s = Site::new();
+    s.replicas(&["a", "b"]);
+    std::fs::create_dir(s.path("stick")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tide"))
+        .args([
+            "--db",
+            "a.db",
+            "sync",
+            "stick",
+            "--watch",
+            "--interval",
+            "50",
+        ])
+        .current_dir(s.dir.path())
+        .env("TIDE_HOME", s.path("keys"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    s.sql("a.db", "INSERT INTO sites VALUES ('watched', 'x', 1)");
+    let seg = s.path("stick/tide-mailbox/seg");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&seg).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--watch wrote no page for the new row"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "--watch keeps running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    s.ok(&["--db", "b.db", "sync", "stick"]);
+    assert_eq!(
+        s.one("b.db", "SELECT status FROM sites WHERE id = 'watched'"),
+        "Text(\"x\")"
+    );
 }
 
 #[test]
