@@ -12,9 +12,9 @@ Usage: cargo run --release -p tide-bench -- [--rows N] [--commits M] [--no-memor
   --commits M    single-row commits for the per-commit capture figure (default 2000)
   --no-memory    skip the peak-memory phases (they run as child processes)
 
-Prints a Markdown table: every figure is a ratio or a rate against plain SQLite on
-this machine. The size comparison needs the sqlite3 shell. For instruction counts
-under callgrind, see BENCHMARKS.md (--phase export|import|conflict-setup|import-conflicting|capture-plain|capture-tide).
+Prints a Markdown table: every figure is a ratio or a rate against plain SQLite
+(for the folder mailbox, a plain file copy) on this machine. The size comparison
+needs the sqlite3 shell. For instruction counts under callgrind, see BENCHMARKS.md (--phase export|import|conflict-setup|import-conflicting|capture-plain|capture-tide).
 ";
 
 fn main() {

@@ -20,6 +20,9 @@ fn every_measurement_runs_on_a_small_input() {
         "every op conflicting",
         "changeset",
         "metadata",
+        "mailbox: send",
+        "mailbox: send and receive",
+        "mailbox: page bytes",
     ] {
         assert!(
             figures.iter().any(|f| f.name.contains(measure)),
