@@ -20,4 +20,5 @@ mod disk_full;
 mod e2e;
 mod errors;
 mod import_checks;
+mod mailbox;
 mod schema;
