@@ -109,6 +109,13 @@ impl Mailbox {
         let version = self.root.join("VERSION");
         match fs::read_to_string(&version) {
             Ok(found) if found == VERSION_TEXT => {}
+            // Cut short (a stick pulled out while it was written): written again.
+            Ok(found) if write && VERSION_TEXT.starts_with(&found) => {
+                self.write_named(&self.root, "VERSION", "mailbox", |out| {
+                    out.write_all(VERSION_TEXT.as_bytes())
+                        .map_err(|e| TransportError::io(&version, e, 0))
+                })?;
+            }
             Ok(found) => {
                 return Err(TransportError::MailboxVersion {
                     path: version,
@@ -135,6 +142,11 @@ impl Mailbox {
                 let dir = self.root.join(sub);
                 fs::create_dir_all(&dir).map_err(|e| TransportError::io(&dir, e, 0))?;
             }
+            // A folder that cannot be written is found before anything is imported, so
+            // a failed visit leaves the replica as it was.
+            let probe = self.root.join("tmp").join(format!("probe-{}.part", hex(&random_bytes())));
+            File::create(&probe).map_err(|e| TransportError::io(&self.folder, e, 0))?;
+            let _ = fs::remove_file(&probe);
         }
         Ok(())
     }
@@ -376,7 +388,14 @@ impl Mailbox {
             return Ok(());
         }
         let dir = self.root.join("seg");
-        let pages = self.list(&dir, true, report)?;
+        // Only the pages of known replicas stand for the changes they name: a stranger's
+        // header, unverifiable, must not stop anyone from writing them.
+        let me = replica.id()?;
+        let pages: Vec<Listed> = self
+            .list(&dir, true, report)?
+            .into_iter()
+            .filter(|p| p.header.sender == me || addressees.iter().any(|(c, _)| c.id == p.header.sender))
+            .collect();
         let acked: Vec<VersionVector> = addressees.into_iter().map(|(_, v)| v).collect();
         self.write_outbox(
             replica,

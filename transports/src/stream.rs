@@ -122,6 +122,13 @@ impl<R: Read, W: Write> Stream<R, W> {
                 BundleError::Core(c) => TransportError::Core(c),
                 other => TransportError::Bundle(other),
             })?;
+            // The other side is a known peer, never this replica itself (a pipe that
+            // loops back, or a command that echoes).
+            if imported.header.sender == replica.id()? {
+                return Err(TransportError::Protocol(
+                    "the other side is this same replica: the command reached this database again, or echoed what it was sent".into(),
+                ));
+            }
             if imported.header.changes > 0 {
                 report.received(&imported.report);
             }
