@@ -177,10 +177,10 @@ back and repeats each change in two drops, with a full refresh every tenth; \
 are missing.\n\n\
 `-` as TARGET speaks the exchange on stdin/stdout, for the far end of a pipe; --command \
 runs the near end: tide --db app.db sync --command 'ssh hq tide --db hq.db sync -'.",
-        after_help = "Examples:\n  tide --db app.db sync /media/stick\n  tide --db app.db sync /media/stick --watch\n  tide --db low.db sync /outbox --send-only\n  tide --db high.db sync /inbox --receive-only\n  tide --db app.db sync --command 'ssh hq tide --db hq.db sync -'\n\n--json fields: pages_received, changes_received, changes_applied, duplicates, quarantined, conflicts_opened, pages_sent, changes_sent, bytes_sent, pruned, garbage, left[{file,why}], missing[{origin,runs[[first,last]]}]"
+        after_help = "Examples:\n  tide --db app.db sync /media/stick\n  tide --db app.db sync http://hub.example:7474 --watch\n  tide --db app.db sync /media/stick --watch\n  tide --db low.db sync /outbox --send-only\n  tide --db high.db sync /inbox --receive-only\n  tide --db app.db sync --command 'ssh hq tide --db hq.db sync -'\n\n--json fields: pages_received, changes_received, changes_applied, duplicates, quarantined, conflicts_opened, pages_sent, changes_sent, bytes_sent, pruned, garbage, left[{file,why}], missing[{origin,runs[[first,last]]}]"
     )]
     Sync {
-        /// A folder (the mailbox is kept in FOLDER/tide-mailbox), or `-` for stdin/stdout.
+        /// A folder (the mailbox is kept in FOLDER/tide-mailbox), a hub's URL (http://HOST:PORT), or `-` for stdin/stdout.
         #[arg(required_unless_present = "command", conflicts_with = "command")]
         target: Option<String>,
         /// Sync with the tide this shell command runs (`... sync -` at the far end).
@@ -204,6 +204,21 @@ runs the near end: tide --db app.db sync --command 'ssh hq tide --db hq.db sync 
         /// About how much a page holds (as 512K, 8M, 1G): an interrupted transfer costs at most one page.
         #[arg(long, default_value = "8M", value_name = "SIZE")]
         page_size: String,
+    },
+    /// Run a hub: replicas sync with it over HTTP (`tide sync http://HOST:PORT`).
+    #[command(
+        long_about = "Run a hub: a replica that other replicas sync with over HTTP.\n\n\
+The hub relays: it holds and passes on every change, including those to tables it does \
+not track. Every request is signed by the replica's key over a challenge from the hub \
+and counted, so replays are refused; every answer is signed by the hub. A replica the \
+hub does not know is refused and listed by `tide peers pending`; `tide peers accept ID` \
+admits it. Put a TLS-terminating proxy in front of it for the open network.",
+        after_help = "Example:\n  tide --db hub.db init --name hub\n  tide --db hub.db serve --listen 0.0.0.0:7474\n  tide --db field.db sync http://hub.example:7474"
+    )]
+    Serve {
+        /// Address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:7474", value_name = "ADDR")]
+        listen: String,
     },
     /// Stream changes as they are sealed or applied, as JSON lines, until interrupted.
     #[command(
@@ -263,6 +278,17 @@ pub enum PeersCommand {
     /// Stop trusting a peer: its future changes are refused.
     #[command(after_help = "Example:\n  tide --db hq.db peers remove field-3")]
     Remove { peer: String },
+    /// Replicas a hub refused because it did not know them, with their cards.
+    #[command(
+        after_help = "Example:\n  tide --db hub.db peers pending --json   # fields: id, name, first_seen, last_seen"
+    )]
+    Pending,
+    /// Trust a pending replica (see `peers pending`): its next sync goes through.
+    #[command(after_help = "Example:\n  tide --db hub.db peers accept 3f9a")]
+    Accept {
+        /// Its id (or the first characters of it), or the name on its card.
+        peer: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

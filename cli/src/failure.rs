@@ -114,6 +114,22 @@ fn transport(t: &tide_transports::TransportError, message: String) -> Failure {
             Some("look at the other side's messages (above, for --command), then run the same command again: every page imported so far is kept".into()),
             INTERNAL,
         ),
+        Unreachable { .. } => (
+            Some("check the URL and that the hub runs (`tide serve` on it); every page imported so far is kept".into()),
+            INTERNAL,
+        ),
+        UnknownHub { card, .. } => (
+            Some(format!("if this is your hub, trust it first: save its card ({card}) to hub.card and run tide peers add hub.card")),
+            REJECTED,
+        ),
+        UnknownToHub { replica, .. } => (
+            Some(format!("on the hub, accept this replica: tide --db HUB.db peers accept {}", replica.short())),
+            REJECTED,
+        ),
+        TooLarge { .. } => (
+            Some("a proxy in front of the hub limits request bodies: raise its limit (nginx: client_max_body_size) or lower --page-size".into()),
+            INTERNAL,
+        ),
         Io { .. } => (None, INTERNAL),
         // An error a later transports crate adds.
         _ => (None, INTERNAL),

@@ -244,6 +244,43 @@ impl Replica {
         Ok(())
     }
 
+    /// Every carrier state whose key starts with `prefix`, with its key (the prefix
+    /// included), in key order.
+    pub fn transport_states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let start = format!("transport {prefix}");
+        let rows = self
+            .conn
+            .prepare("SELECT k, v FROM _tide_meta WHERE substr(k, 1, length(?1)) = ?1 ORDER BY k")?
+            .query_map([&start], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, v)| (k["transport ".len()..].to_string(), v))
+            .collect())
+    }
+
+    /// Forgets a carrier's state `key`.
+    pub fn remove_transport_state(&mut self, key: &str) -> Result<()> {
+        self.conn.execute(
+            "DELETE FROM _tide_meta WHERE k=?1",
+            [format!("transport {key}")],
+        )?;
+        Ok(())
+    }
+
+    /// Makes this replica a relay (a hub): changes to tables it does not track are
+    /// stored and passed on like any other, instead of waiting in quarantine.
+    pub fn set_relay(&mut self, on: bool) -> Result<()> {
+        crate::store::meta::set_u64(&self.conn, "relay", u64::from(on))
+    }
+
+    /// Whether this replica relays changes to tables it does not track.
+    pub fn relays(&self) -> Result<bool> {
+        Ok(crate::store::meta::get_u64(&self.conn, "relay")? == 1)
+    }
+
     /// Remembers what `peer` said it holds (its version vector, from a bundle or a sync
     /// message). Only ever moves forward.
     pub fn record_peer_ack(&mut self, peer: ReplicaId, vector: &VersionVector) -> Result<()> {

@@ -110,6 +110,7 @@ pub use error::{
 };
 pub use export::{Page, SeqRuns};
 pub use format::ids::{ChangeId, ReplicaId, VersionVector};
+pub use format::signature::verify_signature;
 pub use format::value::{Value, decode_key, encode_key};
 pub use identity::{Card, KeyStore, SecretIdentity};
 pub use ingest::{ImportReport, QuarantineEntry, QuarantineReason};

@@ -49,6 +49,38 @@ pub enum TransportError {
     /// The other side of a stream closed it before the exchange ended.
     #[error("the other side closed the connection before the exchange ended")]
     Closed,
+    /// A hub could not be reached, or the connection broke.
+    #[error("cannot reach {url}: {why}")]
+    Unreachable {
+        /// What was asked.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// The hub at the URL is not a known peer of this replica.
+    #[error("the hub at {url} is not a peer of this replica (its card: {card})")]
+    UnknownHub {
+        /// The hub's URL.
+        url: String,
+        /// The card it presented.
+        card: String,
+    },
+    /// The hub does not know this replica (it lists it as pending).
+    #[error("the hub at {url} does not know this replica ({replica})")]
+    UnknownToHub {
+        /// The hub's URL.
+        url: String,
+        /// This replica.
+        replica: tide_core::ReplicaId,
+    },
+    /// Even the smallest page was refused as too large (a proxy's body limit).
+    #[error("{url} refused a request of {bytes} bytes as too large")]
+    TooLarge {
+        /// What was asked.
+        url: String,
+        /// The size refused.
+        bytes: u64,
+    },
 }
 
 /// Results of this crate.

@@ -8,11 +8,15 @@
 //!
 //! - [`mailbox`]: a folder any number of replicas visit in turn (a USB stick, a shared
 //!   drive), with one-way modes for links where nothing comes back;
-//! - [`stream`]: two replicas over a pair of byte streams (a pipe, `ssh`).
+//! - [`stream`]: two replicas over a pair of byte streams (a pipe, `ssh`);
+//! - `http`: a hub that replicas sync with over HTTP (`hub` feature: the server;
+//!   `http` feature: the client).
 //!
 //! Layering: this crate uses `tide-bundle` and `tide-core`; the command line uses it.
 
 mod error;
+#[cfg(any(feature = "hub", feature = "http"))]
+pub mod http;
 pub mod mailbox;
 pub mod pages;
 pub mod report;

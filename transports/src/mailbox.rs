@@ -144,7 +144,10 @@ impl Mailbox {
             }
             // A folder that cannot be written is found before anything is imported, so
             // a failed visit leaves the replica as it was.
-            let probe = self.root.join("tmp").join(format!("probe-{}.part", hex(&random_bytes())));
+            let probe = self
+                .root
+                .join("tmp")
+                .join(format!("probe-{}.part", hex(&random_bytes())));
             File::create(&probe).map_err(|e| TransportError::io(&self.folder, e, 0))?;
             let _ = fs::remove_file(&probe);
         }
@@ -394,7 +397,9 @@ impl Mailbox {
         let pages: Vec<Listed> = self
             .list(&dir, true, report)?
             .into_iter()
-            .filter(|p| p.header.sender == me || addressees.iter().any(|(c, _)| c.id == p.header.sender))
+            .filter(|p| {
+                p.header.sender == me || addressees.iter().any(|(c, _)| c.id == p.header.sender)
+            })
             .collect();
         let acked: Vec<VersionVector> = addressees.into_iter().map(|(_, v)| v).collect();
         self.write_outbox(

@@ -73,8 +73,12 @@ pub fn run(args: Cli) -> Result<u8> {
         Command::Id { card } => replica::id(&out, &open_read(&db)?, card),
         Command::Peers(cmd) => {
             let mut r = match cmd {
-                PeersCommand::List | PeersCommand::Show { .. } => open_read(&db)?,
-                PeersCommand::Add { .. } | PeersCommand::Remove { .. } => open(&out, &db)?,
+                PeersCommand::List | PeersCommand::Show { .. } | PeersCommand::Pending => {
+                    open_read(&db)?
+                }
+                PeersCommand::Add { .. }
+                | PeersCommand::Remove { .. }
+                | PeersCommand::Accept { .. } => open(&out, &db)?,
             };
             replica::peers(&out, &mut r, cmd)
         }
@@ -102,6 +106,13 @@ pub fn run(args: Cli) -> Result<u8> {
             replica::doctor(&out, &mut r, repair)
         }
         Command::Bundle(cmd) => bundle::run(&out, db.as_deref(), cmd),
+        Command::Serve { listen } => {
+            let path = db_path(&db)?;
+            // The hub opens the file itself; opening it here says what is wrong first.
+            let r = open_path(&out, &path)?;
+            drop(r);
+            sync::serve(&out, &path, &listen)
+        }
         Command::Sync {
             target,
             command,

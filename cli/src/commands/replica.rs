@@ -415,8 +415,74 @@ pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
                 p.id.short()
             ));
         }
+        PeersCommand::Pending => {
+            let pending = pending_peers(r)?;
+            if out.json {
+                out.json(&json!(pending.iter().map(|(c, first, last)| json!({"id": c.id.to_hex(), "name": c.name, "first_seen": first, "last_seen": last})).collect::<Vec<_>>()));
+            } else if pending.is_empty() {
+                out.say("No replica is waiting to be accepted.");
+            } else {
+                for (c, first, last) in &pending {
+                    out.data(format!(
+                        "{}  {:<16} first {}  last {}",
+                        c.id.short(),
+                        c.name,
+                        time((first * 1000) << 16),
+                        time((last * 1000) << 16),
+                    ));
+                }
+                out.say("Accept one with: tide peers accept ID");
+            }
+        }
+        PeersCommand::Accept { peer } => {
+            let pending = pending_peers(r)?;
+            let found: Vec<_> = pending
+                .iter()
+                .filter(|(c, _, _)| {
+                    c.id.to_hex().starts_with(&peer.to_lowercase()) || c.name == peer
+                })
+                .collect();
+            let card = match found.as_slice() {
+                [(c, _, _)] => c.clone(),
+                [] => {
+                    return Err(usage(
+                        format!("no pending replica {peer:?}"),
+                        Some("tide --db FILE peers pending  # lists them"),
+                    ));
+                }
+                _ => {
+                    return Err(usage(
+                        format!("{peer:?} names several pending replicas"),
+                        Some("give more characters of the id (tide peers pending)"),
+                    ));
+                }
+            };
+            r.add_peer(&card)?;
+            r.remove_transport_state(&format!("pending {}", card.id.to_hex()))?;
+            out.say(format!(
+                "Accepted {} ({}): its next sync goes through.",
+                card.name,
+                card.id.short()
+            ));
+        }
     }
     Ok(0)
+}
+
+/// Replicas a hub refused and listed: card, first and last seen (seconds since 1970).
+fn pending_peers(r: &Replica) -> Result<Vec<(Card, u64, u64)>> {
+    let mut out = Vec::new();
+    for (_, value) in r.transport_states("pending ")? {
+        let text = String::from_utf8_lossy(&value).into_owned();
+        let mut lines = text.lines();
+        let Some(card) = lines.next().and_then(|l| Card::parse(l).ok()) else {
+            continue;
+        };
+        let first = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        let last = lines.next().and_then(|l| l.parse().ok()).unwrap_or(first);
+        out.push((card, first, last));
+    }
+    Ok(out)
 }
 
 fn entry_json(e: &tide_core::LogEntry) -> serde_json::Value {

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result};
 use serde_json::json;
 use tide_core::Replica;
+use tide_transports::http::client::HubClient;
+use tide_transports::http::hub::{Hub, HubOptions};
 use tide_transports::mailbox::{DIR_NAME, Mailbox, MailboxOptions, Mode};
 use tide_transports::stream::{Role, Stream};
 use tide_transports::{Carrier, SyncReport};
@@ -34,6 +36,10 @@ pub fn run(
         return over_command(out, r, &command, &how);
     }
     let target = target.expect("clap requires a target or --command");
+    if target.starts_with("http://") || target.starts_with("https://") {
+        crate::progress::attach(r, !out.json && !out.quiet);
+        return hub(out, r, &target, &how);
+    }
     if target == "-" {
         let mut stream = Stream::new(
             std::io::stdin().lock(),
@@ -100,6 +106,53 @@ fn folder(out: &Out, r: &mut Replica, path: &Path, how: &How) -> Result<u8> {
         }
         std::thread::sleep(std::time::Duration::from_millis(how.interval));
     }
+}
+
+/// Syncs with a hub; with `--watch`, again and again, each exchange waiting at the hub
+/// for a second when nothing moves, so changes arrive as soon as they are there.
+fn hub(out: &Out, r: &mut Replica, url: &str, how: &How) -> Result<u8> {
+    let mut client = HubClient::new(url);
+    client.page_bytes = how.page_bytes;
+    if !how.watch {
+        let report = client.sync(r)?;
+        show(out, r, &report, None)?;
+        return Ok(0);
+    }
+    out.say(format!("Syncing with {url} as changes come; Ctrl-C stops."));
+    client.wait_s = 1;
+    loop {
+        match client.sync(r) {
+            Ok(report) => {
+                if moved(&report) {
+                    show(out, r, &report, None)?;
+                }
+            }
+            // The network may come and go: say so and keep trying.
+            Err(e) => {
+                let f = crate::failure::describe(&anyhow::Error::new(e));
+                out.say(format!("warning: {}", f.message));
+                std::thread::sleep(std::time::Duration::from_millis(how.interval));
+            }
+        }
+    }
+}
+
+/// `tide serve`: a hub on `listen` until interrupted.
+pub fn serve(out: &Out, db: &Path, listen: &str) -> Result<u8> {
+    let hub = Hub::start(
+        db.to_path_buf(),
+        tide_core::KeyStore::from_env(),
+        listen,
+        HubOptions::default(),
+    )?;
+    out.say(format!(
+        "Serving {} on http://{}; replicas sync with `tide sync http://{}`. Ctrl-C stops.",
+        db.display(),
+        hub.addr(),
+        hub.addr()
+    ));
+    hub.run_until_interrupted()?;
+    Ok(0)
 }
 
 /// The near end of a pipe: runs `command` (which runs `tide sync -` at the far end) and

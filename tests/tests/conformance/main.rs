@@ -12,9 +12,11 @@
 //!   (carriers that have a one-way mode).
 //!
 //! The carriers: bundle files carried one at a time ([`file`]), the stream exchange over
-//! a pipe ([`stream`]), and the folder mailbox ([`mailbox`]).
+//! a pipe ([`stream`]), the folder mailbox ([`mailbox`]), and a hub over HTTP on
+//! loopback ([`http`]).
 
 mod file;
+mod http;
 mod mailbox;
 mod stream;
 
