@@ -113,7 +113,7 @@ migration wrote as ordinary changes. If the SQL fails, nothing changed.",
     },
     /// Identity, tracked tables, peers and what they lack, open conflicts, quarantine.
     #[command(
-        after_help = "Example:\n  tide --db app.db status\n  tide --db app.db status --json   # fields: id, name, db, tracked, schema_epochs{table: n}, stopped[{table,why}], schema_differences[{table,peer,name,seq,lacks,ahead,renamed[{theirs,here}],dropped}], sealed, peers[{id,name,lacks}], conflicts, quarantined, waiting"
+        after_help = "Example:\n  tide --db app.db status\n  tide --db app.db status --json   # fields: id, name, db, tracked, schema_epochs{table: n}, stopped[{table,why}], schema_differences[{table,peer,name,seq,lacks,ahead,renamed[{theirs,here}],dropped}], sealed, peers[{id,name,lacks,last_synced}], conflicts, quarantined, waiting"
     )]
     Status {
         /// Exit with code 5 when conflicts are open.

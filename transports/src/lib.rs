@@ -23,7 +23,7 @@ pub mod report;
 pub mod stream;
 
 pub use error::{Result, TransportError};
-pub use report::SyncReport;
+pub use report::{SyncReport, last_synced, note_synced};
 
 use tide_core::Replica;
 

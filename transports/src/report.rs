@@ -45,3 +45,20 @@ impl SyncReport {
         self.conflicts_opened += r.conflicts_opened;
     }
 }
+
+/// Records that this replica and `peer` hold each other's changes as of now (an exchange
+/// ended with nothing left to send either way): what `tide status` calls "synced".
+pub fn note_synced(replica: &mut tide_core::Replica, peer: ReplicaId) -> crate::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    replica.set_transport_state(&format!("synced {}", peer.to_hex()), now.to_string().as_bytes())?;
+    Ok(())
+}
+
+/// When this replica last synced with `peer` (seconds since 1970), if ever.
+pub fn last_synced(replica: &tide_core::Replica, peer: ReplicaId) -> crate::Result<Option<u64>> {
+    Ok(replica
+        .transport_state(&format!("synced {}", peer.to_hex()))?
+        .and_then(|b| String::from_utf8(b).ok()?.parse().ok()))
+}

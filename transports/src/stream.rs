@@ -32,6 +32,8 @@ pub struct Stream<R: Read, W: Write> {
     role: Role,
     /// About how many bytes of changes a page holds.
     pub page_bytes: u64,
+    /// The replica at the other end, once its first bundle arrived.
+    other: Option<tide_core::ReplicaId>,
 }
 
 impl<R: Read, W: Write> Stream<R, W> {
@@ -42,6 +44,7 @@ impl<R: Read, W: Write> Stream<R, W> {
             writer,
             role,
             page_bytes: DEFAULT_PAGE_BYTES,
+            other: None,
         }
     }
 
@@ -133,6 +136,7 @@ impl<R: Read, W: Write> Stream<R, W> {
                 report.received(&imported.report);
             }
             last = Some(imported.header.ack);
+            self.other = Some(imported.header.sender);
         }
     }
 
@@ -168,6 +172,10 @@ impl<R: Read, W: Write> Carrier for Stream<R, W> {
                 self.send_ack(replica, &mut report)?;
                 self.end_turn()?;
             }
+        }
+        // The exchange ended: each side holds what the other had.
+        if let Some(peer) = self.other {
+            crate::report::note_synced(replica, peer)?;
         }
         Ok(report)
     }

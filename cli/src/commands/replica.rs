@@ -166,7 +166,8 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
     let mut peers = Vec::new();
     for p in r.peers()? {
         let acked = r.peer_ack(p.id)?;
-        peers.push((p, lacks(&ours, &acked)));
+        let synced = tide_transports::last_synced(r, p.id)?;
+        peers.push((p, lacks(&ours, &acked), synced));
     }
     if out.json {
         out.json(&json!({
@@ -187,7 +188,7 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
                 "dropped": d.dropped,
             })).collect::<Vec<_>>(),
             "sealed": sealed,
-            "peers": peers.iter().map(|(p, n)| json!({"id": p.id.to_hex(), "name": p.name, "lacks": n})).collect::<Vec<_>>(),
+            "peers": peers.iter().map(|(p, n, synced)| json!({"id": p.id.to_hex(), "name": p.name, "lacks": n, "last_synced": synced})).collect::<Vec<_>>(),
             "conflicts": conflicts.len(),
             "quarantined": quarantined,
             "waiting": waiting,
@@ -229,11 +230,15 @@ pub fn status(out: &Out, r: &mut Replica, check: bool) -> Result<u8> {
         if peers.is_empty() {
             s.push_str("peers     (none: tide peers add CARD)\n");
         }
-        for (p, n) in &peers {
+        for (p, n, synced) in &peers {
             s.push_str(&format!(
-                "peer      {} ({})  lacks {n} change(s) as far as we know\n",
+                "peer      {} ({})  lacks {n} change(s) as far as we know{}\n",
                 p.name,
-                p.id.short()
+                p.id.short(),
+                match synced {
+                    Some(t) => format!("; last synced {}", time((t * 1000) << 16)),
+                    None => String::new(),
+                }
             ));
         }
         s.push_str(&format!(

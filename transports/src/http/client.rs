@@ -193,6 +193,7 @@ impl Carrier for HubClient {
                         report.received(&imported.report);
                     }
                     if outbox.done() && sent.is_none() && !answer.more {
+                        crate::report::note_synced(replica, hello.card.id)?;
                         return Ok(report);
                     }
                 }
