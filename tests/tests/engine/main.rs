@@ -31,6 +31,7 @@ mod import;
 mod schema;
 
 mod bundles;
+mod change_vectors;
 mod convergence;
 mod foreign_writers;
 mod large_bundle;
