@@ -1,7 +1,7 @@
 //! Changes: the unit of the log and of exchange, and their canonical, signed encoding.
 //!
 //! The encoding is written by hand, so that no serializer upgrade can change what was
-//! signed, and specified here, byte by byte. A change is a small signed **head** and one
+//! signed; `core/CHANGES.md` specifies it byte by byte (this outline follows it). A change is a small signed **head** and one
 //! or more **chunks** of row ops, each chunk named in the head by its length and BLAKE3
 //! hash. So a change of any size is sealed, stored, exported, verified and applied a
 //! chunk at a time, in bounded memory (invariant 12), and every chunk is checked against
