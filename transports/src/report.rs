@@ -52,7 +52,10 @@ pub fn note_synced(replica: &mut tide_core::Replica, peer: ReplicaId) -> crate::
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    replica.set_transport_state(&format!("synced {}", peer.to_hex()), now.to_string().as_bytes())?;
+    replica.set_transport_state(
+        &format!("synced {}", peer.to_hex()),
+        now.to_string().as_bytes(),
+    )?;
     Ok(())
 }
 

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use anyhow::Result;
 use tide_bundle::WriteOptions;
+use tide_core::{KeyStore, Replica, Resolution, Value};
 use tide_transports::Carrier;
 use tide_transports::http::client::HubClient;
 use tide_transports::http::hub::{Hub, HubOptions};
-use tide_core::{KeyStore, Replica, Resolution, Value};
 
 use super::Out;
 use crate::render::conflict_text;
@@ -194,7 +194,10 @@ fn live(
     let mut client = HubClient::new(&url);
     client.sync(hq)?;
     client.sync(field)?;
-    field_app.execute("INSERT INTO sites VALUES ('tank-9', 'Tank 9', 'inspected', 1)", [])?;
+    field_app.execute(
+        "INSERT INTO sites VALUES ('tank-9', 'Tank 9', 'inspected', 1)",
+        [],
+    )?;
     let started = std::time::Instant::now();
     client.sync(field)?;
     let report = client.sync(hq)?;

@@ -119,19 +119,46 @@ fn hub(out: &Out, r: &mut Replica, url: &str, how: &How) -> Result<u8> {
         return Ok(0);
     }
     out.say(format!("Syncing with {url} as changes come; Ctrl-C stops."));
+    // Live over a WebSocket; where that fails (a proxy that refuses the upgrade, a
+    // dropped connection), exchanges that wait at the hub, then live again.
     client.wait_s = 1;
     loop {
-        match client.sync(r) {
-            Ok(report) => {
-                if moved(&report) {
-                    show(out, r, &report, None)?;
-                }
+        let live = client.live(r, &|| true, &mut |report| {
+            if report.changes_applied > 0 {
+                out.say(format!("received {} change(s)", report.changes_applied));
             }
-            // The network may come and go: say so and keep trying.
-            Err(e) => {
-                let f = crate::failure::describe(&anyhow::Error::new(e));
-                out.say(format!("warning: {}", f.message));
-                std::thread::sleep(std::time::Duration::from_millis(how.interval));
+            if report.changes_sent > 0 {
+                out.say(format!("sent {} change(s)", report.changes_sent));
+            }
+        });
+        if let Err(e) = live {
+            // Nothing to retry while the hub and this replica do not trust each other.
+            if matches!(
+                e,
+                tide_transports::TransportError::UnknownHub { .. }
+                    | tide_transports::TransportError::UnknownToHub { .. }
+            ) {
+                return Err(e.into());
+            }
+            let f = crate::failure::describe(&anyhow::Error::new(e));
+            out.say(format!(
+                "note: live sync stopped ({}); syncing by exchange",
+                f.message
+            ));
+        }
+        for _ in 0..5 {
+            match client.sync(r) {
+                Ok(report) => {
+                    if moved(&report) {
+                        show(out, r, &report, None)?;
+                    }
+                }
+                // The network may come and go: say so and keep trying.
+                Err(e) => {
+                    let f = crate::failure::describe(&anyhow::Error::new(e));
+                    out.say(format!("warning: {}", f.message));
+                    std::thread::sleep(std::time::Duration::from_millis(how.interval));
+                }
             }
         }
     }

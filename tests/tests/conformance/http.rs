@@ -207,3 +207,56 @@ fn serve(
 }
 
 crate::conformance!(Http::new());
+
+/// Live sync over a WebSocket (transports/SPEC.md §5.3): a replica connected live gets
+/// another's write as soon as that one reaches the hub, and its own writes go up
+/// unasked; both end identical.
+#[test]
+fn a_live_connection_receives_and_sends_changes_as_they_come() {
+    let mut link = Http::new();
+    let mut c = crate::cluster(2);
+    let url = link.proxy(&mut c).url();
+    // Straight to the hub: the test proxy forwards one request per connection and no
+    // upgrades.
+    let hub = link.hubs.values().next().unwrap().0.addr();
+    let live_url = format!("http://{hub}");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let path = c.path(1);
+    let keys = c.dir.path().join("keys1");
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut r = Replica::open_existing(&path, KeyStore::at(keys)).unwrap();
+        r.connection()
+            .execute("INSERT INTO t VALUES ('from-live', 1, 'x')", [])
+            .unwrap();
+        let mut client = HubClient::new(&live_url);
+        client.live(
+            &mut r,
+            &|| !flag.load(std::sync::atomic::Ordering::Relaxed),
+            &mut |_| {},
+        )
+    });
+    c.write(0, "INSERT INTO t VALUES ('from-exchange', 2, 'y')");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        sync(&url, &mut c.replicas[0]).unwrap();
+        let here: i64 =
+            tide_tests::query_one(&c.path(0), "SELECT count(*) FROM t WHERE id = 'from-live'");
+        let there: i64 = tide_tests::query_one(
+            &c.path(1),
+            "SELECT count(*) FROM t WHERE id = 'from-exchange'",
+        );
+        if here == 1 && there == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "live sync moved nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    thread.join().unwrap().unwrap();
+    sync(&url, &mut c.replicas[0]).unwrap();
+    c.assert_converged();
+}

@@ -258,3 +258,140 @@ fn unreachable(url: &str, e: ureq::Error) -> TransportError {
         why: e.to_string(),
     }
 }
+
+impl HubClient {
+    /// Live sync over a WebSocket (SPEC.md §5.3) until `keep_going` says stop or the
+    /// connection ends: pages arrive as the hub gains them, and this replica's new
+    /// changes go up as they are written (looked for every 200 ms). `moved` is told
+    /// after each page either way. An error says why the connection ended; the caller
+    /// reconnects, or falls back to [`Carrier::sync`] with `wait_s` where a proxy
+    /// refuses the upgrade.
+    pub fn live(
+        &mut self,
+        replica: &mut Replica,
+        keep_going: &dyn Fn() -> bool,
+        moved: &mut dyn FnMut(&SyncReport),
+    ) -> Result<()> {
+        use tungstenite::Message;
+        use tungstenite::client::IntoClientRequest;
+        let hello = self.hello(replica)?;
+        let me = replica.id()?;
+        let Some(rest) = self.base.strip_prefix("http://") else {
+            return Err(TransportError::Protocol(
+                "live sync needs a plain http:// hub here; use the exchange with wait".into(),
+            ));
+        };
+        let url = format!("ws://{rest}/v1/live");
+        let identity = replica.signing_identity()?;
+        let message = request_message(
+            hello.card.id,
+            me,
+            &hello.challenge,
+            1,
+            "GET",
+            "/v1/live",
+            &[],
+        );
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| unreachable_ws(&url, e))?;
+        let headers = request.headers_mut();
+        for (k, v) in [
+            ("tide-replica", me.to_hex()),
+            ("tide-card", replica.card()?.to_line()),
+            ("tide-challenge", hex(&hello.challenge)),
+            ("tide-counter", "1".to_string()),
+            ("tide-body-hash", blake3::hash(&[]).to_hex().to_string()),
+            ("tide-signature", hex(&identity.sign(&message))),
+        ] {
+            headers.insert(
+                k,
+                v.parse()
+                    .expect("ids, hex and cards are valid header values"),
+            );
+        }
+        let (mut socket, _) = tungstenite::connect(request).map_err(|e| unreachable_ws(&url, e))?;
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = socket.get_mut() {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        }
+        let send = |socket: &mut tungstenite::WebSocket<_>, bytes: Vec<u8>| {
+            socket
+                .send(Message::Binary(bytes.into()))
+                .map_err(|e| unreachable_ws(&url, e))
+        };
+        let mut ack = Vec::new();
+        tide_bundle::write_ack(replica, &WriteOptions::default(), &mut ack)?;
+        send(&mut socket, ack)?;
+        let mut awaiting = true;
+        let mut heard = std::time::Instant::now();
+        while keep_going() {
+            match socket.read() {
+                Ok(Message::Binary(bytes)) => {
+                    heard = std::time::Instant::now();
+                    awaiting = false;
+                    let imported = tide_bundle::import(replica, &mut &bytes[..], None)?;
+                    if imported.header.sender != hello.card.id {
+                        return Err(TransportError::Protocol(
+                            "a live message not signed by the hub".into(),
+                        ));
+                    }
+                    if imported.header.changes > 0 {
+                        let mut report = SyncReport::default();
+                        report.received(&imported.report);
+                        moved(&report);
+                        let mut ack = Vec::new();
+                        tide_bundle::write_ack(replica, &WriteOptions::default(), &mut ack)?;
+                        send(&mut socket, ack)?;
+                        awaiting = true;
+                    }
+                }
+                Ok(Message::Close(_)) => return Err(TransportError::Closed),
+                Ok(_) => heard = std::time::Instant::now(),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(unreachable_ws(&url, e)),
+            }
+            if heard.elapsed() > Duration::from_secs(60) {
+                return Err(TransportError::Closed);
+            }
+            if !awaiting {
+                // This replica's new writes, a page at a time.
+                replica.seal()?;
+                let since = replica.peer_ack(hello.card.id)?;
+                if crate::pages::covers(&since, &replica.version_vector()?) {
+                    continue;
+                }
+                let mut body = Vec::new();
+                let page = Outbox::new(since, self.page_bytes).next_page(
+                    replica,
+                    &WriteOptions::default(),
+                    &mut body,
+                )?;
+                if page.page.changes > 0 {
+                    send(&mut socket, body)?;
+                    awaiting = true;
+                    let report = SyncReport {
+                        pages_sent: 1,
+                        changes_sent: page.page.changes,
+                        bytes_sent: page.export.bytes,
+                        ..SyncReport::default()
+                    };
+                    moved(&report);
+                }
+            }
+        }
+        let _ = socket.close(None);
+        Ok(())
+    }
+}
+
+fn unreachable_ws(url: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Unreachable {
+        url: url.to_string(),
+        why: e.to_string(),
+    }
+}

@@ -94,6 +94,7 @@ impl Hub {
                     .route("/v1/hello", get(hello))
                     .route("/v1/health", get(health))
                     .route("/v1/exchange", post(exchange))
+                    .route("/v1/live", get(live))
                     .with_state(app);
                 axum::serve(listener, router)
                     .with_graceful_shutdown(async {
@@ -183,6 +184,8 @@ struct Answer {
     body: Vec<u8>,
     problem: bool,
     more: bool,
+    /// The body is a page (it carries changes), not an acknowledgement.
+    more_or_changes: bool,
     /// Signed for this request (authenticated answers only).
     signature: Option<[u8; 64]>,
     /// Nothing to send yet: what the replica holds and the store's counter then, for a
@@ -207,6 +210,7 @@ impl Answer {
             body: doc.to_string().into_bytes(),
             problem: true,
             more: false,
+            more_or_changes: false,
             signature: None,
             idle: None,
         }
@@ -225,6 +229,11 @@ enum Job {
     Exchange(Auth, Bytes, bool, oneshot::Sender<Answer>),
     /// A page for a replica holding the vector (after a wait).
     Page(Auth, VersionVector, oneshot::Sender<Answer>),
+    /// A message of a live connection: imported, answered with a page or an
+    /// acknowledgement (bundles are signed; the connection was authenticated).
+    Frame(ReplicaId, Bytes, oneshot::Sender<Answer>),
+    /// What a replica of a live connection lacks, if anything: a page, unasked.
+    Push(VersionVector, oneshot::Sender<Option<Answer>>),
 }
 
 /// The headers of an exchange request, as sent.
@@ -235,6 +244,7 @@ struct Headers {
     counter: Option<String>,
     body_hash: Option<String>,
     signature: Option<String>,
+    method: &'static str,
     path: String,
 }
 
@@ -339,6 +349,22 @@ impl Store {
                 let answer = self.exchange(&auth, &body, wait);
                 let _ = reply.send(self.signed(&auth, answer));
             }
+            Job::Frame(replica, body, reply) => {
+                let auth = Auth {
+                    replica,
+                    challenge: Vec::new(),
+                    counter: 0,
+                    body_hash: [0; 32],
+                };
+                let _ = reply.send(self.exchange(&auth, &body, false));
+            }
+            Job::Push(since, reply) => {
+                let page = self
+                    .page(&since, false)
+                    .ok()
+                    .filter(|a| a.status == 200 && a.more_or_changes);
+                let _ = reply.send(page);
+            }
             Job::Page(auth, since, reply) => {
                 let answer = self.page(&since, false).unwrap_or_else(|e| {
                     Answer::problem(500, "internal", "the hub failed", e.to_string(), None)
@@ -433,7 +459,7 @@ impl Store {
             replica,
             &challenge,
             counter,
-            "POST",
+            h.method,
             &h.path,
             &[],
         );
@@ -566,6 +592,7 @@ impl Store {
                 body,
                 problem: false,
                 more: page.page.more,
+                more_or_changes: true,
                 signature: None,
                 idle: None,
             });
@@ -576,6 +603,7 @@ impl Store {
             body,
             problem: false,
             more: false,
+            more_or_changes: false,
             signature: None,
             idle: may_wait.then(|| (since.clone(), *self.generation.borrow())),
         })
@@ -729,6 +757,7 @@ async fn exchange(
         counter: header("tide-counter"),
         body_hash: header("tide-body-hash"),
         signature: header("tide-signature"),
+        method: "POST",
         path,
     });
     let auth = match ask(&app, |tx| Job::Check(checked, tx)).await {
@@ -784,5 +813,106 @@ async fn exchange(
     match ask(&app, |tx| Job::Page(auth, since, tx)).await {
         Some(a) => a.into_response(),
         None => unavailable(),
+    }
+}
+
+/// How often the hub pings a live connection.
+const PING: Duration = Duration::from_secs(20);
+
+async fn live(
+    State(app): State<App>,
+    headers: HeaderMap,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let checked = Box::new(Headers {
+        replica: header("tide-replica"),
+        card: header("tide-card"),
+        challenge: header("tide-challenge"),
+        counter: header("tide-counter"),
+        body_hash: header("tide-body-hash"),
+        signature: header("tide-signature"),
+        method: "GET",
+        path: "/v1/live".into(),
+    });
+    // An upgrade has no body: the signed hash must be an empty body's.
+    let auth = match ask(&app, |tx| Job::Check(checked, tx)).await {
+        Some(Ok(auth)) if auth.body_hash == *blake3::hash(&[]).as_bytes() => auth,
+        Some(Ok(_)) => {
+            return Answer::problem(
+                400,
+                "bad-request",
+                "a live connection has no body",
+                String::new(),
+                None,
+            )
+            .into_response();
+        }
+        Some(Err(answer)) => return (*answer).into_response(),
+        None => return unavailable(),
+    };
+    upgrade
+        .max_message_size(app.limits.max_request as usize)
+        .on_upgrade(move |socket| live_connection(app, auth.replica, socket))
+}
+
+/// One live connection (SPEC.md §5.3): every message of the replica answered with one
+/// bundle; a page pushed when the hub gains what the replica lacks.
+async fn live_connection(app: App, replica: ReplicaId, mut socket: axum::extract::ws::WebSocket) {
+    use axum::extract::ws::Message;
+    let mut generation = app.generation.clone();
+    let mut ping = tokio::time::interval(PING);
+    // What the replica holds, from its latest bundle; and whether a page of ours awaits
+    // its answer.
+    let mut theirs: Option<VersionVector> = None;
+    let mut in_flight = false;
+    loop {
+        tokio::select! {
+            message = socket.recv() => {
+                let bytes = match message {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => return,
+                };
+                if let Ok((h, _)) = tide_bundle::read_header(&mut &bytes[..], 0) {
+                    theirs = Some(h.ack);
+                }
+                let Some(answer) = ask(&app, |tx| Job::Frame(replica, bytes, tx)).await else {
+                    return;
+                };
+                if answer.problem {
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                in_flight = answer.more_or_changes;
+                if socket.send(Message::Binary(answer.body.into())).await.is_err() {
+                    return;
+                }
+            }
+            changed = generation.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(since) = theirs.clone().filter(|_| !in_flight) else {
+                    continue;
+                };
+                if let Some(Some(page)) = ask(&app, |tx| Job::Push(since, tx)).await {
+                    in_flight = true;
+                    if socket.send(Message::Binary(page.body.into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
