@@ -19,6 +19,7 @@ mod common;
 mod disk_full;
 mod e2e;
 mod errors;
+mod hub;
 mod import_checks;
 mod mailbox;
 mod schema;
