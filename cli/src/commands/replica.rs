@@ -332,6 +332,8 @@ pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
                 return Ok(0);
             }
             r.add_peer(&c)?;
+            // A hub that listed it as pending has admitted it now.
+            r.remove_transport_state(&format!("pending {}", c.id.to_hex()))?;
             match known {
                 Some(old) => {
                     if old.name != c.name {
@@ -436,7 +438,10 @@ pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
                         time((last * 1000) << 16),
                     ));
                 }
-                out.say("Accept one with: tide peers accept ID");
+                out.say(format!(
+                    "Accept one with: tide --db {} peers accept ID",
+                    r.path().display()
+                ));
             }
         }
         PeersCommand::Accept { peer } => {
@@ -476,6 +481,7 @@ pub fn peers(out: &Out, r: &mut Replica, cmd: PeersCommand) -> Result<u8> {
 
 /// Replicas a hub refused and listed: card, first and last seen (seconds since 1970).
 fn pending_peers(r: &Replica) -> Result<Vec<(Card, u64, u64)>> {
+    let known: Vec<_> = r.peers()?.into_iter().map(|p| p.id).collect();
     let mut out = Vec::new();
     for (_, value) in r.transport_states("pending ")? {
         let text = String::from_utf8_lossy(&value).into_owned();
@@ -483,6 +489,10 @@ fn pending_peers(r: &Replica) -> Result<Vec<(Card, u64, u64)>> {
         let Some(card) = lines.next().and_then(|l| Card::parse(l).ok()) else {
             continue;
         };
+        // Admitted since (with `peers add`, or accepted on another day).
+        if known.contains(&card.id) {
+            continue;
+        }
         let first = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
         let last = lines.next().and_then(|l| l.parse().ok()).unwrap_or(first);
         out.push((card, first, last));

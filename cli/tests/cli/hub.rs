@@ -320,7 +320,9 @@ fn connect(addr: &str) -> TcpStream {
 /// Sends `raw` (a whole request) to `addr` and reads the answer.
 fn send_raw(addr: &str, raw: &[u8]) -> Message {
     let mut s = connect(addr);
-    s.write_all(raw).unwrap();
+    // A hub may answer (413) and close before an oversized body is all sent: the
+    // answer is what counts.
+    let _ = s.write_all(raw);
     read_message(&mut s)
         .unwrap_or_else(|e| panic!("no answer from {addr}: {e}"))
         .unwrap_or_else(|| panic!("{addr} closed the connection without an answer"))
@@ -1408,10 +1410,6 @@ fn an_unknown_device_is_refused_listed_accepted_and_then_syncs() {
 /// `peers accept`: it is then a peer and syncs, and is no longer waiting to be accepted,
 /// so `peers pending` no longer lists it.
 #[test]
-#[ignore = "product bug: the `pending <id>` entry the hub's `note_pending` \
-            (transports/src/http/hub.rs) writes is removed only by `peers accept` \
-            (cli/src/commands/replica.rs); `peers add` leaves it, `pending_peers` lists \
-            known peers too, and a later successful sync does not clear it"]
 fn a_device_admitted_with_peers_add_is_no_longer_pending() {
     let net = Net::new(&["a"], true);
     net.site.replica_with("d", SCHEMA, &["t"]);
@@ -1758,8 +1756,6 @@ fn held_back(net: &Net, hub: &str, dev: &str, attempts: usize) -> Vec<Message> {
 /// too-large`: the body is smaller than `max_request`, and a client that reads 413
 /// shrinks its pages for nothing.
 #[test]
-#[ignore = "product bug: transports/src/http/hub.rs `exchange` maps every error of \
-            `axum::body::to_bytes` (a body cut short included) to 413 too-large"]
 fn a_body_cut_short_is_a_bad_request_not_too_large() {
     let net = Net::new(&["a"], false);
     let hub = HubProcess::must_start(&net.site, "127.0.0.1:0");

@@ -172,6 +172,8 @@ impl Carrier for HubClient {
             };
             match answer.status {
                 200 => {
+                    // A later expiry (a long sync) may renew the challenge again.
+                    renewed = false;
                     let signed = response_message(me, &hello.challenge, counter, 200, &answer.body);
                     let holds = signature
                         .and_then(|s| <[u8; 64]>::try_from(s).ok())

@@ -765,9 +765,27 @@ async fn exchange(
         Some(Err(answer)) => return (*answer).into_response(),
         None => return unavailable(),
     };
-    let bytes = match axum::body::to_bytes(body, app.limits.max_request as usize).await {
-        Ok(b) => b,
-        Err(_) => {
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let read = match declared {
+        Some(n) if n > app.limits.max_request => None,
+        _ => Some(axum::body::to_bytes(body, app.limits.max_request as usize).await),
+    };
+    let bytes = match read {
+        Some(Ok(b)) => b,
+        // Cut short, not too large: the connection ended inside the body.
+        Some(Err(e)) if !e.to_string().contains("length limit") => {
+            return Answer::problem(
+                400,
+                "bad-request",
+                "the body ended early",
+                e.to_string(),
+                None,
+            )
+            .into_response();
+        }
+        _ => {
             return Answer::problem(
                 413,
                 "too-large",
