@@ -1,5 +1,7 @@
 //! Why a bundle could not be written or read. Every variant says what happened; the
-//! reader guarantees that nothing reached the database when it returns one.
+//! reader guarantees that nothing reached the database when it returns one. SPEC.md §10
+//! says exactly when each variant is returned and lists every field name a variant can
+//! carry; a test checks those lists against this enum and the code that builds it.
 
 use tide_core::ReplicaId;
 
@@ -15,10 +17,11 @@ pub enum BundleError {
         v = crate::header::VERSION
     )]
     UnsupportedVersion(u16),
-    /// The input ended early.
+    /// The input ended early: the file, a part, or the encrypted body's chunks.
     #[error("the bundle ends early while reading {0}: the file is truncated; copy it again")]
     Truncated(&'static str),
-    /// A header field no valid writer produces.
+    /// A header field no valid writer produces, or a header whose `ops`, `requires` or
+    /// `provides` does not match the changes carried.
     #[error("malformed bundle header: {0}")]
     Malformed(&'static str),
     /// Flag bits this build does not know.
@@ -58,7 +61,8 @@ pub enum BundleError {
         "the bundle is encrypted; give its passphrase, or import it on the replica it was encrypted to"
     )]
     NeedKey,
-    /// A chunk does not decrypt.
+    /// An encrypted chunk does not open (a final chunk that is missing altogether is
+    /// [`BundleError::Truncated`]).
     #[error("the encrypted body does not decrypt: it was altered")]
     BadCiphertext,
     /// The body decompresses to more (or less) than declared.

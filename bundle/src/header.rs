@@ -193,7 +193,7 @@ impl Header {
                 .map_err(|_| BundleError::Malformed("capability name"))?;
             critical.push(name);
         }
-        // Version 1 knows no critical capability: any is refused.
+        // Version 2 knows no critical capability: any is refused.
         if let Some(c) = critical.first() {
             return Err(BundleError::UnknownCritical(c.clone()));
         }

@@ -35,7 +35,7 @@ pub(crate) struct ImageSummary {
 }
 
 /// A tally of the changes an image carries: what the writer puts in the header, and
-/// what the reader checks the header against (SPEC §2), by the same rules.
+/// what the reader checks the header against (SPEC §2.3), by the same rules.
 #[derive(Default)]
 pub(crate) struct Carried {
     changes: u64,

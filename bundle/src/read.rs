@@ -67,7 +67,7 @@ impl VerifiedBundle {
     /// Calls `each` with every change's signed head, in the order written, and a reader
     /// of its chunks: a change of any size passes a chunk at a time. After the last
     /// change, checks that the header's `ops`, `requires` and `provides` say what the
-    /// changes carry (SPEC §2), and fails if they do not: an import that takes the
+    /// changes carry (SPEC §2.3), and fails if they do not: an import that takes the
     /// changes as they come must not commit before this returns.
     pub fn for_each_change(
         &self,

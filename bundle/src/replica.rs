@@ -59,7 +59,7 @@ pub fn export_page(
 }
 
 /// Writes an acknowledgement: a bundle with no changes, whose signed header carries
-/// the replica's version vector (SPEC.md §10). Pending writes are sealed first, so the
+/// the replica's version vector (SPEC.md §2.3). Pending writes are sealed first, so the
 /// vector covers them.
 pub fn write_ack(
     replica: &mut Replica,

@@ -30,8 +30,10 @@ mod identity;
 mod import;
 mod schema;
 
+mod bundle_errors;
 mod bundles;
 mod change_vectors;
+mod compatibility;
 mod convergence;
 mod foreign_writers;
 mod large_bundle;
