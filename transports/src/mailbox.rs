@@ -280,6 +280,12 @@ impl Mailbox {
                 .and_then(|mut f| tide_bundle::read_header(&mut f, 0).map(|(h, _)| h));
             match header {
                 Ok(header) => out.push(Listed { path, header }),
+                // Another tide's format: not damage, someone else's business.
+                Err(
+                    e @ (BundleError::UnsupportedVersion(_)
+                    | BundleError::UnknownFlags(_)
+                    | BundleError::UnknownCritical(_)),
+                ) => report.left.push((shown(&path), e.to_string())),
                 Err(e) => self.garbage(&path, &e.to_string(), tidy, report),
             }
         }
@@ -331,6 +337,11 @@ impl Mailbox {
                 .and_then(|mut f| tide_bundle::import(replica, &mut f, None));
             match imported {
                 Ok(i) => report.received(&i.report),
+                // A change inside that does not verify: the page is not what its
+                // signer's peers wrote, and goes like any damaged page.
+                Err(BundleError::Core(e @ tide_core::Error::Rejected { .. })) => {
+                    self.garbage(&path, &format!("damaged: {e}"), tidy, report)
+                }
                 Err(BundleError::Core(e)) => return Err(e.into()),
                 // Not for this replica to read: someone else's business.
                 Err(

@@ -21,7 +21,7 @@ pub enum Role {
     Responder,
 }
 
-/// The largest frame taken: no bundle body may be larger (bundle/SPEC.md §8 caps images
+/// The largest frame taken: no bundle body may be larger (bundle/SPEC.md §2.2 caps images
 /// at 8 GiB, and a body is never much larger than its image).
 const MAX_FRAME: u64 = 9 << 30;
 

@@ -564,7 +564,7 @@ fn other_versions_are_refused_with_what_to_do() {
     );
 
     // A shared folder of this version holding another version's acknowledgement and
-    // page: the acknowledgement stays and is reported, the page is deleted as damaged.
+    // page: both stay and are reported.
     let two = tide_tests::Cluster::new(2, "CREATE TABLE t(id TEXT PRIMARY KEY);", &["t"]);
     let peer = two.replicas[1].id().unwrap();
     let mut pair = two.replicas;
@@ -590,8 +590,14 @@ fn other_versions_are_refused_with_what_to_do() {
         ),
         "{report:?}"
     );
-    assert!(!page.exists(), "another version's page is deleted");
-    assert_eq!(report.garbage, 1, "{report:?}");
+    assert!(page.exists(), "another version's page stays");
+    assert_eq!(report.garbage, 0, "{report:?}");
+    assert!(
+        report.left.iter().any(|(file, why)| file
+            .ends_with(&format!("{}.tide", blake3::hash(&newer).to_hex()))
+            && why.contains("bundle format version 3")),
+        "{report:?}"
+    );
 
     // A mailbox of another version: nothing in the folder is read, written or deleted.
     for other in ["tide mailbox 0\n", "tide mailbox 2\n"] {
