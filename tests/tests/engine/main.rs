@@ -37,5 +37,6 @@ mod compatibility;
 mod convergence;
 mod foreign_writers;
 mod large_bundle;
+mod protocol_vectors;
 mod tamper;
 mod vectors;
