@@ -770,7 +770,27 @@ async fn exchange(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let read = match declared {
         Some(n) if n > app.limits.max_request => None,
-        _ => Some(axum::body::to_bytes(body, app.limits.max_request as usize).await),
+        _ => {
+            // A client that sends its body slower than this holds no store and no more
+            // than the body's bound; it is told to go away.
+            let reading = axum::body::to_bytes(body, app.limits.max_request as usize);
+            match tokio::time::timeout(BODY_TIMEOUT, reading).await {
+                Ok(read) => Some(read),
+                Err(_) => {
+                    return Answer::problem(
+                        408,
+                        "too-slow",
+                        "the body did not arrive in time",
+                        format!(
+                            "a request body must arrive within {} s",
+                            BODY_TIMEOUT.as_secs()
+                        ),
+                        None,
+                    )
+                    .into_response();
+                }
+            }
+        }
     };
     let bytes = match read {
         Some(Ok(b)) => b,
@@ -833,6 +853,9 @@ async fn exchange(
         None => unavailable(),
     }
 }
+
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How often the hub pings a live connection.
 const PING: Duration = Duration::from_secs(20);
