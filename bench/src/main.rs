@@ -1,4 +1,4 @@
-//! `cargo run --release -p tide-bench -- [--rows N] [--commits M] [--no-memory]`
+//! `cargo run --release -p tide-bench -- [--rows N] [--commits M] [--replicas R] [--no-memory]`
 //!
 //! Prints a Markdown table; every figure is a ratio or rate against plain SQLite in the
 //! same run.
@@ -6,15 +6,18 @@
 const HELP: &str = "\
 tide-bench: tide's costs against plain SQLite, measured in the same run.
 
-Usage: cargo run --release -p tide-bench -- [--rows N] [--commits M] [--no-memory]
+Usage: cargo run --release -p tide-bench -- [--rows N] [--commits M] [--replicas R] [--no-memory]
 
   --rows N       rows per bulk measurement (default 100000; BENCHMARKS.md uses 1000000)
-  --commits M    single-row commits for the per-commit capture figure (default 2000)
-  --no-memory    skip the peak-memory phases (they run as child processes)
+  --commits M    single-row commits for the per-commit capture figure (default 2000),
+                 and up to 200 of them for the live hub figure
+  --replicas R   replicas syncing at once with one hub (default 200)
+  --no-memory    skip the peak-memory phases (they run as child processes, as does
+                 the hub the replicas sync with, for its peak memory)
 
 Prints a Markdown table: every figure is a ratio or a rate against plain SQLite
-(for the folder mailbox, a plain file copy) on this machine. The size comparison
-needs the sqlite3 shell. For instruction counts under callgrind, see BENCHMARKS.md (--phase export|import|conflict-setup|import-conflicting|capture-plain|capture-tide).
+(for the folder mailbox, a plain file copy; for the hub, the file bundle path) on
+this machine. The size comparison needs the sqlite3 shell. For instruction counts under callgrind, see BENCHMARKS.md (--phase export|import|conflict-setup|import-conflicting|capture-plain|capture-tide).
 ";
 
 fn main() {
@@ -23,7 +26,14 @@ fn main() {
         print!("{HELP}");
         return;
     }
-    let known = ["--rows", "--commits", "--no-memory", "--phase", "--dir"];
+    let known = [
+        "--rows",
+        "--commits",
+        "--replicas",
+        "--no-memory",
+        "--phase",
+        "--dir",
+    ];
     if let Some(bad) = args
         .iter()
         .skip(1)
@@ -55,6 +65,7 @@ fn main() {
     let config = tide_bench::Config {
         rows,
         commits: value("--commits").unwrap_or(2_000),
+        replicas: value("--replicas").unwrap_or(200) as usize,
         memory: if args.iter().any(|a| a == "--no-memory") {
             None
         } else {
@@ -62,8 +73,8 @@ fn main() {
         },
     };
     eprintln!(
-        "tide-bench: {} rows, {} single-row commits (this takes a while for large N)",
-        config.rows, config.commits
+        "tide-bench: {} rows, {} single-row commits, {} replicas at one hub (this takes a while for large N)",
+        config.rows, config.commits, config.replicas
     );
     print!("{}", tide_bench::table(&tide_bench::run(&config)));
 }

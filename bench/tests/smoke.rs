@@ -7,6 +7,7 @@ fn every_measurement_runs_on_a_small_input() {
         rows: 300,
         commits: 20,
         memory: None,
+        replicas: 8,
     });
     let table = tide_bench::table(&figures);
     for measure in [
@@ -23,6 +24,9 @@ fn every_measurement_runs_on_a_small_input() {
         "mailbox: send",
         "mailbox: send and receive",
         "mailbox: page bytes",
+        "hub: 300 row ops",
+        "hub: live",
+        "hub: 8 replicas",
     ] {
         assert!(
             figures.iter().any(|f| f.name.contains(measure)),
