@@ -433,7 +433,7 @@ impl Mailbox {
     ) -> Result<()> {
         let me = replica.id()?.to_hex();
         let mut outbox = Outbox::new(since, self.options.page_bytes);
-        while !outbox.done() {
+        while outbox.has_more(replica)? {
             let (path, bytes, page) =
                 self.write_named(dir, "", &me, |out| outbox.next_page(replica, options, out))?;
             if page.page.changes == 0 {

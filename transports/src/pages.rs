@@ -31,6 +31,18 @@ impl Outbox {
         self.done
     }
 
+    /// Whether a page is left to write, pending writes sealed first: asked before
+    /// writing one, so a carrier never writes a page only to throw it away. Marks the
+    /// outbox done when the receiver holds everything.
+    pub fn has_more(&mut self, replica: &mut Replica) -> Result<bool> {
+        if !self.done {
+            replica.seal()?;
+            // Pages carry contiguous runs only: what the version vector covers.
+            self.done = covers(&self.since, &replica.version_vector()?);
+        }
+        Ok(!self.done)
+    }
+
     /// What the receiver holds once it has every page written so far.
     pub fn since(&self) -> &VersionVector {
         &self.since

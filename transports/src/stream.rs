@@ -65,7 +65,7 @@ impl<R: Read, W: Write> Stream<R, W> {
         report: &mut SyncReport,
     ) -> Result<()> {
         let mut outbox = Outbox::new(theirs.clone(), self.page_bytes);
-        while !outbox.done() {
+        while outbox.has_more(replica)? {
             let mut file = tempfile::tempfile().map_err(|e| io("a temporary file", e))?;
             let page = outbox.next_page(replica, &WriteOptions::default(), &mut file)?;
             if page.page.changes == 0 {

@@ -113,14 +113,13 @@ impl Carrier for HubClient {
             // What goes up: the next page of what the hub lacks, or an acknowledgement.
             let mut body = Vec::new();
             let mut sent = None;
-            if !outbox.done() {
+            if outbox.has_more(replica)? {
                 let page = outbox.next_page(replica, &WriteOptions::default(), &mut body)?;
                 if page.page.changes > 0 {
                     sent = Some(page.page.changes);
                 }
-            }
-            if sent.is_none() {
-                body.clear();
+                // A page of no changes is an acknowledgement already.
+            } else {
                 tide_bundle::write_ack(replica, &WriteOptions::default(), &mut body)?;
             }
             let wait = if sent.is_none() { self.wait_s } else { 0 };
@@ -362,17 +361,12 @@ impl HubClient {
             }
             if !awaiting {
                 // This replica's new writes, a page at a time.
-                replica.seal()?;
-                let since = replica.peer_ack(hello.card.id)?;
-                if crate::pages::covers(&since, &replica.version_vector()?) {
+                let mut outbox = Outbox::new(replica.peer_ack(hello.card.id)?, self.page_bytes);
+                if !outbox.has_more(replica)? {
                     continue;
                 }
                 let mut body = Vec::new();
-                let page = Outbox::new(since, self.page_bytes).next_page(
-                    replica,
-                    &WriteOptions::default(),
-                    &mut body,
-                )?;
+                let page = outbox.next_page(replica, &WriteOptions::default(), &mut body)?;
                 if page.page.changes > 0 {
                     send(&mut socket, body)?;
                     awaiting = true;
